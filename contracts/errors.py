@@ -1,0 +1,95 @@
+"""The error tree shared by every edgeloop component.
+
+Each error carries the exit code the CLI uses and the HTTP status the REST APIs answer with, so
+that the mapping lives in one place. Messages say what went wrong and what to do about it.
+
+    EdgeloopError
+    ├── InputError                 bad user input: path, file format, column, value      (exit 2, HTTP 422)
+    │   └── SchemaError            a record does not match the model's input schema      (exit 2, HTTP 422)
+    ├── NotFoundError              unknown model, alias, version, prediction id          (exit 3, HTTP 404)
+    ├── IntegrityError             sha256 or signature mismatch, tampered bundle         (exit 4, HTTP 422)
+    ├── ConversionError            the model cannot be converted or fails a gate         (exit 5, HTTP 422)
+    │   ├── UnsupportedModelError  an estimator or transformer the converter cannot handle
+    │   └── ParityCheckFailed      ONNX and sklearn disagree beyond the tolerance
+    ├── ServiceUnavailableError    tracking server, broker or bundle server unreachable   (exit 6, HTTP 503)
+    └── ModelRejected              an update was refused by the device (reason attached)  (exit 7, HTTP 409)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConversionError",
+    "EdgeloopError",
+    "InputError",
+    "IntegrityError",
+    "ModelRejected",
+    "NotFoundError",
+    "ParityCheckFailed",
+    "SchemaError",
+    "ServiceUnavailableError",
+    "UnsupportedModelError",
+]
+
+
+class EdgeloopError(Exception):
+    """Base of every error edgeloop raises on purpose; its message is shown to the user as is."""
+
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(EdgeloopError):
+    exit_code = 2
+    http_status = 422
+
+
+class SchemaError(InputError):
+    """A record does not match the input schema; `field` names the offending feature."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFoundError(EdgeloopError):
+    exit_code = 3
+    http_status = 404
+
+
+class IntegrityError(EdgeloopError):
+    exit_code = 4
+    http_status = 422
+
+
+class ConversionError(EdgeloopError):
+    exit_code = 5
+    http_status = 422
+
+
+class UnsupportedModelError(ConversionError):
+    pass
+
+
+class ParityCheckFailed(ConversionError):
+    def __init__(self, message: str, max_abs_diff: float, tolerance: float, label_mismatches: int) -> None:
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+        self.tolerance = tolerance
+        self.label_mismatches = label_mismatches
+
+
+class ServiceUnavailableError(EdgeloopError):
+    exit_code = 6
+    http_status = 503
+
+
+class ModelRejected(EdgeloopError):
+    exit_code = 7
+    http_status = 409

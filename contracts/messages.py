@@ -1,0 +1,59 @@
+"""MQTT message schemas (contract v1). Payloads are JSON objects with `schema_version: "v1"`.
+
+Telemetry windows are defined in `contracts.telemetry`; this module has the deployment messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DesiredState", "DeviceEvent", "DeviceStatus", "ReportedState"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    schema_version: Literal["v1"] = "v1"
+
+
+class DesiredState(_Message):
+    """What a device should run. Carries the signed manifest so the device can verify before downloading."""
+
+    manifest: dict[str, Any]
+    """The bundle's manifest, exactly as signed (see contracts.manifest.Manifest)."""
+    signature: str
+    """The content of the bundle's manifest.sig."""
+    model_url: str
+    """Where to download model.onnx (HTTP or HTTPS); checked against the manifest's sha256 and size."""
+    rollout_id: str | None = None
+    issued_at: str
+
+
+class ReportedState(_Message):
+    device_id: str
+    group: str
+    model_name: str | None
+    model_version: int | None
+    bundle_sha256: str | None
+    state: Literal["serving", "updating", "no_model"]
+    last_error: str | None = None
+    agent_version: str
+    updated_at: str
+
+
+class DeviceStatus(_Message):
+    device_id: str
+    online: bool
+    at: str
+
+
+class DeviceEvent(_Message):
+    device_id: str
+    seq: int
+    kind: Literal["deployed", "rejected", "rolled_back", "error", "started"]
+    model_name: str | None = None
+    model_version: int | None = None
+    reason: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    at: str

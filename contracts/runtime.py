@@ -1,0 +1,169 @@
+"""The one model runtime interface and its onnxruntime implementation.
+
+Every place that runs a bundle (edge agent, batch scoring, the converter's golden-sample replay) goes
+through `OnnxModel`, so records are encoded the same way everywhere and predictions are identical.
+
+    model = OnnxModel.load(bundle)
+    result = model.predict_records([{"temperature_c": 71.2, "machine_type": "press", ...}])
+    result.labels, result.probabilities
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from contracts.bundle import Bundle
+from contracts.errors import IntegrityError, ModelRejected, SchemaError
+from contracts.manifest import MISSING_CATEGORY, FeatureSpec, Manifest
+
+__all__ = ["OnnxModel", "Prediction", "encode_columns", "encode_records"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray
+    """One label per row, values from `manifest.classes`."""
+    probabilities: np.ndarray
+    """Shape (rows, classes), float32, columns in the order of `manifest.classes`."""
+
+
+def _numeric(value: Any, spec: FeatureSpec, row: int) -> float:
+    if value is None:
+        if not spec.nullable:
+            raise SchemaError(f"record {row}: field '{spec.name}' is required (got null)", spec.name)
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"record {row}: field '{spec.name}' must be a number, got {type(value).__name__}", spec.name)
+    if isinstance(value, float) and math.isnan(value):
+        if not spec.nullable:
+            raise SchemaError(f"record {row}: field '{spec.name}' is NaN but is required", spec.name)
+        return math.nan
+    if isinstance(value, float) and math.isinf(value):
+        raise SchemaError(f"record {row}: field '{spec.name}' is infinite", spec.name)
+    return float(value)
+
+
+def _categorical(value: Any, spec: FeatureSpec, row: int) -> str:
+    if value is None:
+        if not spec.nullable:
+            raise SchemaError(f"record {row}: field '{spec.name}' is required (got null)", spec.name)
+        return MISSING_CATEGORY
+    if not isinstance(value, str):
+        raise SchemaError(
+            f"record {row}: field '{spec.name}' must be a string category, got {type(value).__name__}",
+            spec.name,
+        )
+    return value
+
+
+def encode_records(
+    records: Sequence[Mapping[str, Any]], inputs: Sequence[FeatureSpec], allow_extra: bool = False
+) -> dict[str, np.ndarray]:
+    """Check records against the schema and build the ONNX feed: one (n, 1) array per feature.
+
+    Raises SchemaError naming the first bad field: missing, unknown (unless allow_extra), wrong type,
+    null or NaN where the feature is not nullable, infinite.
+    """
+    if not records:
+        raise SchemaError("the batch is empty; send at least one record")
+    names = {spec.name for spec in inputs}
+    feed: dict[str, np.ndarray] = {}
+    for row, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise SchemaError(f"record {row} must be a JSON object of feature name -> value")
+        if not allow_extra and len(record) != len(names):
+            extra = sorted(set(record) - names)
+            if extra:
+                raise SchemaError(f"record {row}: unknown field '{extra[0]}'", extra[0])
+        for spec in inputs:
+            if spec.name not in record:
+                raise SchemaError(f"record {row}: field '{spec.name}' is missing", spec.name)
+    for spec in inputs:
+        if spec.kind == "numeric":
+            values = [_numeric(record[spec.name], spec, row) for row, record in enumerate(records)]
+            feed[spec.name] = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+        else:
+            cats = [_categorical(record[spec.name], spec, row) for row, record in enumerate(records)]
+            feed[spec.name] = np.asarray(cats, dtype=object).reshape(-1, 1)
+    return feed
+
+
+def encode_columns(columns: Mapping[str, Any], inputs: Sequence[FeatureSpec]) -> dict[str, np.ndarray]:
+    """Build the ONNX feed from columnar data (numpy arrays or lists), as batch scoring reads it."""
+    feed: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        if spec.name not in columns:
+            raise SchemaError(f"column '{spec.name}' is missing", spec.name)
+        column = columns[spec.name]
+        if spec.kind == "numeric":
+            array = np.asarray(column, dtype=np.float32).reshape(-1, 1)
+        else:
+            array = np.asarray(
+                [MISSING_CATEGORY if value is None else str(value) for value in column], dtype=object
+            ).reshape(-1, 1)
+        feed[spec.name] = array
+    return feed
+
+
+class OnnxModel:
+    """A loaded bundle: an onnxruntime session plus the manifest that describes it."""
+
+    def __init__(self, manifest: Manifest, session: ort.InferenceSession) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.classes = np.asarray(manifest.classes)
+        self._outputs = [manifest.onnx.label_output, manifest.onnx.probabilities_output]
+
+    @classmethod
+    def load(cls, bundle: Bundle, intra_op_threads: int = 0, inter_op_threads: int = 1) -> OnnxModel:
+        """Create a session for a verified bundle; intra_op_threads=0 lets onnxruntime use every core."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(bundle.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises several untyped errors for bad files
+            raise IntegrityError(f"onnxruntime cannot load {bundle.model_path}: {exc}") from None
+        expected = bundle.manifest.feature_names
+        actual = [node.name for node in session.get_inputs()]
+        if sorted(actual) != sorted(expected):
+            raise IntegrityError(f"model inputs {actual} do not match the manifest's schema {expected}")
+        return cls(bundle.manifest, session)
+
+    def predict_feed(self, feed: Mapping[str, np.ndarray]) -> Prediction:
+        labels, probabilities = self.session.run(self._outputs, dict(feed))
+        return Prediction(labels=np.asarray(labels).reshape(-1), probabilities=np.asarray(probabilities))
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]], allow_extra: bool = False) -> Prediction:
+        return self.predict_feed(encode_records(records, self.manifest.inputs, allow_extra=allow_extra))
+
+    def check_golden_samples(self) -> float:
+        """Replay the manifest's golden samples; return the max abs probability difference.
+
+        Raises ModelRejected when a label differs or a probability is off by more than the tolerance.
+        """
+        samples = self.manifest.golden_samples
+        if not samples:
+            raise ModelRejected("the manifest has no golden samples; refusing an unchecked model")
+        result = self.predict_records([sample.inputs for sample in samples])
+        expected = np.asarray([sample.probabilities for sample in samples], dtype=np.float64)
+        worst = float(np.max(np.abs(result.probabilities.astype(np.float64) - expected)))
+        for index, sample in enumerate(samples):
+            if result.labels[index].item() != sample.label:
+                raise ModelRejected(
+                    f"golden sample {index}: model answered {result.labels[index].item()!r}, expected {sample.label!r}"
+                )
+        if worst > self.manifest.golden_tolerance:
+            raise ModelRejected(
+                f"golden samples: probabilities differ by {worst:.2e} > tolerance {self.manifest.golden_tolerance:.0e}"
+            )
+        return worst

@@ -1,0 +1,44 @@
+"""Preflight for an MLflow tracking URI, without importing mlflow.
+
+MLflow retries an unreachable server for minutes before failing with a long traceback; the trainer and
+converter call `ensure_tracking_reachable` first so the user gets one line within seconds. It also makes
+the parent directory of a local SQLite store.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from contracts.errors import InputError, ServiceUnavailableError
+
+__all__ = ["ensure_tracking_reachable"]
+
+
+def ensure_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if uri.startswith(("http://", "https://")):
+        # Fail fast instead of MLflow's default minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                response.read(64)
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                raise ServiceUnavailableError(f"tracking server {uri} answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServiceUnavailableError(
+                f"tracking server {uri} is unreachable ({reason}); start it or pass another --tracking-uri"
+            ) from None
+        return
+    if uri.startswith(("postgresql", "mysql", "sqlite:", "databricks")):
+        return
+    if uri.startswith("file:") or "://" not in uri:
+        raise InputError(f"tracking URI {uri!r}: MLflow 3 refuses plain file stores; use sqlite:///path/to/mlflow.db")
+    raise InputError(f"unsupported tracking URI {uri!r}; use sqlite:///..., http(s)://... or postgresql://...")

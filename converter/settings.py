@@ -1,0 +1,31 @@
+"""Converter settings (env prefix EDGELOOP_, config file table [convert])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from contracts.settings import EdgeloopSettings, edgeloop_home
+
+__all__ = ["ConvertSettings"]
+
+
+class ConvertSettings(EdgeloopSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore", use_attribute_docstrings=True)
+    config_section: ClassVar[str] = "convert"
+
+    tracking_uri: str = Field(default_factory=lambda: f"sqlite:///{edgeloop_home() / 'mlflow.db'}")
+    """MLflow tracking URI to read the registry from (same default as the trainer)."""
+    keys_dir: Path = Field(default_factory=lambda: edgeloop_home() / "keys")
+    """Directory with edgeloop-signing.key; a new pair is generated there if none exists."""
+    parity_tolerance: float = 1e-5
+    """Max abs probability difference allowed between sklearn and ONNX on held-out rows. float32 inference
+    differs from float64 by about 1e-7 on these models; 1e-5 leaves 100x headroom and still catches any real
+    divergence (a flipped split moves a probability by 1e-3 or more)."""
+    golden_samples: int = 12
+    """How many held-out rows become golden samples in the manifest (each class represented)."""
+    target_opset: int = 17
+    """ONNX default-domain opset (17 runs on onnxruntime 1.14 and newer, common on devices)."""

@@ -1,0 +1,37 @@
+"""Turn any error into one line on stderr and an exit code; never a traceback unless EDGELOOP_DEBUG=1."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from contracts.errors import EdgeloopError
+
+__all__ = ["run_cli"]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_cli(entry: Callable[[], object]) -> None:
+    try:
+        entry()
+    except EdgeloopError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("EDGELOOP_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"error: unexpected {type(exc).__name__}: {_first_line(exc)} "
+            "(set EDGELOOP_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        sys.exit(1)

@@ -1,0 +1,50 @@
+"""The model card logged with every trained version (markdown): intended use, data, metrics, limitations."""
+
+from __future__ import annotations
+
+from trainer.data import TrainingData
+
+__all__ = ["render_model_card"]
+
+
+def render_model_card(
+    name: str,
+    kind: str,
+    data: TrainingData,
+    metrics: dict[str, float],
+    classes: list,
+    code_version: str,
+    run_id: str,
+) -> str:
+    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in metrics.items())
+    shares = data.target.value_counts(normalize=True)
+    balance = ", ".join(f"{cls}: {share:.1%}" for cls, share in shares.items())
+    missing = data.features.isna().mean() + (data.features == "").mean()
+    gaps = ", ".join(f"{col} {rate:.1%}" for col, rate in missing.items() if rate > 0) or "none"
+    return f"""# Model card: {name}
+
+## Intended use
+Predict `{data.target.name}` ({", ".join(map(str, classes))}) from {len(data.features.columns)} features,
+on devices through edgeloop's edge agent and in central batch scoring. Not for decisions about people.
+
+## Model
+Estimator family `{kind}` in a scikit-learn pipeline (median imputation and scaling of numeric features,
+constant imputation and one-hot encoding of categorical features; unknown categories are ignored).
+Run `{run_id}`, code `{code_version}`.
+
+## Data
+Source `{data.source}` (sha256 `{data.sha256[:16]}`), {len(data.features)} rows
+({data.dropped_rows} dropped for a missing target). Class balance: {balance}.
+Numeric: {", ".join(data.numeric) or "none"}. Categorical: {", ".join(data.categorical) or "none"}.
+Missing values: {gaps}.
+
+## Held-out metrics (stratified split, rows never used for fitting)
+| metric | value |
+|---|---|
+{rows}
+
+## Limitations
+- Trained on one snapshot of data; watch the drift scores (PSI per feature) reported by the fleet.
+- Categories not seen in training contribute nothing to the prediction and are counted as unseen.
+- Probabilities are not calibrated beyond what the estimator provides.
+"""
