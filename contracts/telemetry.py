@@ -1,0 +1,320 @@
+"""Telemetry windows (contract v1): mergeable counts a device reports every window, and the drift scores
+computed from them.
+
+A window carries counts, not only finished scores, so the cloud can merge any set of windows (a period,
+a group of devices) and recompute drift and accuracy exactly: `merge_counts` then `score_drift`.
+`WindowCounter` is the device side: vectorised counting on the hot path (numpy `searchsorted` on the
+manifest's precomputed bin edges, O(features) per batch), read out with `snapshot()`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.drift import UNSEEN, js_distance, psi, psi_band
+from contracts.manifest import MISSING_CATEGORY, CategoricalProfile, Manifest, NumericProfile
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "CategoricalCounts",
+    "DriftScore",
+    "NumericCounts",
+    "Resources",
+    "TelemetryWindow",
+    "WindowCounter",
+    "WindowCounts",
+    "merge_counts",
+    "score_drift",
+]
+
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Upper bounds in seconds; one more bucket counts everything slower (+Inf)."""
+_SMALL_BATCH = 16
+
+
+class NumericCounts(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    kind: Literal["numeric"] = "numeric"
+    bins: list[int]
+    """Counts on the reference bins of the manifest's profile (len(bin_edges) + 1)."""
+    missing: int = 0
+    out_of_range: int = 0
+    """Values below the training minimum or above the training maximum."""
+
+
+class CategoricalCounts(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    kind: Literal["categorical"] = "categorical"
+    counts: dict[str, int]
+    """Counts per training category, plus `__unseen__` for categories never seen in training."""
+    missing: int = 0
+
+
+class WindowCounts(BaseModel):
+    """The mergeable part of a window."""
+
+    model_config = ConfigDict(extra="ignore")
+    requests: int = 0
+    records: int = 0
+    errors: dict[str, int] = Field(default_factory=dict)
+    latency_counts: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    predicted: dict[str, int] = Field(default_factory=dict)
+    features: dict[str, NumericCounts | CategoricalCounts] = Field(default_factory=dict)
+    confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """Feedback: confusion[actual][predicted] = count."""
+
+    @property
+    def feedback_count(self) -> int:
+        return sum(sum(row.values()) for row in self.confusion.values())
+
+    @property
+    def accuracy(self) -> float | None:
+        total = self.feedback_count
+        if not total:
+            return None
+        return sum(row.get(actual, 0) for actual, row in self.confusion.items()) / total
+
+    def latency_quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding quantile q (as Prometheus' histogram_quantile, without interpolation)."""
+        total = sum(self.latency_counts)
+        if not total:
+            return None
+        rank, seen = q * total, 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.latency_counts, strict=True):
+            seen += count
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+
+class DriftScore(BaseModel):
+    psi: float
+    js: float
+    band: Literal["stable", "moderate", "significant"]
+    count: int
+
+
+class Resources(BaseModel):
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+    disk_free_bytes: int | None = None
+    soc_temperature_c: float | None = None
+
+
+class TelemetryWindow(WindowCounts):
+    """Published at QoS 1 on edgeloop/v1/devices/{device}/telemetry; (device_id, seq) is unique."""
+
+    schema_version: Literal["v1"] = "v1"
+    device_id: str
+    group: str
+    seq: int
+    window_start: str
+    window_end: str
+    agent_version: str
+    model_name: str | None = None
+    model_version: int | None = None
+    bundle_sha256: str | None = None
+    drift: dict[str, DriftScore] = Field(default_factory=dict)
+    prediction_drift: DriftScore | None = None
+    accuracy_value: float | None = None
+    feedback_total: int = 0
+    resources: Resources = Field(default_factory=Resources)
+    dropped_windows: int = 0
+    """Windows dropped on this device since it started because the outbox was full (never silent)."""
+
+
+def _add(into: dict[str, int], key: str, value: int) -> None:
+    into[key] = into.get(key, 0) + value
+
+
+def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
+    """Sum the counts of several windows (same model version for feature bins to line up)."""
+    total = WindowCounts()
+    for window in windows:
+        total.requests += window.requests
+        total.records += window.records
+        total.latency_sum += window.latency_sum
+        for key, value in window.errors.items():
+            _add(total.errors, key, value)
+        total.latency_counts = [a + b for a, b in zip(total.latency_counts, window.latency_counts, strict=True)]
+        for key, value in window.predicted.items():
+            _add(total.predicted, key, value)
+        for actual, row in window.confusion.items():
+            target = total.confusion.setdefault(actual, {})
+            for predicted, value in row.items():
+                _add(target, predicted, value)
+        for name, counts in window.features.items():
+            current = total.features.get(name)
+            if isinstance(counts, NumericCounts):
+                if not isinstance(current, NumericCounts) or len(current.bins) != len(counts.bins):
+                    total.features[name] = counts.model_copy(deep=True)
+                    continue
+                current.bins = [a + b for a, b in zip(current.bins, counts.bins, strict=True)]
+                current.missing += counts.missing
+                current.out_of_range += counts.out_of_range
+            else:
+                if not isinstance(current, CategoricalCounts):
+                    total.features[name] = counts.model_copy(deep=True)
+                    continue
+                for key, value in counts.counts.items():
+                    _add(current.counts, key, value)
+                current.missing += counts.missing
+    return total
+
+
+def score_drift(
+    counts: WindowCounts, manifest: Manifest, moderate: float = 0.1, significant: float = 0.25, min_count: int = 1
+) -> tuple[dict[str, DriftScore], DriftScore | None]:
+    """PSI and Jensen-Shannon distance per feature and for the predicted classes, against the manifest."""
+    scores: dict[str, DriftScore] = {}
+    for name, observed in counts.features.items():
+        reference = manifest.reference_profile.get(name)
+        if isinstance(reference, NumericProfile) and isinstance(observed, NumericCounts):
+            expected = np.asarray(reference.proportions)
+            actual = np.asarray(observed.bins, dtype=np.float64)
+        elif isinstance(reference, CategoricalProfile) and isinstance(observed, CategoricalCounts):
+            keys = [*reference.frequencies, UNSEEN]
+            expected = np.asarray([reference.frequencies.get(key, 0.0) for key in keys])
+            actual = np.asarray([observed.counts.get(key, 0) for key in keys], dtype=np.float64)
+        else:
+            continue
+        total = int(actual.sum())
+        if total < min_count or expected.size != actual.size:
+            continue
+        value = psi(expected, actual)
+        scores[name] = DriftScore(
+            psi=value,
+            js=js_distance(expected, actual),
+            band=psi_band(value, moderate, significant),  # type: ignore[arg-type]
+            count=total,
+        )
+    prediction = None
+    if manifest.prediction_profile and sum(counts.predicted.values()) >= min_count:
+        keys = list(manifest.prediction_profile)
+        expected = np.asarray([manifest.prediction_profile[key] for key in keys])
+        actual = np.asarray([counts.predicted.get(key, 0) for key in keys], dtype=np.float64)
+        value = psi(expected, actual)
+        prediction = DriftScore(
+            psi=value,
+            js=js_distance(expected, actual),
+            band=psi_band(value, moderate, significant),  # type: ignore[arg-type]
+            count=int(actual.sum()),
+        )
+    return scores, prediction
+
+
+class WindowCounter:
+    """Counts one window of traffic for a model; thread-safe; `snapshot()` returns and resets the counts.
+
+    State is kept in numpy arrays and plain dicts (pydantic objects are built only at snapshot), so a
+    single-record request costs a few microseconds per feature.
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._lock = threading.Lock()
+        self._numeric: list[tuple[str, np.ndarray, float, float]] = []
+        self._categorical: list[tuple[str, frozenset[str]]] = []
+        for spec in manifest.inputs:
+            profile = manifest.reference_profile.get(spec.name)
+            if isinstance(profile, NumericProfile):
+                edges = np.asarray(profile.bin_edges, dtype=np.float32)
+                self._numeric.append((spec.name, edges, profile.minimum, profile.maximum))
+            elif isinstance(profile, CategoricalProfile):
+                self._categorical.append((spec.name, frozenset(profile.frequencies)))
+        self._edge_lists = {name: edges.tolist() for name, edges, _, _ in self._numeric}
+        self._latency_bounds = list(LATENCY_BUCKETS)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._requests = 0
+        self._records = 0
+        self._errors: dict[str, int] = {}
+        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+        self._predicted: dict[str, int] = {}
+        self._bins = {name: np.zeros(edges.size + 1, dtype=np.int64) for name, edges, _, _ in self._numeric}
+        self._missing = dict.fromkeys([name for name, *_ in self._numeric] + [n for n, _ in self._categorical], 0)
+        self._out_of_range = dict.fromkeys([name for name, *_ in self._numeric], 0)
+        self._categories: dict[str, dict[str, int]] = {name: {} for name, _ in self._categorical}
+        self._confusion: dict[str, dict[str, int]] = {}
+
+    def observe(self, feed: Mapping[str, np.ndarray], labels: np.ndarray, seconds: float) -> None:
+        """Count one request: its encoded inputs (the ONNX feed), predicted labels and latency."""
+        with self._lock:
+            self._requests += 1
+            self._records += int(labels.size)
+            self._latency[bisect.bisect_left(self._latency_bounds, seconds)] += 1
+            self._latency_sum += seconds
+            for label in labels.tolist():
+                key = str(label)
+                self._predicted[key] = self._predicted.get(key, 0) + 1
+            for name, edges, low, high in self._numeric:
+                values = feed[name].reshape(-1)
+                if values.size <= _SMALL_BATCH:
+                    self._count_small(name, values.tolist(), low, high)
+                    continue
+                missing = np.isnan(values)
+                n_missing = int(missing.sum())
+                present = values[~missing] if n_missing else values
+                self._bins[name] += np.bincount(np.searchsorted(edges, present, side="left"), minlength=edges.size + 1)
+                self._missing[name] += n_missing
+                self._out_of_range[name] += int(np.count_nonzero((present < low) | (present > high)))
+            for name, known in self._categorical:
+                table = self._categories[name]
+                for value in feed[name].reshape(-1).tolist():
+                    if value == MISSING_CATEGORY:
+                        self._missing[name] += 1
+                    else:
+                        key = value if value in known else UNSEEN
+                        table[key] = table.get(key, 0) + 1
+
+    def _count_small(self, name: str, values: list[float], low: float, high: float) -> None:
+        # Plain Python beats numpy's per-call overhead for a handful of values; same bins (float32 edges).
+        edges, bins = self._edge_lists[name], self._bins[name]
+        for value in values:
+            if value != value:  # NaN
+                self._missing[name] += 1
+                continue
+            bins[bisect.bisect_left(edges, value)] += 1
+            if value < low or value > high:
+                self._out_of_range[name] += 1
+
+    def observe_error(self, kind: str) -> None:
+        with self._lock:
+            self._errors[kind] = self._errors.get(kind, 0) + 1
+
+    def observe_feedback(self, actual: Any, predicted: Any) -> None:
+        with self._lock:
+            row = self._confusion.setdefault(str(actual), {})
+            row[str(predicted)] = row.get(str(predicted), 0) + 1
+
+    def snapshot(self) -> WindowCounts:
+        """Return the counts since the last snapshot and start a new window."""
+        with self._lock:
+            features: dict[str, NumericCounts | CategoricalCounts] = {}
+            for name, *_ in self._numeric:
+                features[name] = NumericCounts(
+                    bins=self._bins[name].tolist(), missing=self._missing[name], out_of_range=self._out_of_range[name]
+                )
+            for name, _ in self._categorical:
+                features[name] = CategoricalCounts(counts=dict(self._categories[name]), missing=self._missing[name])
+            counts = WindowCounts(
+                requests=self._requests,
+                records=self._records,
+                errors=dict(self._errors),
+                latency_counts=list(self._latency),
+                latency_sum=self._latency_sum,
+                predicted=dict(self._predicted),
+                features=features,
+                confusion={actual: dict(row) for actual, row in self._confusion.items()},
+            )
+            self._reset()
+        return counts
