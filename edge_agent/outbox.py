@@ -1,0 +1,126 @@
+"""The on-disk outbox: every telemetry window and event is written here first (SQLite, WAL, synchronous
+FULL) and deleted only after the broker acknowledged it (QoS 1 PUBACK), so a broker outage, a crash or a
+power cut loses nothing.
+
+Each stream (`telemetry`, `events`) has its own per-device sequence number, allocated in the same
+transaction that stores the message, so numbers are contiguous and survive restarts. The outbox is
+bounded: past `max_messages`, the oldest telemetry windows are dropped (events are kept) and the loss is
+counted in `dropped` so the next window reports it; never silent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Outbox", "PendingMessage"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    UNIQUE (stream, seq)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    id: int
+    stream: str
+    seq: int
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    def __init__(self, path: Path, max_messages: int = 50_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_messages = max_messages
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def append(self, stream: str, topic: str, build: Callable[[int], bytes]) -> int:
+        """Allocate the next sequence number of `stream`, build the payload with it and store it durably."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._counter(f"seq:{stream}") + 1
+                payload = build(seq)
+                self._db.execute(
+                    "INSERT INTO outbox (stream, seq, topic, payload) VALUES (?, ?, ?, ?)",
+                    (stream, seq, topic, payload),
+                )
+                self._set_counter(f"seq:{stream}", seq)
+                self._enforce_cap()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return seq
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def _enforce_cap(self) -> None:
+        (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        excess = int(count) - self.max_messages
+        if excess > 0:
+            dropped = self._db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE stream = 'telemetry' ORDER BY id LIMIT ?)",
+                (excess,),
+            ).rowcount
+            self._set_counter("dropped:telemetry", self._counter("dropped:telemetry") + dropped)
+
+    def pending(self, limit: int, after_id: int = 0) -> list[PendingMessage]:
+        """The oldest unacknowledged messages with id > after_id, in the order they were written."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, stream, seq, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [PendingMessage(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows]
+
+    def acknowledge(self, message_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+
+    def size(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(count)
+
+    def last_seq(self, stream: str) -> int:
+        with self._lock:
+            return self._counter(f"seq:{stream}")
+
+    @property
+    def dropped(self) -> int:
+        """Telemetry windows dropped because the outbox was full, since the state directory was created."""
+        with self._lock:
+            return self._counter("dropped:telemetry")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,118 @@
+"""Drains the outbox to the broker at QoS 1 with a bounded number of messages in flight.
+
+A message leaves the outbox only when its PUBACK arrives. On a disconnect, everything in flight is
+forgotten and re-sent from the outbox after reconnecting, in order (at-least-once: the cloud de-duplicates
+on (device, stream, seq)). Bounding the in-flight window keeps paho far from its 65,535 message-id limit,
+past which it silently overwrites queued QoS 1 messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import paho.mqtt.client as mqtt
+
+from contracts.logs import log_event
+from edge_agent.outbox import Outbox
+
+__all__ = ["OutboxPublisher"]
+
+logger = logging.getLogger("edgeloop.agent.publisher")
+
+
+class OutboxPublisher:
+    def __init__(self, outbox: Outbox, client: mqtt.Client, max_inflight: int = 100) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.max_inflight = max_inflight
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._connected = False
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
+        self._last_sent = 0
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Call after appending to the outbox."""
+        self._wake.set()
+
+    # Called from the MQTT client's callbacks (network thread).
+    def on_connected(self) -> None:
+        with self._lock:
+            self._connected = True
+            self._inflight.clear()
+            self._early.clear()
+            self._last_sent = 0
+        self._wake.set()
+
+    def on_disconnected(self) -> None:
+        with self._lock:
+            self._connected = False
+            self._inflight.clear()
+            self._early.clear()
+            self._last_sent = 0
+
+    def on_published(self, mid: int) -> None:
+        with self._lock:
+            message_id = self._inflight.pop(mid, None)
+            if message_id is None:
+                self._early.add(mid)
+                return
+        self._acknowledge(message_id)
+
+    def _acknowledge(self, message_id: int) -> None:
+        self.outbox.acknowledge(message_id)
+        self.delivered += 1
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._drain()
+            except Exception as exc:  # keep draining whatever happens; the outbox still has the data
+                log_event(logger, "drain failed", level=logging.WARNING, error=str(exc))
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._connected:
+                    return
+                room = self.max_inflight - len(self._inflight)
+                after = self._last_sent
+            if room <= 0:
+                return
+            batch = self.outbox.pending(room, after_id=after)
+            if not batch:
+                return
+            for message in batch:
+                info = self.client.publish(message.topic, message.payload, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    return  # disconnected meanwhile; on_connected restarts from the oldest pending
+                with self._lock:
+                    if not self._connected:
+                        return
+                    self._last_sent = message.id
+                    if info.mid in self._early:
+                        self._early.discard(info.mid)
+                        acknowledged = True
+                    else:
+                        self._inflight[info.mid] = message.id
+                        acknowledged = False
+                if acknowledged:
+                    self._acknowledge(message.id)
