@@ -1,0 +1,172 @@
+"""Telemetry windows: every `interval` seconds the current window's counts become a TelemetryWindow with
+drift scores and resource use, appended to the outbox (which the publisher drains to the broker).
+
+A model switch closes the window early, so every window's bins belong to one model version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import psutil
+
+from contracts.logs import log_event
+from contracts.manifest import Manifest
+from contracts.telemetry import Resources, TelemetryWindow, WindowCounter, score_drift
+from contracts.topics import device_topic
+from edge_agent.outbox import Outbox
+
+__all__ = ["TelemetryReporter", "read_resources"]
+
+logger = logging.getLogger("edgeloop.agent.telemetry")
+_THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_resources(state_dir: Path, process: psutil.Process) -> Resources:
+    """CPU % since the last call, RSS, free disk of the state directory, and the SoC temperature on a Pi."""
+    temperature = None
+    with contextlib.suppress(OSError, ValueError):  # no thermal zone (not a Pi): the field stays empty
+        temperature = int(_THERMAL.read_text().strip()) / 1000.0
+    try:
+        free = psutil.disk_usage(str(state_dir)).free
+    except OSError:
+        free = None
+    return Resources(
+        cpu_percent=process.cpu_percent(interval=None),
+        rss_bytes=process.memory_info().rss,
+        disk_free_bytes=free,
+        soc_temperature_c=temperature,
+    )
+
+
+class TelemetryReporter:
+    def __init__(
+        self,
+        outbox: Outbox,
+        device_id: str,
+        group: str,
+        agent_version: str,
+        state_dir: Path,
+        interval: float = 60.0,
+        psi_moderate: float = 0.1,
+        psi_significant: float = 0.25,
+        on_append: Callable[[], None] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.device_id = device_id
+        self.group = group
+        self.agent_version = agent_version
+        self.state_dir = state_dir
+        self.interval = interval
+        self.psi_moderate = psi_moderate
+        self.psi_significant = psi_significant
+        self.on_append = on_append
+        self._lock = threading.Lock()
+        self._counter: WindowCounter | None = None
+        self._sha256: str | None = None
+        self._window_start = _now()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process = psutil.Process(os.getpid())
+        self._process.cpu_percent(interval=None)
+
+    @property
+    def counter(self) -> WindowCounter | None:
+        """The counter of the current window (None before a model is loaded); read it once per request."""
+        return self._counter
+
+    def set_model(self, manifest: Manifest, sha256: str) -> WindowCounter:
+        """Close the current window (if any) and count the new model's traffic in a fresh one."""
+        with self._lock:
+            if self._counter is not None:
+                self._flush_locked()
+            self._counter = WindowCounter(manifest)
+            self._sha256 = sha256
+            return self._counter
+
+    def flush(self) -> int | None:
+        """Close the current window now; returns its sequence number."""
+        with self._lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> int | None:
+        counter = self._counter
+        start, end = self._window_start, _now()
+        self._window_start = end
+        if counter is None:
+            return None
+        counts = counter.snapshot()
+        manifest = counter.manifest
+        drift, prediction = score_drift(counts, manifest, self.psi_moderate, self.psi_significant)
+        base = counts.model_dump()
+        resources = read_resources(self.state_dir, self._process)
+        dropped = self.outbox.dropped
+
+        def build(seq: int) -> bytes:
+            window = TelemetryWindow(
+                **base,
+                device_id=self.device_id,
+                group=self.group,
+                seq=seq,
+                window_start=start,
+                window_end=end,
+                agent_version=self.agent_version,
+                model_name=manifest.name,
+                model_version=manifest.version,
+                bundle_sha256=self._sha256,
+                drift=drift,
+                prediction_drift=prediction,
+                accuracy_value=counts.accuracy,
+                feedback_total=counts.feedback_count,
+                resources=resources,
+                dropped_windows=dropped,
+            )
+            return orjson.dumps(window.model_dump(mode="json"))
+
+        seq = self.outbox.append("telemetry", device_topic(self.device_id, "telemetry"), build)
+        worst = max(drift.items(), key=lambda item: item[1].psi, default=None)
+        log_event(
+            logger,
+            "telemetry window",
+            seq=seq,
+            requests=counts.requests,
+            records=counts.records,
+            worst_feature=worst[0] if worst else None,
+            worst_psi=round(worst[1].psi, 3) if worst else None,
+            outbox=self.outbox.size(),
+        )
+        if self.on_append:
+            self.on_append()
+        return seq
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.flush()
+            except Exception as exc:  # a full disk must not stop serving; the next window tries again
+                log_event(logger, "telemetry window failed", level=logging.WARNING, error=str(exc))
+
+    def stop(self, final_flush: bool = True) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        if final_flush:
+            try:
+                self.flush()
+            except Exception as exc:
+                log_event(logger, "final telemetry window failed", level=logging.WARNING, error=str(exc))
