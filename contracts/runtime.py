@@ -111,6 +111,11 @@ def encode_columns(columns: Mapping[str, Any], inputs: Sequence[FeatureSpec]) ->
     return feed
 
 
+def _python(value: Any) -> Any:
+    """A numpy scalar as a plain Python value; string labels already come back as `str` (object arrays)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class OnnxModel:
     """A loaded bundle: an onnxruntime session plus the manifest that describes it."""
 
@@ -158,10 +163,9 @@ class OnnxModel:
         expected = np.asarray([sample.probabilities for sample in samples], dtype=np.float64)
         worst = float(np.max(np.abs(result.probabilities.astype(np.float64) - expected)))
         for index, sample in enumerate(samples):
-            if result.labels[index].item() != sample.label:
-                raise ModelRejected(
-                    f"golden sample {index}: model answered {result.labels[index].item()!r}, expected {sample.label!r}"
-                )
+            answered = _python(result.labels[index])
+            if answered != sample.label:
+                raise ModelRejected(f"golden sample {index}: model answered {answered!r}, expected {sample.label!r}")
         if worst > self.manifest.golden_tolerance:
             raise ModelRejected(
                 f"golden samples: probabilities differ by {worst:.2e} > tolerance {self.manifest.golden_tolerance:.0e}"

@@ -19,12 +19,16 @@ from contracts.signing import load_public_key
 
 __all__ = ["predict_csv_rows"]
 
+_BOOLEANS = {"true": 1.0, "false": 0.0}
+
 
 def _coerce(raw: str, spec: FeatureSpec, line: int) -> float | str | None:
     if raw == "":
         return None
     if spec.kind == "categorical":
         return raw
+    if raw.lower() in _BOOLEANS:
+        return _BOOLEANS[raw.lower()]  # the trainer reads a bool column as a 0/1 number
     try:
         return float(raw)
     except ValueError:
@@ -38,16 +42,19 @@ def predict_csv_rows(bundle_dir: Path, data: Path, rows: int, public_key: Path |
         raise NotFoundError(f"data file {data} not found")
     specs = bundle.manifest.inputs
     records, extras = [], []
-    with data.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [spec.name for spec in specs if spec.name not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{data} lacks the model's column '{missing[0]}'")
-        for line, row in enumerate(reader, start=2):
-            records.append({spec.name: _coerce(row[spec.name], spec, line) for spec in specs})
-            extras.append(row.get(bundle.manifest.target, ""))
-            if len(records) >= rows:
-                break
+    try:
+        with data.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [spec.name for spec in specs if spec.name not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{data} lacks the model's column '{missing[0]}'")
+            for line, row in enumerate(reader, start=2):
+                records.append({spec.name: _coerce(row[spec.name] or "", spec, line) for spec in specs})
+                extras.append(row.get(bundle.manifest.target) or "")
+                if len(records) >= rows:
+                    break
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{data} is not a readable UTF-8 CSV file: {exc}") from None
     if not records:
         raise InputError(f"{data} has no data rows")
     result = model.predict_records(records)
@@ -60,5 +67,5 @@ def predict_csv_rows(bundle_dir: Path, data: Path, rows: int, public_key: Path |
     table.add_column(f"actual {bundle.manifest.target}")
     for record, label, proba, actual in zip(records, result.labels, result.probabilities, extras, strict=True):
         shown = ["" if record[s.name] is None else str(record[s.name]) for s in specs[:4]]
-        table.add_row(*shown, str(label.item()), *[f"{p:.3f}" for p in proba], actual)
+        table.add_row(*shown, str(label), *[f"{p:.3f}" for p in proba], actual)
     console.print(table)
