@@ -22,7 +22,7 @@ import orjson
 import pandas as pd
 
 from contracts.bundle import Bundle, atomic_directory, load_bundle
-from contracts.errors import ConversionError
+from contracts.errors import ConversionError, InputError
 from contracts.logs import log_event
 from contracts.manifest import (
     MANIFEST_FILE,
@@ -45,7 +45,7 @@ from converter.parity import check_parity, golden_rows, records_of
 from converter.resolve import ResolvedModel, resolve_reference
 from converter.settings import ConvertSettings
 
-__all__ = ["convert_model", "ensure_signing_key"]
+__all__ = ["check_output_directory", "convert_model", "ensure_signing_key"]
 
 logger = logging.getLogger("edgeloop.converter")
 _ARTIFACTS = ("feature_schema.json", "reference_profile.json", "prediction_profile.json", "holdout.parquet")
@@ -74,8 +74,22 @@ def _download_artifacts(client: object, run_id: str, into: Path) -> dict[str, Pa
     return paths
 
 
+def check_output_directory(out: Path) -> None:
+    """Refuse to replace anything but a bundle or an empty directory: `--out .` must not wipe a project."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} is a file; pass a directory for the bundle")
+    if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise InputError(f"--out {out} exists and is not a bundle; refusing to replace it (pick a new directory)")
+
+
 def convert_model(reference: str, out: Path, settings: ConvertSettings | None = None) -> Bundle:
     settings = settings or ConvertSettings()
+    if not settings.parity_tolerance >= 0:
+        raise InputError(f"parity tolerance must be zero or positive, got {settings.parity_tolerance}")
+    check_output_directory(out)
     ensure_tracking_reachable(settings.tracking_uri)
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -193,7 +207,8 @@ def _log_back(client: object, resolved: ResolvedModel, bundle: Bundle, onnx_mode
 
     manifest_digest = hashlib.sha256(canonical_bytes(bundle.manifest)).hexdigest()
     with mlflow.start_run(run_id=resolved.run_id):
-        mlflow.onnx.log_model(onnx_model, name="onnx")
+        # Requirements stated up front: inferring them loads the model in a subprocess (seconds per convert).
+        mlflow.onnx.log_model(onnx_model, name="onnx", pip_requirements=mlflow.onnx.get_default_pip_requirements())
         mlflow.log_artifacts(str(bundle.path), artifact_path="edgeloop/bundle")
         mlflow.set_tag("edgeloop.bundle_sha256", manifest_digest)
     if resolved.registered:

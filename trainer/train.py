@@ -11,6 +11,7 @@ version of a name gets alias `champion`, later versions `challenger`.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import tempfile
 import time
@@ -27,7 +28,7 @@ from sklearn.model_selection import train_test_split
 from contracts.drift import categorical_profile, numeric_profile
 from contracts.errors import InputError
 from contracts.logs import log_event
-from contracts.manifest import FeatureSpec
+from contracts.manifest import MISSING_CATEGORY, FeatureSpec
 from contracts.tracking import ensure_tracking_reachable
 from trainer.data import TrainingData, load_training_data
 from trainer.evaluate import evaluate
@@ -42,6 +43,7 @@ ARTIFACT_DIR = "edgeloop"
 # skops refuses to load types it does not know; we trust exactly the sklearn/numpy internals the model
 # needs (e.g. sklearn.tree._tree.Tree) and refuse anything else rather than fall back to pickle.
 _TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,14 @@ def code_version() -> str:
     return f"git:{sha}{'-dirty' if dirty else ''}"
 
 
-def _feature_specs(data: TrainingData) -> list[FeatureSpec]:
+def _feature_specs(train_x: pd.DataFrame, data: TrainingData) -> list[FeatureSpec]:
+    """The input schema; categories are those of the training rows (what the one-hot encoder knows)."""
     specs = []
-    for column in data.features.columns:
+    for column in train_x.columns:
         if column in data.numeric:
             specs.append(FeatureSpec(name=column, kind="numeric"))
         else:
-            categories = sorted({value for value in data.features[column] if value != ""})
+            categories = sorted({value for value in train_x[column] if value != MISSING_CATEGORY})
             specs.append(FeatureSpec(name=column, kind="categorical", categories=categories))
     return specs
 
@@ -107,6 +110,16 @@ def _trusted_types(model: object) -> list[str]:
     return untrusted
 
 
+def _model_requirements() -> list[str]:
+    """The model's pip requirements, pinned to what is installed: what it needs to load, stated up front.
+
+    MLflow would otherwise infer them by loading the model in a subprocess (5-10 s per `train`).
+    """
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("scikit-learn", "skops", "numpy", "scipy", "pandas")]
+
+
 def train_model(
     data_path: Path,
     target: str,
@@ -116,6 +129,11 @@ def train_model(
     settings: TrainSettings | None = None,
 ) -> TrainResult:
     settings = settings or TrainSettings()
+    if not _NAME.match(name):
+        raise InputError(
+            f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it appears in references and topics)"
+        )
+    build_pipeline(kind, [], [])  # an unknown family fails here, before any data is read
     ensure_tracking_reachable(settings.tracking_uri)
     data = load_training_data(data_path, target, ignore)
     log_event(
@@ -137,6 +155,10 @@ def train_model(
         )
     except ValueError as exc:
         raise InputError(f"cannot make a stratified held-out split: {exc}") from None
+    for column in data.numeric + data.categorical:
+        values = train_x[column]
+        if (values.isna() | (values == MISSING_CATEGORY)).all():
+            raise InputError(f"column '{column}' has no values in the training rows; drop it with --ignore {column}")
     pipeline = build_pipeline(kind, data.numeric, data.categorical, settings.seed)
     started = time.perf_counter()
     pipeline.fit(train_x, train_y)
@@ -185,7 +207,7 @@ def _log_to_mlflow(
     else:
         experiment_id = experiment.experiment_id
     version_of_code = code_version()
-    specs = _feature_specs(data)
+    specs = _feature_specs(train_x, data)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(
             {
@@ -241,6 +263,7 @@ def _log_to_mlflow(
             skops_trusted_types=_trusted_types(pipeline),
             signature=signature,
             input_example=example,
+            pip_requirements=_model_requirements(),
         )
         registered = mlflow.register_model(info.model_uri, name)
     versions = client.search_model_versions(f"name='{name}'")
