@@ -33,6 +33,8 @@ def resolve_reference(client: object, reference: str) -> ResolvedModel:
             _require_model(client, name)
             if alias == "latest":
                 versions = client.search_model_versions(f"name='{name}'")  # type: ignore[attr-defined]
+                if not versions:
+                    raise NotFoundError(f"model '{name}' has no versions yet; train it first")
                 mv = max(versions, key=lambda v: int(v.version))
                 return ResolvedModel(name, int(mv.version), mv.run_id, f"models:/{name}/{mv.version}", True)
             try:

@@ -43,6 +43,8 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise NotFoundError(f"data file {path} not found")
     suffix = path.suffix.lower()
+    if path.is_dir() and not any(path.glob("*.parquet")):
+        raise InputError(f"{path} is a directory without Parquet files; pass a CSV or Parquet file")
     try:
         if path.is_dir() or suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
@@ -78,11 +80,11 @@ def load_training_data(path: Path, target: str, ignore: list[str] | None = None)
         raise InputError(f"target column '{target}' is entirely missing")
     y = frame[target]
     if y.nunique() < 2:
-        raise InputError(f"target column '{target}' has a single class ({y.iloc[0]!r}); need at least two")
+        raise InputError(f"target column '{target}' has a single class ({y.iloc[0]}); need at least two")
     counts = y.value_counts()
     if counts.min() < 2:
         rare = counts.idxmin()
-        raise InputError(f"class {rare!r} of '{target}' has a single row; need at least two per class")
+        raise InputError(f"class {rare} of '{target}' has a single row; need at least two per class")
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise InputError(f"{path} has no feature columns besides the target '{target}'")

@@ -20,9 +20,11 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from contracts.errors import InputError
 from contracts.manifest import MISSING_CATEGORY
 
-__all__ = ["ESTIMATORS", "build_pipeline"]
+__all__ = ["ESTIMATORS", "MISSING_FILL", "build_pipeline"]
 
 ESTIMATORS = ("logreg", "rf", "gb")
+MISSING_FILL = "__missing__"
+"""What a missing category becomes inside the pipeline; not "missing", which real data uses as a value."""
 
 
 def _estimator(kind: str, seed: int) -> object:
@@ -48,7 +50,7 @@ def build_pipeline(kind: str, numeric: list[str], categorical: list[str], seed: 
             [
                 (
                     "impute",
-                    SimpleImputer(strategy="constant", missing_values=MISSING_CATEGORY, fill_value="missing"),
+                    SimpleImputer(strategy="constant", missing_values=MISSING_CATEGORY, fill_value=MISSING_FILL),
                 ),
                 ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
             ]
