@@ -108,8 +108,12 @@ def verify_bytes(data: bytes, signature_document: bytes, public_key: Ed25519Publ
     try:
         public_key.verify(signature, data)
     except InvalidSignature:
-        expected = key_id(public_key)
+        expected, signer = key_id(public_key), document.get("key_id")
+        if signer == expected:
+            raise IntegrityError(
+                f"manifest signature is invalid for key {expected}: the manifest was altered after signing"
+            ) from None
         raise IntegrityError(
-            f"manifest signature is invalid for key {expected} (signed by {document.get('key_id')}); "
-            "the bundle was altered or signed with another key"
+            f"manifest signature is invalid for key {expected}: it was signed by key {signer} (another key) "
+            "or the bundle was altered"
         ) from None
