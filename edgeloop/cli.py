@@ -121,16 +121,20 @@ def sample_data(
 
 @keys_app.command("generate")
 def keys_generate(
-    out: Path = typer.Option(Path(".edgeloop/keys"), help="Directory for the key pair."),
+    out: Path | None = typer.Option(None, help="Directory for the key pair [default: $EDGELOOP_HOME/keys]."),
     overwrite: bool = typer.Option(False, help="Replace an existing key pair."),
 ) -> None:
     """Create an Ed25519 key pair: the private key signs bundles, devices get the public key.
 
+    `edgeloop convert` signs with the pair in $EDGELOOP_HOME/keys (default ./.edgeloop/keys) and makes one
+    there if none exists.
+
     Example: [cyan]edgeloop keys generate --out .edgeloop/keys[/cyan]
     """
+    from contracts.settings import edgeloop_home
     from contracts.signing import generate_keypair
 
-    private, public = generate_keypair(out, overwrite)
+    private, public = generate_keypair(out or edgeloop_home() / "keys", overwrite)
     console.print(f"private key {private} (keep it secret)\npublic key  {public} (copy it to devices)")
 
 
