@@ -138,6 +138,11 @@ def keys_generate(
     console.print(f"private key {private} (keep it secret)\npublic key  {public} (copy it to devices)")
 
 
+from edgeloop.cmd_score import register as _register_score  # noqa: E402
+
+_register_score(app)
+
+
 def main() -> None:
     configure_logging()
     run_cli(app)

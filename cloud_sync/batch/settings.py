@@ -1,0 +1,54 @@
+"""Batch scoring settings (env prefix EDGELOOP_SCORE_, config file table [score]).
+
+Precedence: defaults < config file < environment < `edgeloop score` flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from contracts.settings import EdgeloopSettings, edgeloop_home
+
+__all__ = ["ScoreSettings", "default_tracking_uri"]
+
+
+def default_tracking_uri() -> str:
+    """The registry `edgeloop train` writes to when nothing else is configured."""
+    return f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+
+
+class ScoreSettings(EdgeloopSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_SCORE_", extra="ignore", use_attribute_docstrings=True)
+    config_section: ClassVar[str] = "score"
+
+    engine: Literal["local", "spark"] = "local"
+    """Where to score: `local` streams Parquet/CSV through onnxruntime in this process; `spark` runs the same
+    bundle on Apache Spark (needs the `spark` extra and Java)."""
+    batch_rows: int = Field(default=65_536, ge=1)
+    """Rows per record batch fed to onnxruntime (local engine) or per Arrow batch (Spark engine). Memory grows
+    with it; 64k rows keeps onnxruntime's per-call overhead below 1 %."""
+    threads: int = Field(default=0, ge=0)
+    """onnxruntime intra-op threads for the local engine; 0 = every core this process may run on."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI used to resolve NAME@ALIAS and to record a lineage run in experiment
+    `edgeloop-batch-scoring`. Unset: models resolve from the trainer's default store
+    (sqlite in $EDGELOOP_HOME) and a lineage run is recorded only when the model came from a registry."""
+    public_key: Path = Field(default_factory=lambda: edgeloop_home() / "keys" / "edgeloop-signing.pub")
+    """Ed25519 public key every bundle's signature is verified with before a row is scored."""
+    cache_dir: Path = Field(default_factory=lambda: edgeloop_home() / "cache" / "bundles")
+    """Where bundles resolved through the registry are downloaded (one directory per name and version)."""
+    experiment: str = "edgeloop-batch-scoring"
+    """MLflow experiment that receives one run per scoring job (params, metrics, tags)."""
+    compression: Literal["snappy", "zstd", "gzip", "lz4", "none"] = "snappy"
+    """Parquet compression codec of the output."""
+    master: str = "local[2]"
+    """Spark master URL for `--engine spark` (local[N], spark://host:7077, yarn, k8s://...). Ignored when the
+    job is started with spark-submit, which has already chosen the master."""
+    spark_ui: bool = False
+    """Start the Spark web UI (port 4040) during a Spark job; off by default to keep scoring quiet."""
+    spark_log_level: str = "WARN"
+    """Log level of Spark's JVM during a Spark job (ERROR, WARN, INFO, ...)."""

@@ -1,0 +1,277 @@
+"""The Spark engine: the same bundle and the same `score_batch` on Apache Spark, via `mapInArrow`.
+
+The driver broadcasts the verified bundle's bytes (model.onnx, manifest, signature, public key); each
+executor Python process verifies them once and keeps one onnxruntime session in a module-level dict keyed
+by the model's sha256 (PySpark reuses its worker processes, so a session lives across tasks). pyspark is
+imported lazily: the base install never needs it.
+
+Cluster use is documented in docs/batch-scoring.md (spark-submit, shipping the environment to executors).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cloud_sync.batch.columns import ScoringPlan, check_schema, score_batch
+from contracts.bundle import Bundle, load_bundle
+from contracts.errors import EdgeloopError, InputError, IntegrityError, ServiceUnavailableError
+from contracts.logs import log_event
+from contracts.manifest import MANIFEST_FILE, SIGNATURE_FILE, sha256_file
+from contracts.runtime import OnnxModel
+from contracts.signing import load_public_key
+
+__all__ = ["executor_model", "score_spark", "spark_session"]
+
+logger = logging.getLogger("edgeloop.batch")
+
+_MODELS: dict[str, OnnxModel] = {}
+"""Executor-side sessions, one per model sha256 per Python worker process."""
+_MODELS_LOCK = threading.Lock()
+
+_LOG4J = """\
+rootLogger.level = {level}
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+logger.utils.name = org.apache.spark.util.Utils
+logger.utils.level = error
+"""
+
+
+def spark_session(master: str, batch_rows: int, ui: bool = False, log_level: str = "WARN") -> Any:
+    """Return the active SparkSession (spark-submit, a notebook, a test) or start a quiet one on `master`.
+
+    Raises a one-line ServiceUnavailableError when pyspark or Java is missing.
+    """
+    try:
+        import pyspark  # noqa: F401
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ServiceUnavailableError(
+            "the Spark engine needs pyspark: pip install 'edgeloop[spark]' (or use --engine local)"
+        ) from None
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark\..*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pyspark\..*")
+    active = SparkSession.getActiveSession()
+    if active is None:
+        java_home = os.environ.get("JAVA_HOME")
+        if not shutil.which("java") and not (java_home and Path(java_home, "bin", "java").exists()):
+            raise ServiceUnavailableError(
+                "the Spark engine needs Java 17 or newer: java is not on PATH and JAVA_HOME is not set"
+            )
+        if master.startswith("local"):
+            # Workers must run this interpreter (it has onnxruntime); bind to loopback to skip the host lookup.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        log4j = Path(tempfile.gettempdir()) / f"edgeloop-log4j2-{log_level.lower()}.properties"
+        log4j.write_text(_LOG4J.format(level=log_level.lower()))
+        builder = (
+            SparkSession.builder.appName("edgeloop-score")
+            .master(master)
+            .config("spark.ui.enabled", "true" if ui else "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+        )
+        try:
+            active = builder.getOrCreate()
+        except Exception as exc:  # PySparkRuntimeError when the JVM cannot start, with a long story
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceUnavailableError(f"cannot start Spark on {master}: {first}") from None
+        active.sparkContext.setLogLevel(log_level.upper())
+    active.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
+    return active
+
+
+def executor_model(payload: dict[str, Any]) -> OnnxModel:
+    """The executor's session for the broadcast bundle, created (and verified) once per Python process."""
+    key = payload["sha256"]
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            with tempfile.TemporaryDirectory(prefix="edgeloop-bundle-") as scratch:
+                folder = Path(scratch)
+                for name, data in payload["files"].items():
+                    (folder / name).write_bytes(data)
+                public_key = None
+                if payload["public_key"] is not None:
+                    (folder / "signing.pub").write_bytes(payload["public_key"])
+                    public_key = load_public_key(folder / "signing.pub")
+                bundle = load_bundle(folder, public_key)
+                model = OnnxModel.load(bundle, intra_op_threads=payload["threads"], inter_op_threads=1)
+            _MODELS[key] = model
+    return model
+
+
+def _payload(bundle: Bundle, public_key_path: Path, threads: int) -> dict[str, Any]:
+    files = {}
+    for name in (bundle.manifest.onnx.file, MANIFEST_FILE, SIGNATURE_FILE):
+        path = bundle.path / name
+        if path.is_file():
+            files[name] = path.read_bytes()
+    if sha256_file(bundle.model_path) != bundle.manifest.onnx.sha256:
+        raise IntegrityError(f"{bundle.model_path} changed after it was verified")
+    return {
+        "sha256": bundle.manifest.onnx.sha256,
+        "files": files,
+        "public_key": public_key_path.read_bytes() if bundle.signed else None,
+        "threads": threads,
+    }
+
+
+def _scorer(broadcast: Any, counter: Any) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model = executor_model(broadcast.value)
+        plan: ScoringPlan | None = None
+        for batch in batches:
+            if plan is None:  # passthrough types exactly as Spark sends them
+                plan = check_schema(batch.schema, model.manifest, "the Spark partition")
+            if batch.num_rows:
+                yield score_batch(model, plan, batch)
+                counter.add(batch.num_rows)
+
+    return score_partition
+
+
+def _spark_type(kind: pa.DataType) -> Any:
+    from pyspark.sql.types import FloatType, LongType, StringType
+
+    if pa.types.is_string(kind):
+        return StringType()
+    if pa.types.is_int64(kind):
+        return LongType()
+    if pa.types.is_float32(kind):
+        return FloatType()
+    raise InputError(f"no Spark type for {kind}")
+
+
+class _TaskProgress(threading.Thread):
+    """Polls Spark's status tracker for the job group and reports finished/total tasks."""
+
+    def __init__(self, spark: Any, group: str, report: Callable[[int, int | None, str], None]) -> None:
+        super().__init__(name="edgeloop-spark-progress", daemon=True)
+        self.tracker = spark.sparkContext.statusTracker()
+        self.group, self.report = group, report
+        self.stopped = threading.Event()
+
+    def poll(self) -> None:
+        done = total = 0
+        for job_id in self.tracker.getJobIdsForGroup(self.group):
+            job = self.tracker.getJobInfo(job_id)
+            for stage_id in job.stageIds if job else []:
+                stage = self.tracker.getStageInfo(stage_id)
+                if stage is not None:
+                    done, total = done + stage.numCompletedTasks, total + stage.numTasks
+        if total:
+            self.report(done, total, "tasks")
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            try:
+                self.poll()
+            except Exception:  # a status poll must never break the job
+                return
+
+
+def _read(spark: Any, location: str, input_format: str, arrow_schema: pa.Schema | None) -> Any:
+    if input_format == "csv":
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        schema = from_arrow_schema(arrow_schema) if arrow_schema is not None else None
+        reader = spark.read.option("header", "true").option("mode", "FAILFAST")
+        return reader.csv(location, schema=schema) if schema is not None else reader.csv(location, inferSchema=True)
+    return spark.read.parquet(location)
+
+
+def score_spark(
+    bundle: Bundle,
+    public_key_path: Path,
+    input_location: str,
+    input_format: str,
+    arrow_schema: pa.Schema | None,
+    output_location: str,
+    master: str,
+    batch_rows: int,
+    compression: str = "snappy",
+    ui: bool = False,
+    log_level: str = "WARN",
+    on_progress: Callable[[int, int | None, str], None] | None = None,
+) -> int:
+    """Score the input with Spark into the Parquet directory `output_location`; return the rows written.
+
+    `output_location` is written as is (the caller stages a local path and renames it into place).
+    """
+    from pyspark.sql.types import StructField, StructType
+
+    already_running = _spark_running()
+    spark = spark_session(master, batch_rows, ui, log_level)
+    try:
+        frame = _read(spark, input_location, input_format, arrow_schema)
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        plan = check_schema(to_arrow_schema(frame.schema), bundle.manifest, input_location)
+        fields = [frame.schema[name] for name in plan.passthrough]
+        fields.extend(StructField(f.name, _spark_type(f.type), True) for f in plan.prediction_fields)
+        threads = int(spark.conf.get("spark.task.cpus", "1"))
+        broadcast = spark.sparkContext.broadcast(_payload(bundle, public_key_path, threads))
+        group = f"edgeloop-score-{uuid.uuid4().hex[:8]}"
+        spark.sparkContext.setJobGroup(group, f"edgeloop score {bundle.manifest.ref}")
+        log_event(logger, "spark engine started", master=spark.sparkContext.master, input=input_location)
+        progress = _TaskProgress(spark, group, on_progress) if on_progress else None
+        if progress:
+            progress.start()
+        try:
+            # Updates from the tasks of an action are applied once per task, even when a task is retried.
+            counter = spark.sparkContext.accumulator(0)
+            scored = frame.mapInArrow(_scorer(broadcast, counter), StructType(fields))
+            scored.write.mode("overwrite").option("compression", compression).parquet(output_location)
+        finally:
+            if progress:
+                progress.stopped.set()
+                progress.join()
+                progress.poll()
+            broadcast.unpersist()
+        return int(counter.value)
+    except EdgeloopError:
+        raise
+    except Exception as exc:
+        raise _spark_error(exc) from None
+    finally:
+        if not already_running:
+            spark.stop()
+
+
+def _spark_running() -> bool:
+    from pyspark import SparkContext
+
+    return SparkContext._active_spark_context is not None
+
+
+def _spark_error(exc: BaseException) -> EdgeloopError:
+    """A one-line error from a Spark failure, naming the edgeloop error raised on an executor when there is one."""
+    text = str(exc)
+    for line in text.splitlines():
+        for name in ("SchemaError", "InputError", "IntegrityError", "ModelRejected"):
+            marker = f"contracts.errors.{name}: "
+            if marker in line:
+                message = line.split(marker, 1)[1].strip()
+                return IntegrityError(message) if name == "IntegrityError" else InputError(message)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return InputError(f"the Spark job failed: {lines[0] if lines else type(exc).__name__}")
