@@ -143,6 +143,11 @@ from edgeloop.cmd_score import register as _register_score  # noqa: E402
 _register_score(app)
 
 
+from edgeloop.cmd_agent import register as _register_agent  # noqa: E402
+
+_register_agent(app)
+
+
 def main() -> None:
     configure_logging()
     run_cli(app)

@@ -1,0 +1,294 @@
+"""The agent's local REST API (FastAPI): a thin transport over `InferenceService`.
+
+    POST /v1/predict   one record {feature: value}, a list of records, or {"records": [...]}   (bearer token)
+    GET  /v1/model     summary of the model being served and of the device                    (bearer token)
+    GET  /healthz      the process is alive                                                    (open)
+    GET  /readyz       a model is loaded (503 otherwise)                                       (open)
+    GET  /metrics      Prometheus text format                                                  (open)
+    GET  /docs         OpenAPI docs, the request schema built from the current model            (open)
+
+Health, readiness and metrics stay open so that orchestrators and scrapers need no secret; they reveal
+no data beyond the model's name and version. The predict route decodes the body itself with orjson (a
+pydantic body model would halve the throughput) and the schema check is `contracts.runtime.encode_records`;
+the pydantic models below only describe the API in OpenAPI. Every EdgeloopError maps to its `http_status`
+in one handler, so bad input gets a 4xx naming the field and never a 5xx.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from contracts.errors import EdgeloopError, InputError, SchemaError
+from contracts.logs import log_event
+from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady, PayloadTooLarge, Unauthorized
+from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics, error_kind
+from edge_agent.openapi_schema import record_schema
+from edge_agent.service import InferenceService, PredictionBatch
+from edge_agent.settings import AgentSettings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("edgeloop.agent.api")
+_ROUTES = {p: p for p in ("/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")}
+_NAN_TOKEN = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
+_INLINE_ROWS = 32  # bigger batches run in the thread pool so they do not stall the event loop
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    label: int | str
+    probabilities: dict[str, float]
+
+
+class SinglePrediction(Prediction):
+    model: str
+    model_version: int
+
+
+class BatchPrediction(BaseModel):
+    model: str
+    model_version: int
+    predictions: list[Prediction]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+    field: str | None = None
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+class _MetricsMiddleware:
+    """Times every HTTP request into http_request_duration_seconds{model,route} (pure ASGI, no body copy)."""
+
+    def __init__(self, app: ASGIApp, metrics: AgentMetrics, service: InferenceService) -> None:
+        self.app, self.metrics, self.service = app, metrics, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            current = self.service.current
+            model = current.manifest.name if current else ""
+            route = _ROUTES.get(scope["path"], "other")
+            self.metrics.observe_request(model, route, status, time.perf_counter() - start)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body is {length} bytes, over the limit of {limit} (max_body_bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_records(body: bytes, feature_names: set[str], max_batch: int) -> tuple[list[Any], bool]:
+    """Body -> (records, is_batch). Raises MalformedBody (400), InputError (422) or BatchTooLarge (413)."""
+    if not body.strip():
+        raise MalformedBody('request body is empty: send a JSON record, a list of records or {"records": [...]}')
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if _NAN_TOKEN.search(body):
+            raise MalformedBody("NaN and Infinity are not valid JSON: send null for a missing value") from None
+        raise MalformedBody(f"request body is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "records" in data and "records" not in feature_names:
+        extra = sorted(set(data) - {"records"})
+        if extra:
+            raise SchemaError(f"unknown field '{extra[0]}' next to 'records'", extra[0])
+        data = data["records"]
+        if not isinstance(data, list):
+            raise SchemaError("field 'records' must be a list of records", "records")
+    if isinstance(data, dict):
+        return [data], False
+    if not isinstance(data, list):
+        raise InputError('request body must be a JSON object (one record), a list of records or {"records": [...]}')
+    if not data:
+        raise SchemaError("the batch ('records') is empty: send at least one record", "records")
+    if len(data) > max_batch:
+        raise BatchTooLarge(f"batch of {len(data)} records is over the limit of {max_batch} (max_batch)")
+    return data, True
+
+
+def create_app(
+    service: InferenceService,
+    settings: AgentSettings,
+    metrics: AgentMetrics,
+    status: Callable[[], dict[str, Any]] = dict,
+    lifespan: Any = None,
+) -> FastAPI:
+    """The REST app; `status()` adds device facts (id, group, broker, stored versions) to /v1/model."""
+    app = FastAPI(
+        title="edgeloop agent",
+        summary="Local inference on a verified ONNX bundle.",
+        version="v1",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_MetricsMiddleware, metrics=metrics, service=service)
+    token = settings.token.encode() if settings.token else None
+    max_body, max_batch = settings.max_body_bytes, settings.max_batch
+
+    def check_auth(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization")
+        if not header:
+            raise Unauthorized("missing bearer token: send the header 'Authorization: Bearer <token>'")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
+            raise Unauthorized("wrong bearer token")
+
+    @app.exception_handler(EdgeloopError)
+    async def edgeloop_error(request: Request, exc: EdgeloopError) -> Response:
+        if request.url.path == "/v1/predict":
+            metrics.prediction_errors.labels(error_kind(exc)).inc()
+        body = {"error": type(exc).__name__, "detail": exc.message, "field": getattr(exc, "field", None)}
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return _json(body, exc.http_status, headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log_event(logger, "request failed", level=logging.ERROR, path=request.url.path, error=repr(exc))
+        if request.url.path == "/v1/predict":
+            metrics.prediction_errors.labels("internal").inc()
+        return _json({"error": "InternalError", "detail": f"{type(exc).__name__}: {exc}", "field": None}, 500)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": text}
+        for code, text in {400: "malformed JSON", 401: "missing or wrong token", 413: "body or batch too large",
+                           422: "a field is missing, unknown or of the wrong type", 503: "no model loaded"}.items()
+    }  # fmt: skip
+
+    @app.post(
+        "/v1/predict",
+        response_model=SinglePrediction | BatchPrediction,
+        responses=errors,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}},
+    )
+    async def predict(request: Request) -> Response:
+        """Predict one record (answers one prediction) or a batch (answers `predictions`, in order)."""
+        check_auth(request)
+        current = service.current
+        if current is None:
+            raise ModelNotReady("no model is loaded yet: install one with --bundle or publish a desired state")
+        body = await _read_body(request, max_body)
+        records, batch = parse_records(body, {spec.name for spec in current.manifest.inputs}, max_batch)
+        result: PredictionBatch
+        if len(records) <= _INLINE_ROWS:
+            result = service.predict(records)
+        else:
+            result = await run_in_threadpool(service.predict, records)
+        manifest = result.model.manifest
+        if batch:
+            return _json({"model": manifest.name, "model_version": manifest.version, "predictions": result.predictions})
+        return _json({"model": manifest.name, "model_version": manifest.version, **result.predictions[0]})
+
+    @app.get("/v1/model", responses=errors)
+    async def model_info(request: Request) -> Response:
+        """The model being served (schema, classes, lineage) and the device's state."""
+        check_auth(request)
+        current = service.current
+        summary: dict[str, Any] = {"ready": current is not None, **status()}
+        if current is not None:
+            m = current.manifest
+            summary["model"] = {
+                "name": m.name,
+                "version": m.version,
+                "sha256": m.onnx.sha256,
+                "created_at": m.created_at,
+                "target": m.target,
+                "classes": m.classes,
+                "inputs": [spec.model_dump() for spec in m.inputs],
+                "golden_samples": len(m.golden_samples),
+                "lineage": m.lineage.model_dump(),
+                "bundle": current.bundle.path.name,
+            }
+        return _json(summary)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """The process is alive (open, no token)."""
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", responses={503: {"description": "no model loaded yet"}})
+    async def readyz() -> Response:
+        """200 when a model is loaded and serving, 503 otherwise (open, no token)."""
+        current = service.current
+        if current is None:
+            return _json({"ready": False, "detail": "no model loaded"}, 503)
+        return _json({"ready": True, "model": current.manifest.name, "model_version": current.manifest.version})
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus text format (open, no token)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    _install_openapi(app, service, token is not None)
+    return app
+
+
+def _install_openapi(app: FastAPI, service: InferenceService, auth: bool) -> None:
+    """OpenAPI whose request schema and example come from the model being served (rebuilt after a swap)."""
+    cache: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        current = service.current
+        key = current.manifest.ref + current.manifest.onnx.sha256 if current else ""
+        if cache.get("key") != key or "schema" not in cache:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            record, example = record_schema(current.manifest if current else None)
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {})["Record"] = record
+            body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
+            ref = {"$ref": "#/components/schemas/Record"}
+            body["schema"] = {
+                "oneOf": [
+                    ref,
+                    {"type": "array", "items": ref},
+                    {"type": "object", "properties": {"records": {"type": "array", "items": ref}}},
+                ]
+            }
+            if example:
+                body["example"] = example
+            if auth:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path in ("/v1/predict", "/v1/model"):
+                    for operation in schema["paths"][path].values():
+                        operation["security"] = [{"bearer": []}]
+            cache.update(key=key, schema=schema)
+        return cache["schema"]
+
+    app.openapi = openapi  # type: ignore[method-assign]

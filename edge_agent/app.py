@@ -1,0 +1,157 @@
+"""Wiring: one `Agent` (store, inference service, deployment service, MQTT) and the process that serves it.
+
+agent = Agent(AgentSettings(bundle=Path("bundles/machine-failure")))
+agent.load()                     # disk only: the current model, then --bundle
+app = agent.create_app()         # FastAPI; its lifespan starts and stops MQTT and the update worker
+run_agent(settings)              # all of the above plus uvicorn, until SIGTERM / SIGINT
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from contracts.errors import EdgeloopError, InputError
+from contracts.logs import log_event
+from contracts.signing import load_public_key
+from edge_agent.api import create_app
+from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt import MqttSync
+from edge_agent.reporting import EventCounter, LogReporter, Reporter
+from edge_agent.service import InferenceService
+from edge_agent.settings import AgentSettings
+from edge_agent.store import ModelStore
+from edge_agent.updater import AGENT_VERSION, Updater, UpdateWorker
+
+__all__ = ["Agent", "run_agent"]
+
+logger = logging.getLogger("edgeloop.agent")
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        key_path = settings.resolved_public_key()
+        self.public_key = load_public_key(key_path) if key_path else None
+        self.metrics = AgentMetrics()
+        self.store = ModelStore(settings.state_dir, self.public_key, settings.keep_versions)
+        self._lock_file = self._lock_state_dir()
+        self.service = InferenceService(self.metrics)
+        self.counter = EventCounter(self.store.state_dir / "events.seq")
+        self.sync = MqttSync(settings, self.counter) if settings.mqtt_url else None
+        reporter: Reporter = self.sync or LogReporter(settings.device_id, self.counter)
+        self.updater = Updater(settings, self.store, self.service, reporter, self.public_key, self.metrics)
+        self.worker = UpdateWorker(self.updater)
+        if self.sync is not None:
+            self.sync.on_desired = self.worker.submit
+            self.sync.reported_provider = self.updater.reported_state
+        self._started = False
+
+    def _lock_state_dir(self) -> Any:
+        handle = open(self.store.state_dir / "agent.lock", "w")  # noqa: SIM115 - held for the agent's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise InputError(
+                f"another agent is using {self.store.state_dir}; give each agent its own --state-dir"
+            ) from None
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
+
+    def load(self) -> None:
+        """Serve the store's current model (no network), then install `settings.bundle` if given."""
+        for bundle in self.store.candidates():
+            try:
+                self.updater.serve_stored(bundle)
+            except EdgeloopError as exc:
+                log_event(logger, "stored model refused", level=logging.ERROR, bundle=bundle.path.name,
+                          error=exc.message)  # fmt: skip
+                continue
+            if bundle.path.name != self.store.current_name():
+                self.store.activate(bundle)
+            break
+        if self.settings.bundle is not None:
+            try:
+                self.updater.install_local(self.settings.bundle)
+            except EdgeloopError as exc:
+                if not self.service.ready:
+                    raise
+                log_event(logger, "--bundle refused, serving the stored model", level=logging.ERROR,
+                          error=exc.message)  # fmt: skip
+        if not self.service.ready:
+            log_event(logger, "no model yet: /readyz answers 503 until one is installed", level=logging.WARNING)
+
+    def start(self) -> None:
+        """Start the update worker and the MQTT connection (both in the background)."""
+        if self._started:
+            return
+        self._started = True
+        self.worker.start()
+        if self.sync is not None:
+            self.sync.start()
+        if self.settings.token is None:
+            log_event(logger, "no token set: /v1/* is open to anyone who can reach the port", level=logging.WARNING)
+        current = self.service.current
+        log_event(logger, "agent started", device=self.settings.device_id, group=self.settings.group,
+                  model=current.manifest.ref if current else None, mqtt=self.settings.mqtt_url or "offline",
+                  version=AGENT_VERSION)  # fmt: skip
+
+    def stop(self) -> None:
+        """Publish offline and disconnect, let a running update finish, release the state dir."""
+        if self.sync is not None:
+            self.sync.stop()
+        self.worker.stop()
+        with contextlib.suppress(OSError):
+            self._lock_file.close()
+        self._started = False
+        log_event(logger, "agent stopped", device=self.settings.device_id)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device_id": self.settings.device_id,
+            "group": self.settings.group,
+            "mqtt": None if self.sync is None else ("connected" if self.sync.connected.is_set() else "disconnected"),
+            "last_error": self.updater.last_error,
+            "stored_bundles": [path.name for path in self.store.installed()],
+            "agent_version": AGENT_VERSION,
+        }
+
+    def create_app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            self.start()
+            try:
+                yield
+            finally:
+                self.stop()
+
+        return create_app(self.service, self.settings, self.metrics, self.status, lifespan)
+
+
+def run_agent(settings: AgentSettings) -> None:
+    """Load, then serve with uvicorn (one worker, uvloop + httptools) until SIGTERM or SIGINT."""
+    import uvicorn
+
+    agent = Agent(settings)
+    agent.load()
+    config = uvicorn.Config(
+        agent.create_app(),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        access_log=False,
+        log_config=None,
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    log_event(logger, "listening", url=f"http://{settings.host}:{settings.port}", docs="/docs")
+    uvicorn.Server(config).run()

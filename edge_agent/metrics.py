@@ -1,0 +1,76 @@
+"""Prometheus metrics of one agent, in a private registry (several agents can live in one test process).
+
+Names follow the usual conventions so common dashboards work:
+
+    http_request_duration_seconds{model,route}   histogram, every HTTP request (route = path template or "other")
+    edgeloop_requests_total{route,code}          counter of HTTP requests by status code
+    edgeloop_predictions_total{model,version}    records predicted
+    edgeloop_prediction_errors_total{kind}       refused or failed predictions (schema_error, malformed_body, ...)
+    edgeloop_model_info{name,version,sha256}     1 for the model being served
+    edgeloop_model_updates_total{outcome}        deployed, rolled_back, unchanged, rejected
+    process_*                                    RSS, CPU, open files of the agent process
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from contracts.manifest import Manifest
+
+__all__ = ["CONTENT_TYPE_LATEST", "AgentMetrics", "error_kind"]
+
+_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def error_kind(exc: BaseException) -> str:
+    """SchemaError -> schema_error, PayloadTooLarge -> payload_too_large."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start to the end of the response, by model and route.",
+            ["model", "route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "edgeloop_requests", "HTTP requests by route and status code.", ["route", "code"], registry=self.registry
+        )
+        self.predictions = Counter(
+            "edgeloop_predictions", "Records predicted.", ["model", "version"], registry=self.registry
+        )
+        self.prediction_errors = Counter(
+            "edgeloop_prediction_errors", "Predictions refused or failed, by kind.", ["kind"], registry=self.registry
+        )
+        self.model_info = Gauge(
+            "edgeloop_model_info", "The model being served (value 1).", ["name", "version", "sha256"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.updates = Counter(
+            "edgeloop_model_updates", "Model update attempts by outcome.", ["outcome"], registry=self.registry
+        )
+        ProcessCollector(registry=self.registry)
+        self._children: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
+
+    def observe_request(self, model: str, route: str, code: int, seconds: float) -> None:
+        key = (model, route, code)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.request_duration.labels(model, route), self.requests.labels(route, str(code)))
+            self._children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
+
+    def set_model(self, manifest: Manifest) -> None:
+        self.model_info.clear()
+        self.model_info.labels(manifest.name, str(manifest.version), manifest.onnx.sha256).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,146 @@
+"""MQTT transport of the agent (paho-mqtt 2, callback API v2): desired state in, state and events out.
+
+Subscribes to the retained desired-state topics of its group and of itself; the device-level one wins
+while it is set (an empty retained message clears it and the group's applies again). Publishes online
+status (retained, with a retained `offline` last will), reported state (retained) and events (QoS 1).
+Connection runs on paho's thread with exponential reconnect backoff; updates are handed to the
+`UpdateWorker`, never run on the network thread. No business logic here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from contracts.logs import log_event
+from contracts.messages import DesiredState, DeviceEvent, DeviceStatus, ReportedState
+from contracts.topics import device_topic, group_desired
+from edge_agent.reporting import EventCounter, make_event, utc_now
+from edge_agent.settings import AgentSettings
+
+__all__ = ["MqttSync"]
+
+logger = logging.getLogger("edgeloop.agent.mqtt")
+QOS = 1
+
+
+class MqttSync:
+    """Implements `Reporter`; calls `on_desired(state)` whenever the effective desired state changes."""
+
+    def __init__(self, settings: AgentSettings, counter: EventCounter) -> None:
+        if not settings.mqtt_url:
+            raise ValueError("MqttSync needs settings.mqtt_url")
+        self.settings = settings
+        self.counter = counter
+        self.device_id = settings.device_id
+        self.on_desired: Callable[[DesiredState], None] = lambda _desired: None
+        self.reported_provider: Callable[[], ReportedState] | None = None
+        self.group_topic = group_desired(settings.group)
+        self.device_desired_topic = device_topic(self.device_id, "desired")
+        self._desired: dict[str, DesiredState] = {}
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = self._make_client()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        url = urlsplit(s.mqtt_url or "")
+        tls = url.scheme == "mqtts"
+        self.host, self.port = url.hostname or "localhost", url.port or (8883 if tls else 1883)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgeloop-agent-{self.device_id}")
+        if s.mqtt_username or url.username:
+            client.username_pw_set(s.mqtt_username or url.username, s.mqtt_password or url.password)
+        if tls:
+            client.tls_set(
+                ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+                certfile=str(s.mqtt_cert_file) if s.mqtt_cert_file else None,
+                keyfile=str(s.mqtt_key_file) if s.mqtt_key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.will_set(self._topic("status"), self._status(False), qos=QOS, retain=True)
+        client.reconnect_delay_set(s.mqtt_reconnect_min_s, s.mqtt_reconnect_max_s)  # type: ignore[arg-type]
+        client.max_queued_messages_set(1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; the agent serves whether or not the broker is reachable."""
+        self.client.connect_async(self.host, self.port, keepalive=self.settings.mqtt_keepalive_s)
+        self.client.loop_start()
+        log_event(logger, "mqtt connecting", broker=f"{self.host}:{self.port}", device=self.device_id)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish `offline` (retained) and disconnect cleanly; the last will covers a crash."""
+        if self.connected.is_set():
+            info = self.client.publish(self._topic("status"), self._status(False), qos=QOS, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- Reporter -----------------------------------------------------------------------------------
+    def publish_event(self, kind: str, **fields: Any) -> DeviceEvent:
+        """The one way events leave the device (an on-disk outbox can replace the body later)."""
+        event = make_event(self.device_id, self.counter.next(), kind, **fields)
+        self.client.publish(self._topic("events"), event.model_dump_json(), qos=QOS)
+        return event
+
+    def publish_reported(self, state: ReportedState) -> None:
+        self.client.publish(self._topic("reported"), state.model_dump_json(), qos=QOS, retain=True)
+
+    # -- paho callbacks (network thread) ------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log_event(logger, "mqtt connection refused", level=logging.WARNING, reason=str(reason))
+            return
+        client.subscribe([(self.group_topic, QOS), (self.device_desired_topic, QOS)])
+        client.publish(self._topic("status"), self._status(True), qos=QOS, retain=True)
+        if self.reported_provider is not None:
+            self.publish_reported(self.reported_provider())
+        self.connected.set()
+        log_event(logger, "mqtt connected", broker=f"{self.host}:{self.port}", group=self.settings.group)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        log_event(logger, "mqtt disconnected", level=logging.WARNING, reason=str(reason))
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        level = "device" if message.topic == self.device_desired_topic else "group"
+        if not message.payload:
+            with self._lock:
+                self._desired.pop(level, None)
+            log_event(logger, "desired state cleared", level=logging.INFO, scope=level)
+        else:
+            try:
+                desired = DesiredState.model_validate_json(message.payload)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                reason = f"desired state on {message.topic} is malformed at {first['loc']}: {first['msg']}"
+                log_event(logger, "desired state ignored", level=logging.WARNING, reason=reason)
+                self.publish_event("rejected", reason=reason, details={"topic": message.topic})
+                return
+            with self._lock:
+                self._desired[level] = desired
+        with self._lock:
+            effective = self._desired.get("device") or self._desired.get("group")
+        if effective is not None:
+            self.on_desired(effective)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _topic(self, kind: str) -> str:
+        return device_topic(self.device_id, kind)
+
+    def _status(self, online: bool) -> bytes:
+        return DeviceStatus(device_id=self.device_id, online=online, at=utc_now()).model_dump_json().encode()

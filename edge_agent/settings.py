@@ -1,0 +1,120 @@
+"""Edge agent settings: env prefix EDGELOOP_AGENT_, config file table [agent], CLI flags on top.
+
+EDGELOOP_AGENT_TOKEN=s3cret EDGELOOP_AGENT_MQTT_URL=mqtt://broker:1883 edgeloop agent
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_core import PydanticUndefined
+from pydantic_settings import SettingsConfigDict
+
+from contracts.settings import EdgeloopSettings, edgeloop_home
+from contracts.signing import PUBLIC_KEY_FILE
+from contracts.topics import validate_id
+
+__all__ = ["AgentSettings", "default_device_id"]
+
+
+def default_device_id() -> str:
+    """The host name, made safe for topic names (letters, digits, '.', '_', '-'; at most 64 characters)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip("-.") or "edge-device"
+    return name[:64]
+
+
+class AgentSettings(EdgeloopSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_AGENT_", extra="ignore", use_attribute_docstrings=True)
+    config_section: ClassVar[str] = "agent"
+
+    state_dir: Path = Field(default_factory=lambda: edgeloop_home() / "agent")
+    """Model store: installed bundles, the `current` pointer, the event counter ($EDGELOOP_HOME/agent)."""
+    bundle: Path | None = None
+    """A bundle directory to install at start (a device with no cloud); never replaces a newer current model."""
+    host: str = "127.0.0.1"
+    """Address the REST API listens on; 0.0.0.0 to accept other machines (set a token then)."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """Port of the REST API."""
+    token: str | None = None
+    """Bearer token required by /v1/* (health and /metrics stay open); unset = no auth, with a warning."""
+    device_id: str = Field(default_factory=default_device_id)
+    """This device's id in MQTT topics (default: the host name)."""
+    group: str = "default"
+    """Fleet group whose desired state this device follows unless a device-level one is set."""
+    mqtt_url: str | None = None
+    """Broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS); unset = offline, serve the local model only."""
+    mqtt_username: str | None = None
+    """Broker user name."""
+    mqtt_password: str | None = None
+    """Broker password."""
+    mqtt_ca_file: Path | None = None
+    """CA bundle that signed the broker's certificate (mqtts://); default: the system's CAs."""
+    mqtt_cert_file: Path | None = None
+    """Client certificate for mutual TLS."""
+    mqtt_key_file: Path | None = None
+    """Private key of the client certificate."""
+    mqtt_keepalive_s: int = Field(default=30, ge=5)
+    """MQTT keep-alive; the broker publishes the last will (offline) after 1.5x this without a ping."""
+    mqtt_reconnect_min_s: float = Field(default=1.0, gt=0)
+    """First delay before reconnecting to the broker; doubles on each failure."""
+    mqtt_reconnect_max_s: float = Field(default=60.0, gt=0)
+    """Longest delay between reconnection attempts."""
+    public_key: Path | None = None
+    """Ed25519 public key that must have signed every bundle (default: $EDGELOOP_HOME/keys/edgeloop-signing.pub
+    when present). Without one, updates over MQTT are refused and local bundles are checked by sha256 only."""
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """Largest request body accepted by /v1/predict (413 above)."""
+    max_batch: int = Field(default=1000, ge=1)
+    """Most records in one /v1/predict batch (413 above)."""
+    download_timeout_s: float = Field(default=30.0, gt=0)
+    """Socket timeout of a bundle download (connect and each read)."""
+    download_max_bytes: int = Field(default=512 << 20, ge=1)
+    """Refuse bundles whose model.onnx is larger than this, before downloading."""
+    download_retries: int = Field(default=3, ge=0)
+    """Extra attempts after a failed download (network errors and HTTP 5xx; 4xx fails at once)."""
+    download_backoff_s: float = Field(default=1.0, ge=0)
+    """Wait before the first retry; doubles on each retry."""
+    keep_versions: int = Field(default=3, ge=1)
+    """Bundles kept in the store for rollback, the current one included."""
+    intra_op_threads: int = Field(default=1, ge=0)
+    """onnxruntime threads per prediction; 1 is fastest for single records, 0 = one per core (big batches)."""
+
+    @field_validator("device_id", "group")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        return validate_id(value, "device id / group")
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"mqtt_url {value!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return value
+
+    def resolved_public_key(self) -> Path | None:
+        """The configured key, else the signer's key next to the local tracking store when it exists."""
+        if self.public_key is not None:
+            return self.public_key
+        fallback = edgeloop_home() / "keys" / PUBLIC_KEY_FILE
+        return fallback if fallback.is_file() else None
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """Like the base class, with computed defaults (state dir, host name) shown as values."""
+        rows = []
+        prefix = cls.model_config.get("env_prefix", "")
+        for name, field in cls.model_fields.items():
+            if field.default is PydanticUndefined and field.default_factory is not None:
+                default = str(field.get_default(call_default_factory=True))
+            else:
+                default = "" if field.default is None else str(field.default)
+            rows.append((f"{prefix}{name.upper()}", default, " ".join((field.description or "").split())))
+        return rows

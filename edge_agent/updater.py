@@ -1,0 +1,289 @@
+"""The deployment service: turn a desired state (or a local bundle) into the model being served, or refuse it.
+
+    verify the manifest's signature (before any download) -> version policy (older = refused unless the
+    signed manifest says rollback) -> reuse a stored copy or download model.onnx (size cap, retries) ->
+    verify sha256 + signature on the assembled bundle -> new onnxruntime session -> golden samples ->
+    switch the `current` pointer -> swap the in-memory model -> report (retained state + event)
+
+Any failure leaves the old model serving and is reported with its reason. `UpdateWorker` runs updates
+on its own thread, latest desired state wins, so no transport's network thread ever blocks on a download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from contracts.bundle import Bundle, parse_manifest
+from contracts.errors import EdgeloopError, IntegrityError, ModelRejected, ServiceUnavailableError
+from contracts.logs import log_event
+from contracts.manifest import Manifest, canonical_bytes
+from contracts.messages import DesiredState, ReportedState
+from contracts.runtime import OnnxModel
+from contracts.signing import verify_bytes
+from edge_agent.download import download_model
+from edge_agent.errors import DownloadFailed
+from edge_agent.metrics import AgentMetrics
+from edge_agent.reporting import Reporter, utc_now
+from edge_agent.service import InferenceService
+from edge_agent.settings import AgentSettings
+from edge_agent.store import ModelStore
+
+__all__ = ["AGENT_VERSION", "UpdateOutcome", "UpdateWorker", "Updater", "check_version_policy"]
+
+logger = logging.getLogger("edgeloop.agent.updater")
+try:
+    AGENT_VERSION = version("edgeloop")
+except PackageNotFoundError:  # running from a source tree
+    AGENT_VERSION = "0+unknown"
+
+Action = Literal["deploy", "rollback", "unchanged"]
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    status: Literal["deployed", "rolled_back", "unchanged", "rejected"]
+    ref: str
+    reason: str | None = None
+    permanent: bool = True
+    """For a rejection: False when the same desired state may succeed later (network, server down)."""
+
+
+def check_version_policy(current: Manifest | None, new: Manifest) -> Action:
+    """Same bundle -> unchanged; an older version of the same model -> refused unless a signed rollback."""
+    if current is None:
+        return "deploy"
+    if (current.name, current.version, current.onnx.sha256) == (new.name, new.version, new.onnx.sha256):
+        return "unchanged"
+    if new.name == current.name and new.version < current.version:
+        if not new.rollback:
+            raise ModelRejected(
+                f"{new.ref} is older than the current {current.ref}: refused as a replay "
+                "(publish a manifest signed with rollback=true to roll back on purpose)"
+            )
+        return "rollback"
+    return "deploy"
+
+
+class Updater:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: ModelStore,
+        service: InferenceService,
+        reporter: Reporter,
+        public_key: Ed25519PublicKey | None,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.service = service
+        self.reporter = reporter
+        self.public_key = public_key
+        self.metrics = metrics
+        self.last_error: str | None = None
+        self._lock = threading.Lock()  # one update at a time, whatever the source
+
+    # -- entry points -------------------------------------------------------------------------------
+    def serve_stored(self, bundle: Bundle) -> None:
+        """Start serving a bundle that is already the store's current one (agent start, no network)."""
+        model = self._load_checked(bundle)
+        self.service.swap(model, bundle)
+        log_event(logger, "model loaded from the store", model=bundle.manifest.ref, bundle=bundle.path.name)
+
+    def install_local(self, path: Path) -> UpdateOutcome:
+        """Install a bundle directory (`--bundle`): verified, copied into the store, served unless older."""
+        with self._lock:
+            bundle = self.store.install_from_dir(path)
+            if self.public_key is None:
+                log_event(logger, "no public key: signature of the local bundle not checked", level=logging.WARNING)
+            current = self.service.current
+            try:
+                action = check_version_policy(current.manifest if current else None, bundle.manifest)
+            except ModelRejected as exc:
+                log_event(logger, "local bundle kept in store, not served", level=logging.WARNING, reason=exc.message)
+                return UpdateOutcome("rejected", bundle.manifest.ref, exc.message)
+            if action == "unchanged":
+                return UpdateOutcome("unchanged", bundle.manifest.ref)
+            return self._switch(bundle, action, fresh=False, details={"source": str(path)})
+
+    def apply(self, desired: DesiredState) -> UpdateOutcome:
+        """Apply a desired state; never raises, the outcome says what happened and is reported."""
+        with self._lock:
+            ref = f"{desired.manifest.get('name')}/{desired.manifest.get('version')}"
+            try:
+                manifest = self._verified_manifest(desired)
+                ref = manifest.ref
+                current = self.service.current
+                action = check_version_policy(current.manifest if current else None, manifest)
+                if action == "unchanged":
+                    self._report("serving")
+                    return self._count(UpdateOutcome("unchanged", ref))
+                self._report("updating")
+                bundle, fresh = self._fetch(desired, manifest)
+                return self._switch(bundle, action, fresh, {"rollout_id": desired.rollout_id})
+            except DownloadFailed as exc:
+                return self._reject(ref, exc.message, exc.permanent)
+            except ServiceUnavailableError as exc:
+                return self._reject(ref, exc.message, permanent=False)
+            except EdgeloopError as exc:
+                return self._reject(ref, exc.message, permanent=True)
+            except Exception as exc:  # a bug must not stop the agent serving the old model
+                logger.exception("update failed unexpectedly")
+                return self._reject(ref, f"unexpected {type(exc).__name__}: {exc}", permanent=False)
+
+    def reported_state(self, state: Literal["serving", "updating", "no_model"] | None = None) -> ReportedState:
+        current = self.service.current
+        manifest = current.manifest if current else None
+        return ReportedState(
+            device_id=self.settings.device_id,
+            group=self.settings.group,
+            model_name=manifest.name if manifest else None,
+            model_version=manifest.version if manifest else None,
+            bundle_sha256=manifest.onnx.sha256 if manifest else None,
+            state=state or ("serving" if manifest else "no_model"),
+            last_error=self.last_error,
+            agent_version=AGENT_VERSION,
+            updated_at=utc_now(),
+        )
+
+    # -- steps --------------------------------------------------------------------------------------
+    def _verified_manifest(self, desired: DesiredState) -> Manifest:
+        manifest = parse_manifest(orjson.dumps(desired.manifest), "desired state manifest")
+        if self.public_key is None:
+            raise IntegrityError("no public key configured (EDGELOOP_AGENT_PUBLIC_KEY): updates cannot be verified")
+        verify_bytes(canonical_bytes(manifest), desired.signature.encode(), self.public_key)
+        if manifest.onnx.size > self.settings.download_max_bytes:
+            raise ModelRejected(
+                f"{manifest.ref}: model.onnx is {manifest.onnx.size} bytes, over download_max_bytes "
+                f"({self.settings.download_max_bytes})"
+            )
+        return manifest
+
+    def _fetch(self, desired: DesiredState, manifest: Manifest) -> tuple[Bundle, bool]:
+        """The stored copy if there is one (rollback without network), else download and assemble."""
+        stored = self.store.find(manifest)
+        if stored is not None:
+            return stored, False
+        part = self.store.new_temp_file()
+        try:
+            s = self.settings
+            download_model(desired.model_url, part, manifest.onnx.size, manifest.onnx.sha256,
+                           s.download_timeout_s, s.download_retries, s.download_backoff_s)  # fmt: skip
+            bundle = self.store.install_parts(manifest.to_json_bytes(), desired.signature.encode(), part, manifest)
+        finally:
+            part.unlink(missing_ok=True)
+        return bundle, True
+
+    def _load_checked(self, bundle: Bundle) -> OnnxModel:
+        model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads)
+        model.check_golden_samples()
+        return model
+
+    def _switch(self, bundle: Bundle, action: Action, fresh: bool, details: dict[str, object]) -> UpdateOutcome:
+        try:
+            model = self._load_checked(bundle)
+        except EdgeloopError:
+            if fresh:
+                self.store.remove(bundle)
+            raise
+        self.store.activate(bundle)
+        previous = self.service.swap(model, bundle)
+        self.last_error = None
+        status: Literal["deployed", "rolled_back"] = "rolled_back" if action == "rollback" else "deployed"
+        manifest = bundle.manifest
+        details = {**details, "sha256": manifest.onnx.sha256, "previous": previous.manifest.ref if previous else None}
+        log_event(logger, f"model {status}", model=manifest.ref, previous=details["previous"])
+        self._report("serving")
+        self.reporter.publish_event(status, model_name=manifest.name, model_version=manifest.version, details=details)
+        return self._count(UpdateOutcome(status, manifest.ref))
+
+    def _reject(self, ref: str, reason: str, permanent: bool) -> UpdateOutcome:
+        self.last_error = reason
+        log_event(logger, "update rejected", level=logging.WARNING, model=ref, reason=reason)
+        name, _, number = ref.partition("/")
+        self.reporter.publish_event(
+            "rejected",
+            model_name=name or None,
+            model_version=int(number) if number.isdigit() else None,
+            reason=reason,
+            details={"permanent": permanent},
+        )
+        self._report()
+        return self._count(UpdateOutcome("rejected", ref, reason, permanent))
+
+    def _report(self, state: Literal["serving", "updating", "no_model"] | None = None) -> None:
+        self.reporter.publish_reported(self.reported_state(state))
+
+    def _count(self, outcome: UpdateOutcome) -> UpdateOutcome:
+        if self.metrics is not None:
+            self.metrics.updates.labels(outcome.status).inc()
+        return outcome
+
+
+def _desired_key(desired: DesiredState) -> str:
+    return hashlib.sha256(f"{desired.signature}\n{desired.model_url}".encode()).hexdigest()
+
+
+class UpdateWorker:
+    """Applies desired states on one background thread; a newer desired state replaces a pending one.
+
+    A desired state that was applied, or refused for good, is not applied again when the broker
+    redelivers it (retained messages come back on every reconnect); a transient failure is retried then.
+    """
+
+    def __init__(self, updater: Updater) -> None:
+        self.updater = updater
+        self._pending: DesiredState | None = None
+        self._done: str | None = None
+        self._busy = False
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, desired: DesiredState) -> None:
+        with self._cond:
+            self._pending = desired
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing is pending or running (for orderly shutdown and tests)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._stopping)
+                if self._stopping:
+                    return
+                desired, self._pending = self._pending, None
+                self._busy = True
+            try:
+                assert desired is not None
+                key = _desired_key(desired)
+                if key != self._done:
+                    outcome = self.updater.apply(desired)
+                    self._done = key if outcome.status != "rejected" or outcome.permanent else None
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()

@@ -1,0 +1,225 @@
+"""Real parts for the agent tests: a bundle server (http.server in a thread), an MQTT probe (paho client on
+the test broker), an agent served by uvicorn in a thread, and desired states built from real bundles."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import uvicorn
+from paho.mqtt.enums import CallbackAPIVersion
+
+from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, canonical_bytes
+from contracts.messages import DesiredState
+from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
+from contracts.topics import device_topic, group_desired
+from edge_agent.app import Agent
+from edge_agent.settings import AgentSettings
+
+__all__ = [
+    "AgentServer",
+    "BundleServer",
+    "MqttProbe",
+    "desired_state",
+    "free_port",
+    "record_of",
+    "resign",
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def manifest_of(bundle: Path) -> Manifest:
+    return Manifest.model_validate(orjson.loads((bundle / MANIFEST_FILE).read_bytes()))
+
+
+def record_of(bundle: Path, index: int = 0) -> dict[str, Any]:
+    """A valid input record: the bundle's golden sample `index`."""
+    return dict(manifest_of(bundle).golden_samples[index].inputs)
+
+
+def resign(manifest: Manifest, keys_dir: Path, **changes: Any) -> tuple[Manifest, str]:
+    """A copy of `manifest` with `changes`, signed with the test key: (manifest, signature document)."""
+    data = manifest.model_dump(mode="json")
+    data.update(changes)
+    edited = Manifest.model_validate(data)
+    signature = sign_bytes(canonical_bytes(edited), load_private_key(keys_dir / PRIVATE_KEY_FILE))
+    return edited, signature.decode()
+
+
+def desired_state(
+    bundle: Path, model_url: str, manifest: Manifest | None = None, signature: str | None = None
+) -> DesiredState:
+    """The desired state the cloud would publish for `bundle` (or for an edited, re-signed manifest)."""
+    manifest = manifest or manifest_of(bundle)
+    signature = signature if signature is not None else (bundle / SIGNATURE_FILE).read_text()
+    return DesiredState(
+        manifest=manifest.model_dump(mode="json"),
+        signature=signature,
+        model_url=model_url,
+        rollout_id=f"test-{manifest.version}",
+        issued_at="2026-01-01T00:00:00Z",
+    )
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class BundleServer:
+    """Serves files from a directory over HTTP on a free port (the cloud's bundle server stand-in)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, bundle: Path, name: str, data: bytes | None = None) -> str:
+        """Publish the bundle's model.onnx (or `data` instead) as `name`; returns its URL."""
+        target = self.root / name
+        if data is None:
+            shutil.copyfile(bundle / MODEL_FILE, target)
+        else:
+            target.write_bytes(data)
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@dataclass
+class MqttProbe:
+    """A test client on the broker: publishes desired states, records what the agents publish."""
+
+    host: str
+    port: int
+    messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        connected = threading.Event()
+        self.client.on_connect = lambda *_args: connected.set()
+        self.client.connect(self.host, self.port)
+        self.client.loop_start()
+        assert connected.wait(10), "probe cannot connect to the test broker"
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_args: subscribed.set()
+        self.client.subscribe("edgeloop/v1/devices/+/+", qos=1)
+        assert subscribed.wait(10), "probe subscription not acknowledged"
+
+    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+            self._cond.notify_all()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def desire_group(self, group: str, desired: DesiredState | None) -> None:
+        self.publish(group_desired(group), desired.model_dump_json().encode() if desired else b"")
+
+    def desire_device(self, device: str, desired: DesiredState | None) -> None:
+        self.publish(device_topic(device, "desired"), desired.model_dump_json().encode() if desired else b"")
+
+    def payloads(self, device: str, kind: str) -> list[dict[str, Any]]:
+        topic = device_topic(device, kind)
+        with self._cond:
+            return [orjson.loads(payload) for t, payload, _ in self.messages if t == topic and payload]
+
+    def wait_for(
+        self, device: str, kind: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """The first message of `kind` from `device` matching `predicate` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for item in self.payloads(device, kind):
+                    if predicate(item):
+                        return item
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no matching {kind} from {device}; got {self.payloads(device, kind)}")
+                self._cond.wait(remaining)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class AgentServer:
+    """An Agent loaded and served by a real uvicorn in a thread, on a free port."""
+
+    def __init__(self, **settings: Any) -> None:
+        settings.setdefault("port", free_port())
+        settings.setdefault("download_backoff_s", 0.05)
+        settings.setdefault("download_retries", 1)
+        settings.setdefault("download_timeout_s", 5.0)
+        settings.setdefault("mqtt_reconnect_min_s", 0.2)
+        settings.setdefault("mqtt_reconnect_max_s", 1.0)
+        self.settings = AgentSettings(**settings)
+        self.agent = Agent(self.settings)
+        try:
+            self.agent.load()
+        except BaseException:
+            self.agent.stop()
+            raise
+        config = uvicorn.Config(
+            self.agent.create_app(), host="127.0.0.1", port=self.settings.port, log_config=None,
+            log_level="warning", access_log=False,
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self.settings.port}"
+        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+    def predict(self, payload: Any) -> httpx.Response:
+        return self.client.post("/v1/predict", json=payload)
+
+    def version(self) -> int | None:
+        current = self.agent.service.current
+        return current.manifest.version if current else None
+
+    def wait_version(self, version: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.version() != version:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent serves v{self.version()}, expected v{version}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(15)
