@@ -1,0 +1,295 @@
+"""Turning device messages into rows: parse and validate (anything wrong goes to `dead_letters` with the
+reason), then write a whole batch in one transaction.
+
+Idempotent on (device_id, seq) per stream: a redelivered window or event inserts nothing and changes
+nothing. A jump in a device's sequence is recorded in `gaps` (first and last missing number); a late
+message that falls inside a recorded gap counts as `filled`, so several ingest workers splitting one
+device's messages never leave a false gap behind. Device accepted/rejected/rolled back events also go to
+the audit log, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Connection
+
+from cloud_sync import audit
+from cloud_sync.store import Store, dead_letters, devices, events, gaps, windows
+from contracts.messages import DeviceEvent, DeviceStatus, ReportedState
+from contracts.telemetry import TelemetryWindow
+from contracts.topics import parse_device_topic
+
+__all__ = ["BatchResult", "Incoming", "IngestWriter", "Parsed", "epoch", "parse_message"]
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "telemetry": TelemetryWindow,
+    "events": DeviceEvent,
+    "reported": ReportedState,
+    "status": DeviceStatus,
+}
+_AUDITED_EVENTS = {"deployed": "device accepted", "rejected": "device rejected", "rolled_back": "device rolled back"}
+_MAX_DEAD_PAYLOAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    received_at: float
+    mid: int = 0
+    qos: int = 0
+
+
+@dataclass(frozen=True)
+class Parsed:
+    device_id: str
+    kind: str
+    message: Any
+    incoming: Incoming
+
+
+@dataclass
+class BatchResult:
+    windows: int = 0
+    events: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    states: int = 0
+    gaps: int = 0
+    dead_reasons: list[str] = field(default_factory=list)
+
+
+def epoch(stamp: str) -> float:
+    """ISO 8601 (with Z or an offset; naive = UTC) -> epoch seconds."""
+    value = datetime.fromisoformat(stamp)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def parse_message(incoming: Incoming) -> Parsed | str | None:
+    """A validated message, or the reason it is a dead letter (str), or None for what is not ours to store."""
+    topic = parse_device_topic(incoming.topic)
+    if topic is None:
+        return f"topic {incoming.topic!r} is not edgeloop/v1/devices/DEVICE/KIND"
+    device, kind = topic
+    model = _MODELS.get(kind)
+    if model is None:
+        return None if kind == "desired" else f"unknown message kind {kind!r} on {incoming.topic}"
+    if not incoming.payload:
+        return None if kind in ("reported", "status") else f"empty payload on {incoming.topic}"
+    try:
+        data = orjson.loads(incoming.payload)
+    except orjson.JSONDecodeError as exc:
+        return f"malformed JSON: {exc}"
+    if not isinstance(data, dict):
+        return f"payload is a JSON {type(data).__name__}, not an object"
+    if data.get("schema_version") != "v1":
+        return f"schema_version {data.get('schema_version')!r} is not v1"
+    try:
+        message = model.model_validate(data)
+        if kind == "telemetry":
+            epoch(message.window_start), epoch(message.window_end)  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        return f"does not match {model.__name__} v1 at {where}: {first['msg']}"
+    except ValueError as exc:
+        return f"bad timestamp: {exc}"
+    if message.device_id != device:  # type: ignore[attr-defined]
+        return f"device_id {message.device_id!r} in the payload does not match the topic's {device!r}"  # type: ignore[attr-defined]
+    return Parsed(device, kind, message, incoming)
+
+
+class IngestWriter:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def write(self, batch: list[Incoming]) -> BatchResult:
+        """Parse and store a batch in one transaction (raises only on database errors)."""
+        result = BatchResult()
+        parsed: list[Parsed] = []
+        dead: list[dict[str, Any]] = []
+        for incoming in batch:
+            outcome = parse_message(incoming)
+            if isinstance(outcome, Parsed):
+                parsed.append(outcome)
+            elif isinstance(outcome, str):
+                dead.append(_dead_row(incoming, outcome))
+                result.dead_reasons.append(outcome)
+        with self.store.begin() as conn:
+            if dead:
+                conn.execute(dead_letters.insert(), dead)
+                result.dead = len(dead)
+            self._write_stream(conn, [p for p in parsed if p.kind == "telemetry"], "telemetry", result)
+            self._write_stream(conn, [p for p in parsed if p.kind == "events"], "events", result)
+            self._write_devices(conn, parsed, result)
+        return result
+
+    def write_dead(self, incoming: Incoming, reason: str) -> None:
+        with self.store.begin() as conn:
+            conn.execute(dead_letters.insert(), [_dead_row(incoming, reason)])
+
+    # -- streams ------------------------------------------------------------------------------------
+    def _write_stream(self, conn: Connection, items: list[Parsed], stream: str, result: BatchResult) -> None:
+        if not items:
+            return
+        table = windows if stream == "telemetry" else events
+        unique: dict[tuple[str, int], Parsed] = {}
+        for item in items:
+            unique.setdefault((item.device_id, item.message.seq), item)
+        keys = list(unique)
+        existing: set[tuple[str, int]] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            query = sa.select(table.c.device_id, table.c.seq).where(
+                sa.tuple_(table.c.device_id, table.c.seq).in_(chunk)
+            )
+            existing.update((row.device_id, row.seq) for row in conn.execute(query))
+        new = [unique[key] for key in keys if key not in existing]
+        result.duplicates += len(items) - len(new)
+        if not new:
+            return
+        self._track_gaps(conn, table, stream, new, result)
+        rows = [_window_row(p) if stream == "telemetry" else _event_row(p) for p in new]
+        conn.execute(self.store.insert_ignore(table, ["device_id", "seq"]), rows)
+        if stream == "telemetry":
+            result.windows += len(rows)
+        else:
+            result.events += len(rows)
+            for item in new:
+                event: DeviceEvent = item.message
+                if event.kind in _AUDITED_EVENTS:
+                    target = f"{event.model_name}/{event.model_version} on {event.device_id}"
+                    details = {"seq": event.seq, "event_at": event.at, **event.details}
+                    audit.record(conn, f"device:{event.device_id}", _AUDITED_EVENTS[event.kind], target,
+                                 event.reason, details, item.incoming.received_at)  # fmt: skip
+
+    def _track_gaps(
+        self, conn: Connection, table: sa.Table, stream: str, new: list[Parsed], result: BatchResult
+    ) -> None:
+        by_device: dict[str, list[int]] = {}
+        for item in new:
+            by_device.setdefault(item.device_id, []).append(item.message.seq)
+        highest: dict[str, int] = {}
+        names = list(by_device)
+        for start in range(0, len(names), 500):
+            query = (
+                sa.select(table.c.device_id, sa.func.max(table.c.seq).label("top"))
+                .where(table.c.device_id.in_(names[start : start + 500]))
+                .group_by(table.c.device_id)
+            )
+            highest.update({row.device_id: int(row.top) for row in conn.execute(query)})
+        now = new[0].incoming.received_at
+        found: list[dict[str, Any]] = []
+        for device, seqs in by_device.items():
+            top = highest.get(device, 0)
+            for seq in sorted(seqs):
+                if seq > top + 1:
+                    found.append({"device_id": device, "stream": stream, "first_missing": top + 1,
+                                  "last_missing": seq - 1, "filled": 0, "detected_at": now})  # fmt: skip
+                elif seq <= top:
+                    conn.execute(
+                        gaps.update()
+                        .where(gaps.c.device_id == device, gaps.c.stream == stream)
+                        .where(gaps.c.first_missing <= seq, gaps.c.last_missing >= seq)
+                        .values(filled=gaps.c.filled + 1)
+                    )
+                top = max(top, seq)
+        if found:
+            conn.execute(gaps.insert(), found)
+            result.gaps += len(found)
+
+    # -- device table -------------------------------------------------------------------------------
+    def _write_devices(self, conn: Connection, parsed: list[Parsed], result: BatchResult) -> None:
+        seen: dict[str, dict[str, Any]] = {}
+        status: dict[str, dict[str, Any]] = {}
+        reported: dict[str, dict[str, Any]] = {}
+        for item in parsed:  # in arrival order: the last message of a kind wins
+            device, at = item.device_id, item.incoming.received_at
+            row = seen.setdefault(device, {"device_id": device, "group_name": None, "first_seen": at, "last_seen": at})
+            row["last_seen"] = max(row["last_seen"], at)
+            group = getattr(item.message, "group", None)
+            if group:
+                row["group_name"] = group
+            if item.kind == "status":
+                status[device] = {"device_id": device, "online": item.message.online, "status_at": at}
+            elif item.kind == "reported":
+                state: ReportedState = item.message
+                reported[device] = {
+                    "device_id": device,
+                    "model_name": state.model_name,
+                    "model_version": state.model_version,
+                    "bundle_sha256": state.bundle_sha256,
+                    "state": state.state,
+                    "last_error": state.last_error,
+                    "agent_version": state.agent_version,
+                    "reported_at": at,
+                }
+        if not seen:
+            return
+        with_group = [row for row in seen.values() if row["group_name"]]
+        without_group = [row for row in seen.values() if not row["group_name"]]
+        if with_group:
+            conn.execute(self.store.upsert(devices, "device_id", ["last_seen", "group_name"]), with_group)
+        if without_group:
+            conn.execute(self.store.upsert(devices, "device_id", ["last_seen"]), without_group)
+        if status:
+            conn.execute(
+                devices.update().where(devices.c.device_id == sa.bindparam("b_device")),
+                [{"b_device": d, "online": r["online"], "status_at": r["status_at"]} for d, r in status.items()],
+            )
+        if reported:
+            columns = [key for key in next(iter(reported.values())) if key != "device_id"]
+            conn.execute(
+                devices.update().where(devices.c.device_id == sa.bindparam("b_device")),
+                [{"b_device": d, **{c: r[c] for c in columns}} for d, r in reported.items()],
+            )
+        result.states += len(status) + len(reported)
+
+
+def _dead_row(incoming: Incoming, reason: str) -> dict[str, Any]:
+    return {
+        "topic": incoming.topic,
+        "payload": incoming.payload[:_MAX_DEAD_PAYLOAD],
+        "reason": reason,
+        "received_at": incoming.received_at,
+    }
+
+
+def _window_row(item: Parsed) -> dict[str, Any]:
+    window: TelemetryWindow = item.message
+    return {
+        "device_id": window.device_id,
+        "seq": window.seq,
+        "group_name": window.group,
+        "model_name": window.model_name,
+        "model_version": window.model_version,
+        "window_start": epoch(window.window_start),
+        "window_end": epoch(window.window_end),
+        "received_at": item.incoming.received_at,
+        "requests": window.requests,
+        "errors": sum(window.errors.values()),
+        "payload": item.incoming.payload.decode(),
+    }
+
+
+def _event_row(item: Parsed) -> dict[str, Any]:
+    event: DeviceEvent = item.message
+    return {
+        "device_id": event.device_id,
+        "seq": event.seq,
+        "kind": event.kind,
+        "model_name": event.model_name,
+        "model_version": event.model_version,
+        "reason": event.reason,
+        "details": event.details,
+        "at": event.at,
+        "received_at": item.incoming.received_at,
+    }

@@ -1,0 +1,97 @@
+"""Cloud settings (env prefix EDGELOOP_CLOUD_, config file table [cloud]); `edgeloop cloud` flags on top.
+
+EDGELOOP_CLOUD_MQTT_URL=mqtt://broker:1883 EDGELOOP_CLOUD_OPERATOR_TOKENS='["s3cret"]' edgeloop cloud
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from contracts.settings import EdgeloopSettings, edgeloop_home
+
+__all__ = ["CloudSettings"]
+
+
+class CloudSettings(EdgeloopSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_CLOUD_", extra="ignore", use_attribute_docstrings=True)
+    config_section: ClassVar[str] = "cloud"
+
+    host: str = "127.0.0.1"
+    """Address the API and bundle server listen on; 0.0.0.0 to accept devices on other machines."""
+    port: int = Field(default=8700, ge=1, le=65535)
+    """Port of the API and bundle server."""
+    public_url: str | None = None
+    """Base URL devices download bundles from (goes into `model_url`); default http://HOST:PORT."""
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    """Broker, mqtt://HOST:PORT or mqtts://HOST:PORT."""
+    mqtt_username: str | None = None
+    """Broker user name."""
+    mqtt_password: str | None = None
+    """Broker password."""
+    ingest_client_id: str = "edgeloop-cloud-ingest-1"
+    """MQTT client id of this ingest worker; give each worker its own (they share the load through the
+    shared subscription and each keeps a persistent session, so a restart loses nothing)."""
+    ingest_share_group: str = "edgeloop-ingest"
+    """Name of the MQTT 5 shared subscription group the ingest workers join."""
+    ingest_batch: int = Field(default=500, ge=1)
+    """Most messages written in one database transaction (they are acknowledged after the commit)."""
+    store_url: str = Field(default_factory=lambda: f"sqlite:///{edgeloop_home() / 'cloud.db'}")
+    """SQLAlchemy URL of the store: sqlite:///path (default $EDGELOOP_HOME/cloud.db) or
+    postgresql+psycopg://user@host/db."""
+    store_schema: str | None = None
+    """PostgreSQL schema holding the tables (default: the connection's search path)."""
+    bundles_dir: Path = Field(default_factory=lambda: edgeloop_home() / "bundles")
+    """Where the bundle server keeps the signed bundles it serves ($EDGELOOP_HOME/bundles)."""
+    keys_dir: Path = Field(default_factory=lambda: edgeloop_home() / "keys")
+    """Signing key pair: the public key checks uploaded bundles; the private key re-signs a previous
+    manifest with rollback=true when a rollout is rolled back."""
+    viewer_tokens: list[str] = Field(default_factory=list)
+    """Bearer tokens allowed to read (devices, fleet stats, rollouts, alerts, audit)."""
+    operator_tokens: list[str] = Field(default_factory=list)
+    """Bearer tokens allowed to read and to act (upload bundles, deploy, promote, roll back, acknowledge).
+    With no token configured at all the API is open to anyone who can reach it (a warning is logged)."""
+    online_timeout_s: float = Field(default=120.0, gt=0)
+    """A device that sent nothing for this long is shown offline even without its last will."""
+    rollout_tick_s: float = Field(default=1.0, gt=0)
+    """How often the rollout controller checks active rollouts."""
+    rollout_confirm_timeout_s: float = Field(default=300.0, gt=0)
+    """Canary devices must report the new version within this time, else the rollout is rolled back."""
+    rollout_max_error_rate: float = Field(default=0.05, ge=0)
+    """Roll back when the canary's prediction errors / requests exceed this during the soak."""
+    rollout_max_p99_s: float = Field(default=0.25, gt=0)
+    """Roll back when the canary's p99 latency (merged histograms) exceeds this many seconds."""
+    rollout_max_psi: float = Field(default=0.25, gt=0)
+    """Roll back when any feature's PSI on the canary (merged counts) exceeds this."""
+    rollout_max_accuracy_drop: float = Field(default=0.05, ge=0)
+    """Roll back when the canary's accuracy is lower than the previous version's (rest of the group, same
+    period) by more than this."""
+    rollout_min_samples: int = Field(default=50, ge=1)
+    """Fewest requests (error rate, latency), records (drift) or feedback labels (accuracy) before a
+    soak check is trusted."""
+    alert_rules: Path | None = None
+    """YAML file of alert rules (docs/cloud.md); default: the built-in rules."""
+    alert_tick_s: float = Field(default=30.0, gt=0)
+    """How often alert rules are evaluated."""
+    webhook_url: str | None = None
+    """Optional URL every alert firing and resolution is POSTed to (JSON)."""
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"mqtt_url {value!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """The URL devices use to reach the bundle server."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"

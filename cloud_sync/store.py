@@ -1,0 +1,270 @@
+"""The cloud's store: SQLAlchemy 2 Core tables on SQLite (default) or PostgreSQL.
+
+Times are UTC epoch seconds (float) everywhere: portable, index-friendly, rendered as ISO by the API.
+Telemetry windows keep their raw JSON payload (the counts are merged at query time, never averaged) and
+are unique on (device_id, seq), like events: a redelivered message inserts nothing. `audit_log` is
+append-only, enforced by a trigger on both engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from contracts.errors import InputError, ServiceUnavailableError
+
+__all__ = [
+    "Store",
+    "alerts",
+    "audit_log",
+    "dead_letters",
+    "devices",
+    "events",
+    "gaps",
+    "metadata",
+    "rollouts",
+    "windows",
+]
+
+metadata = sa.MetaData()
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("group_name", sa.String(64)),
+    sa.Column("first_seen", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("online", sa.Boolean),
+    sa.Column("status_at", sa.Float),
+    sa.Column("model_name", sa.String(200)),
+    sa.Column("model_version", sa.Integer),
+    sa.Column("bundle_sha256", sa.String(64)),
+    sa.Column("state", sa.String(16)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("agent_version", sa.String(64)),
+    sa.Column("reported_at", sa.Float),
+)
+
+windows = sa.Table(
+    "windows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("group_name", sa.String(64), nullable=False),
+    sa.Column("model_name", sa.String(200)),
+    sa.Column("model_version", sa.Integer),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("window_end", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.UniqueConstraint("device_id", "seq", name="uq_windows_device_seq"),
+    sa.Index("ix_windows_end", "window_end"),
+    sa.Index("ix_windows_group_end", "group_name", "window_end"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("model_name", sa.String(200)),
+    sa.Column("model_version", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("device_id", "seq", name="uq_events_device_seq"),
+    sa.Index("ix_events_received", "received_at"),
+)
+
+gaps = sa.Table(
+    "gaps",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("stream", sa.String(16), nullable=False),
+    sa.Column("first_missing", sa.BigInteger, nullable=False),
+    sa.Column("last_missing", sa.BigInteger, nullable=False),
+    sa.Column("filled", sa.BigInteger, nullable=False, default=0),
+    sa.Column("detected_at", sa.Float, nullable=False),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("group_name", sa.String(64), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("previous_version", sa.Integer),
+    sa.Column("canary", sa.JSON, nullable=False),
+    sa.Column("soak_s", sa.Float, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # canary -> soaking -> promoted | rolled_back | failed
+    sa.Column("reason", sa.Text),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("soak_started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_rollouts_group", "group_name", "created_at"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(100), nullable=False),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("fired_at", sa.Float, nullable=False),
+    sa.Column("resolved_at", sa.Float),
+    sa.Column("acknowledged_by", sa.String(100)),
+    sa.Column("acknowledged_at", sa.Float),
+    sa.Index("ix_alerts_rule_subject", "rule", "subject", "state"),
+)
+
+_SQLITE_APPEND_ONLY = [
+    "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+]
+_PG_APPEND_ONLY = [
+    "CREATE OR REPLACE FUNCTION {s}edgeloop_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
+    "DROP TRIGGER IF EXISTS audit_log_append_only ON {s}audit_log",
+    "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON {s}audit_log "
+    "FOR EACH ROW EXECUTE FUNCTION {s}edgeloop_append_only()",
+]
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class Store:
+    """An engine plus the tables; `Store(url).create()` makes the tables if they are missing."""
+
+    def __init__(self, url: str, schema: str | None = None, echo: bool = False) -> None:
+        if not url.startswith(("sqlite", "postgresql")):
+            raise InputError(f"store URL {url!r}: use sqlite:///path/to/cloud.db or postgresql+psycopg://...")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        self.url = url
+        self.schema = schema
+        kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads, "echo": echo}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        if schema:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        self.engine: Engine = engine
+        self.dialect = engine.dialect.name
+
+    def create(self) -> Store:
+        try:
+            with self.engine.begin() as conn:
+                if self.schema and self.dialect == "postgresql":
+                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                metadata.create_all(conn)
+                if self.dialect == "sqlite":
+                    for statement in _SQLITE_APPEND_ONLY:
+                        conn.exec_driver_sql(statement)
+                else:
+                    prefix = f'"{self.schema}".' if self.schema else ""
+                    for statement in _PG_APPEND_ONLY:
+                        conn.exec_driver_sql(statement.format(s=prefix))
+        except sa.exc.OperationalError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise ServiceUnavailableError(f"store {self.safe_url} is unreachable: {first}") from None
+        return self
+
+    @property
+    def safe_url(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> Any:
+        """An INSERT that does nothing for a row whose `keys` already exist (both engines)."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+    def upsert(self, table: sa.Table, key: str, update: Sequence[str]) -> Any:
+        """INSERT ... ON CONFLICT (key) DO UPDATE SET each column in `update` to the new value."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt: Any = pg_insert(table)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(table)
+        return stmt.on_conflict_do_update(index_elements=[key], set_={name: stmt.excluded[name] for name in update})
+
+    def drop_all(self) -> None:
+        """Remove every table (tests and `bench/`); the schema too when one was given on PostgreSQL."""
+        with self.engine.begin() as conn:
+            if self.schema and self.dialect == "postgresql":
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+            else:
+                metadata.drop_all(conn)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
