@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -154,4 +155,11 @@ def run_agent(settings: AgentSettings) -> None:
         timeout_graceful_shutdown=10,
     )
     log_event(logger, "listening", url=f"http://{settings.host}:{settings.port}", docs="/docs")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean exit (status 0) for
+    # systemd and Docker instead of "killed by signal".
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(config).run()
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)

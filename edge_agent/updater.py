@@ -127,6 +127,7 @@ class Updater:
                 if action == "unchanged":
                     self._report("serving")
                     return self._count(UpdateOutcome("unchanged", ref))
+                self.last_error = None  # a new attempt; the reported error is the outcome of this one
                 self._report("updating")
                 bundle, fresh = self._fetch(desired, manifest)
                 return self._switch(bundle, action, fresh, {"rollout_id": desired.rollout_id})

@@ -153,13 +153,18 @@ class MqttProbe:
             return [orjson.loads(payload) for t, payload, _ in self.messages if t == topic and payload]
 
     def wait_for(
-        self, device: str, kind: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+        self,
+        device: str,
+        kind: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 15.0,
+        since: int = 0,
     ) -> dict[str, Any]:
-        """The first message of `kind` from `device` matching `predicate` (waits for it)."""
+        """The first message of `kind` from `device` (from index `since` on) matching `predicate`; waits."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for item in self.payloads(device, kind):
+                for item in self.payloads(device, kind)[since:]:
                     if predicate(item):
                         return item
                 remaining = deadline - time.monotonic()
