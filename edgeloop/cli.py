@@ -15,13 +15,18 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="edgeloop",
-    help="Edge and hybrid ML inference: train, convert to signed ONNX bundles, serve on devices, score in batch.",
+    help="Edge and hybrid ML inference: train, convert to signed ONNX bundles, serve on devices, score in batch.\n\n"
+    "Example: [cyan]edgeloop sample-data && edgeloop train --ignore reading_id && "
+    "edgeloop convert machine-failure@champion --out bundles/machine-failure[/cyan]",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     add_completion=False,
 )
-keys_app = typer.Typer(help="Manage the Ed25519 key pair that signs bundles.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Manage the Ed25519 key pair that signs bundles.\n\nExample: [cyan]edgeloop keys generate[/cyan]",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 console = Console()
 
