@@ -88,7 +88,8 @@ def export(rows: Iterable[dict[str, Any]], fmt: str) -> str:
         writer.writerow(["id", "at", "actor", "action", "target", "reason", "details"])
         for row in rows:
             details = orjson.dumps(row["details"], option=orjson.OPT_SORT_KEYS).decode()
-            writer.writerow([row["id"], row["at"], row["actor"], row["action"], row["target"], row["reason"] or "",
-                             details])  # fmt: skip
+            writer.writerow(
+                [row["id"], row["at"], row["actor"], row["action"], row["target"], row["reason"] or "", details]
+            )
         return out.getvalue()
     raise ValueError(f"unknown audit format {fmt!r}: use jsonl or csv")

@@ -81,13 +81,14 @@ class BundleRegistry:
             cached = self._cache.get(path)
         if cached and cached[0] == mtime:
             return cached[1]
-        info = BundleInfo(path, parse_manifest(manifest_path.read_bytes(), str(manifest_path)),
-                          (path / SIGNATURE_FILE).read_text())  # fmt: skip
+        info = BundleInfo(
+            path, parse_manifest(manifest_path.read_bytes(), str(manifest_path)), (path / SIGNATURE_FILE).read_text()
+        )
         with self._lock:
             self._cache[path] = (mtime, info)
         return info
 
-    def list(self) -> list[BundleInfo]:
+    def all(self) -> list[BundleInfo]:
         found = []
         for path in sorted(self.root.iterdir()):
             if (
@@ -105,7 +106,7 @@ class BundleRegistry:
     def get(self, name: str, version: int) -> BundleInfo:
         path = self.dir_for(name, version)
         if not (path / MANIFEST_FILE).is_file() or not (path / SIGNATURE_FILE).is_file():
-            known = ", ".join(f"{b.name}/{b.version}" for b in self.list()) or "none"
+            known = ", ".join(f"{b.name}/{b.version}" for b in self.all()) or "none"
             raise NotFoundError(f"bundle {name}/{version} is not on the bundle server (known: {known})")
         return self._read(path)
 

@@ -39,8 +39,9 @@ logger = logging.getLogger("edgeloop.cloud.ingest")
 SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
-def make_client(url: str, client_id: str, username: str | None = None, password: str | None = None,
-                manual_ack: bool = False) -> tuple[mqtt.Client, str, int]:  # fmt: skip
+def make_client(
+    url: str, client_id: str, username: str | None = None, password: str | None = None, manual_ack: bool = False
+) -> tuple[mqtt.Client, str, int]:
     """A paho MQTT 5 client for `url` (mqtt:// or mqtts://), not yet connected; returns (client, host, port)."""
     parts = urlsplit(url)
     tls = parts.scheme == "mqtts"
@@ -196,8 +197,13 @@ class Ingest:
             except sa.exc.OperationalError as exc:  # the database is down or locked: retry, ack nothing
                 with self.stats.lock:
                     self.stats.db_errors += 1
-                log_event(logger, "store unavailable, retrying", level=logging.WARNING,
-                          error=str(exc.orig).splitlines()[0] if exc.orig else str(exc), retry_in_s=delay)  # fmt: skip
+                log_event(
+                    logger,
+                    "store unavailable, retrying",
+                    level=logging.WARNING,
+                    error=str(exc.orig).splitlines()[0] if exc.orig else str(exc),
+                    retry_in_s=delay,
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
             except Exception:  # a bug or a constraint: isolate the bad message(s)

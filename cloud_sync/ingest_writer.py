@@ -168,8 +168,15 @@ class IngestWriter:
                 if event.kind in _AUDITED_EVENTS:
                     target = f"{event.model_name}/{event.model_version} on {event.device_id}"
                     details = {"seq": event.seq, "event_at": event.at, **event.details}
-                    audit.record(conn, f"device:{event.device_id}", _AUDITED_EVENTS[event.kind], target,
-                                 event.reason, details, item.incoming.received_at)  # fmt: skip
+                    audit.record(
+                        conn,
+                        f"device:{event.device_id}",
+                        _AUDITED_EVENTS[event.kind],
+                        target,
+                        event.reason,
+                        details,
+                        item.incoming.received_at,
+                    )
 
     def _track_gaps(
         self, conn: Connection, table: sa.Table, stream: str, new: list[Parsed], result: BatchResult
@@ -192,8 +199,16 @@ class IngestWriter:
             top = highest.get(device, 0)
             for seq in sorted(seqs):
                 if seq > top + 1:
-                    found.append({"device_id": device, "stream": stream, "first_missing": top + 1,
-                                  "last_missing": seq - 1, "filled": 0, "detected_at": now})  # fmt: skip
+                    found.append(
+                        {
+                            "device_id": device,
+                            "stream": stream,
+                            "first_missing": top + 1,
+                            "last_missing": seq - 1,
+                            "filled": 0,
+                            "detected_at": now,
+                        }
+                    )
                 elif seq <= top:
                     conn.execute(
                         gaps.update()

@@ -182,8 +182,16 @@ class SimDevice:
 
     def _event(self, kind: str, name: str, version: int, reason: str | None, details: dict[str, Any]) -> None:
         self.seq += 1
-        event = DeviceEvent(device_id=self.device_id, seq=self.seq, kind=kind, model_name=name,  # type: ignore[arg-type]
-                            model_version=version, reason=reason, details=details, at=iso_utc(time.time()))  # fmt: skip
+        event = DeviceEvent(
+            device_id=self.device_id,
+            seq=self.seq,
+            kind=kind,  # type: ignore[arg-type]
+            model_name=name,
+            model_version=version,
+            reason=reason,
+            details=details,
+            at=iso_utc(time.time()),
+        )
         self.client.publish(device_topic(self.device_id, "events"), event.model_dump_json(), qos=1)
 
     def _report(self) -> None:

@@ -65,8 +65,9 @@ class Publisher:
     """A plain MQTT client that publishes raw payloads at QoS 1 and waits for each PUBACK."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)  # fmt: skip
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         self.client.connect(host, port)
         self.client.loop_start()
 

@@ -39,9 +39,23 @@ def test_fleet_statistics_are_merged_counts(store: Store, rf_bundle: TrainedBund
         for seq in range(1, 13):
             window_end = start + seq * 300 - (7200 if seq == 1 else 0)  # the first window is outside the period
             requests = int(rng.integers(20, 200))
-            sent.append(make_window(device, group, seq, window_end, manifest, rng, requests=requests,
-                                    errors=int(rng.integers(0, 3)), latency_s=latency * (1 + seq % 3), shift=shift,
-                                    accuracy=accuracy, feedback=10, seconds=300))  # fmt: skip
+            sent.append(
+                make_window(
+                    device,
+                    group,
+                    seq,
+                    window_end,
+                    manifest,
+                    rng,
+                    requests=requests,
+                    errors=int(rng.integers(0, 3)),
+                    latency_s=latency * (1 + seq % 3),
+                    shift=shift,
+                    accuracy=accuracy,
+                    feedback=10,
+                    seconds=300,
+                )
+            )
     writer = IngestWriter(store)
     writer.write([Incoming(device_topic(w.device_id, "telemetry"), w.model_dump_json().encode(), now) for w in sent])
 

@@ -59,8 +59,15 @@ def test_redelivery_changes_nothing_and_a_gap_is_recorded(store: Store, broker: 
         assert ingest.wait_idle(5)
         assert [(g["first_missing"], g["still_missing"]) for g in gap_list(store)] == [(4, 1)]
         # Events: idempotent on their own sequence, accepted/rejected go to the audit log once.
-        event = DeviceEvent(device_id="dev-1", seq=1, kind="rejected", model_name="m", model_version=2,
-                            reason="golden sample 0 differs", at=iso_utc(end))  # fmt: skip
+        event = DeviceEvent(
+            device_id="dev-1",
+            seq=1,
+            kind="rejected",
+            model_name="m",
+            model_version=2,
+            reason="golden sample 0 differs",
+            at=iso_utc(end),
+        )
         for _ in range(3):
             pub.send(device_topic("dev-1", "events"), event.model_dump_json())
         status = DeviceStatus(device_id="dev-1", online=True, at=iso_utc(end))

@@ -1,0 +1,69 @@
+"""The cloud's outgoing MQTT connection: desired states and alerts, QoS 1, waiting for the broker's PUBACK.
+
+`publish` raises ServiceUnavailableError when the broker does not acknowledge in time, so a rollout never
+records a step the devices could not have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from cloud_sync.ingest import make_client
+from contracts.errors import ServiceUnavailableError
+from contracts.logs import log_event
+
+__all__ = ["MqttPublisher"]
+
+logger = logging.getLogger("edgeloop.cloud.publisher")
+
+
+class MqttPublisher:
+    def __init__(
+        self,
+        url: str,
+        client_id: str = "edgeloop-cloud-control",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.url = url
+        self.client, self.host, self.port = make_client(url, client_id, username, password)
+        self.connected = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+    def start(self, wait_s: float = 5.0) -> MqttPublisher:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        self.connected.wait(wait_s)
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = True, timeout: float = 10.0) -> None:
+        if not self.connected.wait(timeout):
+            raise ServiceUnavailableError(f"MQTT broker {self.host}:{self.port} is unreachable; nothing was published")
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise ServiceUnavailableError(f"MQTT broker refused the publish on {topic}: {exc}") from None
+        if not info.is_published():
+            raise ServiceUnavailableError(
+                f"MQTT broker {self.host}:{self.port} did not acknowledge {topic} in {timeout}s"
+            )
+
+    def _on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log_event(logger, "control connection refused", level=logging.WARNING, reason=str(reason))
+            return
+        self.connected.set()
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        log_event(logger, "control connection lost", level=logging.WARNING, reason=str(reason))

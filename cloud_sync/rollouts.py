@@ -1,0 +1,382 @@
+"""Staged rollouts: canary devices first, a soak watched through what they report, then the whole group,
+or an automatic rollback that says why.
+
+    deploy   -> retained DesiredState (signed manifest + model_url) on each canary device's topic
+    canary   -> every canary device reports the version (else rollback after rollout_confirm_timeout_s)
+    soaking  -> rollout_checks.check_canary every tick; a failure rolls back at once
+    promoted -> retained DesiredState on the group topic, then the device-level overrides of the group are
+                cleared (empty retained payload) so every device follows the group again
+    rolled_back -> the previous version's manifest, re-signed with rollback=true (devices refuse an older
+                version otherwise), on the canary topics (or the group topic after a promotion)
+
+Every step is recorded in `rollouts` and in the audit log with who and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cloud_sync import audit
+from cloud_sync.bundles import BundleInfo, BundleRegistry
+from cloud_sync.fleet import device_list
+from cloud_sync.publisher import MqttPublisher
+from cloud_sync.rollout_checks import Limits, check_canary
+from cloud_sync.store import Store, rollouts
+from contracts.errors import EdgeloopError, InputError, NotFoundError
+from contracts.logs import log_event
+from contracts.manifest import canonical_bytes
+from contracts.messages import DesiredState
+from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
+from contracts.topics import device_topic, group_desired, validate_id
+
+__all__ = ["ACTIVE", "Rollouts", "parse_canary"]
+
+logger = logging.getLogger("edgeloop.cloud.rollouts")
+ACTIVE = ("canary", "soaking")
+
+
+def parse_canary(spec: str | None, group_devices: list[str]) -> list[str]:
+    """`25%` or `25` -> that share of the group's known devices (at least one); `a,b` -> those devices."""
+    spec = (spec or "10%").strip()
+    number = spec.removesuffix("%")
+    if number.replace(".", "", 1).isdigit():
+        share = float(number)
+        if not 0 <= share <= 100:
+            raise InputError(f"--canary {spec}: a percentage must be between 0 and 100")
+        if share == 0 or not group_devices:
+            return []
+        count = max(1, round(len(group_devices) * share / 100))
+        return sorted(group_devices)[:count]
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in group_devices]
+    if unknown:
+        known = ", ".join(sorted(group_devices)) or "none yet"
+        raise InputError(f"--canary: {', '.join(unknown)} not known in this group (known: {known})")
+    return names
+
+
+class Rollouts:
+    def __init__(
+        self,
+        store: Store,
+        registry: BundleRegistry,
+        publisher: MqttPublisher,
+        base_url: str,
+        keys_dir: Path,
+        limits: Limits | None = None,
+        confirm_timeout_s: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.publisher = publisher
+        self.base_url = base_url.rstrip("/")
+        self.keys_dir = keys_dir
+        self.limits = limits or Limits()
+        self.confirm_timeout_s = confirm_timeout_s
+        self._lock = threading.RLock()
+
+    # -- commands -----------------------------------------------------------------------------------
+    def deploy(
+        self,
+        name: str,
+        version: int,
+        group: str,
+        canary: str | None = None,
+        soak_s: float = 600.0,
+        actor: str = "operator",
+    ) -> dict[str, Any]:
+        validate_id(group, "group")
+        with self._lock:
+            info = self.registry.get(name, version)
+            active = self._rows(group=group, states=ACTIVE)
+            if active:
+                raise InputError(
+                    f"rollout {active[0]['id']} is still in progress in group {group}: promote or roll it back first"
+                )
+            members = [d["device_id"] for d in device_list(self.store, group)]
+            chosen = parse_canary(canary, members)
+            previous = self._previous_version(group, name)
+            if previous == version:
+                raise InputError(f"group {group} already runs {name}/{version}")
+            now = time.time()
+            rollout_id = f"r-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+            row = {
+                "id": rollout_id,
+                "group_name": group,
+                "model_name": name,
+                "model_version": version,
+                "previous_version": previous,
+                "canary": chosen,
+                "soak_s": float(soak_s),
+                "state": "canary",
+                "reason": None,
+                "actor": actor,
+                "created_at": now,
+            }
+            desired = self._desired(info, rollout_id).model_dump_json()
+            for device in chosen:
+                self.publisher.publish(device_topic(device, "desired"), desired)
+            with self.store.begin() as conn:
+                conn.execute(rollouts.insert().values(**row))
+                why = f"canary {', '.join(chosen)} then group, soak {soak_s:g}s" if chosen else "no canary"
+                audit.record(
+                    conn,
+                    actor,
+                    "deploy",
+                    f"{name}/{version} -> group {group}",
+                    why,
+                    {"rollout_id": rollout_id, "previous_version": previous, "canary": chosen},
+                )
+            log_event(
+                logger,
+                "rollout started",
+                rollout=rollout_id,
+                model=f"{name}/{version}",
+                group=group,
+                canary=",".join(chosen) or "-",
+            )
+            if not chosen:
+                return self.promote(rollout_id, actor, "no canary devices: published to the whole group")
+            return self.status(rollout_id)
+
+    def promote(self, rollout_id: str, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            row = self._get(rollout_id)
+            if row["state"] not in ACTIVE:
+                raise InputError(f"rollout {rollout_id} is {row['state']}; only an active rollout can be promoted")
+            info = self.registry.get(row["model_name"], row["model_version"])
+            self.publisher.publish(group_desired(row["group_name"]), self._desired(info, rollout_id).model_dump_json())
+            self._clear_overrides(row["group_name"], row["canary"])
+            reason = reason or "promoted by hand before the soak ended"
+            self._finish(row, "promoted", reason, actor, "promote")
+            return self.status(rollout_id)
+
+    def rollback(self, rollout_id: str, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            row = self._get(rollout_id)
+            if row["state"] not in (*ACTIVE, "promoted"):
+                raise InputError(f"rollout {rollout_id} is {row['state']}; there is nothing to roll back")
+            reason = reason or "rolled back by hand"
+            name, previous = row["model_name"], row["previous_version"]
+            promoted = row["state"] == "promoted"
+            if previous is None:
+                self._clear_overrides(row["group_name"], row["canary"])
+                note = f"{reason} (no previous version known: canary overrides cleared, devices keep what they run)"
+                self._finish(row, "rolled_back", note, actor, "rollback")
+                return self.status(rollout_id)
+            try:
+                desired = self._rollback_desired(self.registry.get(name, previous), rollout_id).model_dump_json()
+            except EdgeloopError as exc:
+                self._finish(row, "failed", f"{reason}; rollback impossible: {exc.message}", actor, "rollback failed")
+                raise
+            if promoted:
+                self.publisher.publish(group_desired(row["group_name"]), desired)
+                self._clear_overrides(row["group_name"], [])
+            else:
+                for device in row["canary"]:
+                    self.publisher.publish(device_topic(device, "desired"), desired)
+            self._finish(row, "rolled_back", reason, actor, "rollback")
+            return self.status(rollout_id)
+
+    # -- controller ---------------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        """Advance every active rollout once (the controller thread calls this every rollout_tick_s)."""
+        for row in self._rows(states=ACTIVE):
+            try:
+                self._advance(row, time.time() if now is None else now)
+            except EdgeloopError as exc:
+                log_event(
+                    logger, "rollout step failed, retrying", level=logging.WARNING, rollout=row["id"], error=exc.message
+                )
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        while not stop.wait(interval_s):
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("rollout controller tick failed")
+
+    def _advance(self, row: dict[str, Any], now: float) -> None:
+        name, version, group, canary = row["model_name"], row["model_version"], row["group_name"], row["canary"]
+        since = row["created_at"]
+        with self._lock:
+            current = self._get(row["id"])
+            if current["state"] not in ACTIVE:
+                return
+            failure = check_canary(
+                self.store,
+                self.registry,
+                group,
+                canary,
+                name,
+                version,
+                row["previous_version"],
+                since,
+                now,
+                self.limits,
+            )
+            if failure:
+                self.rollback(row["id"], "controller", failure)
+                return
+            if current["state"] == "canary":
+                devices = {d["device_id"]: d for d in device_list(self.store, group)}
+                waiting = [
+                    d
+                    for d in canary
+                    if (devices.get(d, {}).get("model_name"), devices.get(d, {}).get("model_version"))
+                    != (name, version)
+                ]
+                if not waiting:
+                    with self.store.begin() as conn:
+                        conn.execute(
+                            rollouts.update()
+                            .where(rollouts.c.id == row["id"])
+                            .values(state="soaking", soak_started_at=now)
+                        )
+                    log_event(logger, "canary on the new version, soaking", rollout=row["id"], soak_s=row["soak_s"])
+                elif now - since > self.confirm_timeout_s:
+                    self.rollback(
+                        row["id"],
+                        "controller",
+                        f"canary devices {', '.join(waiting)} did not report "
+                        f"{name}/{version} within {self.confirm_timeout_s:g}s",
+                    )
+                return
+            if now - (current["soak_started_at"] or since) >= row["soak_s"]:
+                self.promote(row["id"], "controller", f"soak of {row['soak_s']:g}s passed on {', '.join(canary)}")
+
+    # -- queries ------------------------------------------------------------------------------------
+    def recent(self, group: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return [self._public(row) for row in self._rows(group=group, limit=limit)]
+
+    def latest(self, group: str | None = None) -> dict[str, Any]:
+        rows = self._rows(group=group, limit=1)
+        if not rows:
+            raise NotFoundError("no rollout yet" + (f" in group {group}" if group else ""))
+        return self.status(rows[0]["id"])
+
+    def status(self, rollout_id: str) -> dict[str, Any]:
+        row = self._get(rollout_id)
+        result = self._public(row)
+        members = device_list(self.store, row["group_name"])
+        target = (row["model_name"], row["model_version"])
+        result["devices"] = [
+            {
+                "device_id": d["device_id"],
+                "canary": d["device_id"] in row["canary"],
+                "online": d["online"],
+                "model_version": d["model_version"],
+                "on_target": (d["model_name"], d["model_version"]) == target,
+                "state": d["state"],
+                "last_error": d["last_error"],
+            }
+            for d in members
+        ]
+        result["on_target"] = sum(1 for d in result["devices"] if d["on_target"])
+        return result
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
+        return DesiredState(
+            manifest=info.manifest.model_dump(mode="json"),
+            signature=info.signature,
+            model_url=f"{self.base_url}/bundles/{info.name}/{info.version}/model.onnx",
+            rollout_id=rollout_id,
+            issued_at=audit.iso(time.time()) or "",
+        )
+
+    def _rollback_desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
+        """The previous manifest with rollback=true, re-signed: devices refuse an older version otherwise."""
+        key = load_private_key(self.keys_dir / PRIVATE_KEY_FILE)
+        manifest = info.manifest.model_copy(update={"rollback": True})
+        desired = self._desired(info, rollout_id)
+        desired.manifest = manifest.model_dump(mode="json")
+        desired.signature = sign_bytes(canonical_bytes(manifest), key).decode()
+        return desired
+
+    def _clear_overrides(self, group: str, extra: list[str]) -> None:
+        """Empty retained payloads on the device-level desired topics, so each device follows its group."""
+        names = {d["device_id"] for d in device_list(self.store, group)} | set(extra)
+        for name in sorted(names):
+            self.publisher.publish(device_topic(name, "desired"), b"")
+
+    def _previous_version(self, group: str, name: str) -> int | None:
+        """What the group runs: the last promoted rollout of `name`, else the version most of its devices report."""
+        for row in self._rows(group=group, states=("promoted",)):
+            if row["model_name"] == name:
+                return int(row["model_version"])
+        for row in self._rows(group=group, states=("rolled_back",)):
+            if row["model_name"] == name and row["previous_version"] is not None:
+                return int(row["previous_version"])
+        versions = Counter(
+            d["model_version"]
+            for d in device_list(self.store, group)
+            if d["model_name"] == name and d["model_version"] is not None
+        )
+        return versions.most_common(1)[0][0] if versions else None
+
+    def _finish(self, row: dict[str, Any], state: str, reason: str, actor: str, action: str) -> None:
+        now = time.time()
+        with self.store.begin() as conn:
+            conn.execute(
+                rollouts.update().where(rollouts.c.id == row["id"]).values(state=state, reason=reason, finished_at=now)
+            )
+            audit.record(
+                conn,
+                actor,
+                action,
+                f"{row['model_name']}/{row['model_version']} in group {row['group_name']}",
+                reason,
+                {"rollout_id": row["id"], "previous_version": row["previous_version"], "canary": row["canary"]},
+                now,
+            )
+        level = logging.WARNING if state != "promoted" else logging.INFO
+        log_event(logger, f"rollout {state}", level=level, rollout=row["id"], reason=reason, actor=actor)
+
+    def _get(self, rollout_id: str) -> dict[str, Any]:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(sa.select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"rollout {rollout_id} not found; `edgeloop rollout status` lists them")
+        return dict(row)
+
+    def _rows(
+        self, group: str | None = None, states: tuple[str, ...] | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = sa.select(rollouts).order_by(rollouts.c.created_at.desc())
+        if group:
+            query = query.where(rollouts.c.group_name == group)
+        if states:
+            query = query.where(rollouts.c.state.in_(states))
+        if limit:
+            query = query.limit(limit)
+        with self.store.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    @staticmethod
+    def _public(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "group": row["group_name"],
+            "model": f"{row['model_name']}/{row['model_version']}",
+            "model_name": row["model_name"],
+            "model_version": row["model_version"],
+            "previous_version": row["previous_version"],
+            "canary": row["canary"],
+            "soak_s": row["soak_s"],
+            "state": row["state"],
+            "reason": row["reason"],
+            "actor": row["actor"],
+            "created_at": audit.iso(row["created_at"]),
+            "soak_started_at": audit.iso(row["soak_started_at"]),
+            "finished_at": audit.iso(row["finished_at"]),
+        }

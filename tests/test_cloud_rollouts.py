@@ -1,0 +1,161 @@
+"""Staged rollouts against a real broker, with devices simulated by small MQTT clients that behave like the
+agent on the wire (device-level desired state wins, older versions only with a signed rollback)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cloud_sync.audit import entries
+from cloud_sync.bundles import BundleRegistry
+from cloud_sync.fleet import device_list
+from cloud_sync.ingest import Ingest
+from cloud_sync.publisher import MqttPublisher
+from cloud_sync.rollout_checks import Limits
+from cloud_sync.rollouts import Rollouts
+from cloud_sync.simulator import SimDevice, make_window
+from cloud_sync.store import Store
+from contracts.manifest import Manifest, canonical_bytes
+from contracts.signing import load_public_key, verify_bytes
+from tests.cloud_support import make_store, wait_until
+from tests.conftest import Broker, TrainedBundle
+
+NAME = "machine-failure"
+
+
+@dataclass
+class Cloud:
+    store: Store
+    registry: BundleRegistry
+    rollouts: Rollouts
+    ingest: Ingest
+    broker: Broker
+    v1: Manifest
+    v2: Manifest
+
+    def devices(self, count: int, group: str = "line-1", **kwargs: object) -> list[SimDevice]:
+        devices = [
+            SimDevice(f"dev-{i}", group, self.broker.host, self.broker.port, **kwargs).start()  # type: ignore[arg-type]
+            for i in range(1, count + 1)
+        ]
+        wait_until(lambda: len(device_list(self.store, group)) == count, what="devices known to the cloud")
+        return devices
+
+    def run_until(self, rollout_id: str, states: tuple[str, ...], timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ingest.wait_idle(2)
+            self.rollouts.tick()
+            status = self.rollouts.status(rollout_id)
+            if status["state"] in states:
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"rollout {rollout_id} still {self.rollouts.status(rollout_id)['state']}")
+
+
+@pytest.fixture()
+def cloud(broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle) -> Iterator[Cloud]:
+    with make_store("sqlite", tmp_path) as store:
+        registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
+        v1 = registry.add(rf_bundle.bundle).manifest
+        v2 = registry.add(logreg_bundle_v2.bundle).manifest
+        ingest = Ingest(store, broker.url, client_id="rollout-ingest")
+        ingest.start()
+        publisher = MqttPublisher(broker.url).start()
+        limits = Limits(min_samples=50)
+        rollouts = Rollouts(store, registry, publisher, "http://127.0.0.1:1", rf_bundle.keys_dir, limits, 10.0)
+        wait_until(ingest.connected.is_set, what="ingest connected")
+        time.sleep(0.2)
+        yield Cloud(store, registry, rollouts, ingest, broker, v1, v2)
+        publisher.stop()
+        ingest.stop()
+
+
+def _versions(devices: list[SimDevice]) -> list[int | None]:
+    return [d.model[1] if d.model else None for d in devices]
+
+
+def test_canary_then_group_promotion(cloud: Cloud) -> None:
+    devices = cloud.devices(4)
+    first = cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0, actor="alice")
+    assert first["state"] == "promoted"  # no canary: straight to the group
+    for device in devices:
+        assert device.wait_for(1)
+    wait_until(lambda: cloud.rollouts.status(first["id"])["on_target"] == 4, what="group on v1")
+
+    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="25%", soak_s=1.5, actor="alice")
+    assert rollout["canary"] == ["dev-1"] and rollout["previous_version"] == 1
+    assert devices[0].wait_for(2)
+    time.sleep(0.3)
+    assert _versions(devices) == [2, 1, 1, 1]  # only the canary moved
+    soaking = cloud.run_until(rollout["id"], ("soaking",))
+    assert soaking["soak_started_at"] is not None
+    assert _versions(devices) == [2, 1, 1, 1]  # still soaking
+    done = cloud.run_until(rollout["id"], ("promoted", "rolled_back"))
+    assert done["state"] == "promoted", done["reason"]
+    assert "soak of 1.5s passed" in done["reason"]
+    for device in devices:
+        assert device.wait_for(2)
+    wait_until(lambda: all("device" not in d._desired for d in devices), what="device overrides cleared")
+    assert all(d.history == [(NAME, 1), (NAME, 2)] for d in devices)
+    actions = [(e["actor"], e["action"]) for e in entries(cloud.store)]
+    assert ("alice", "deploy") in actions and ("controller", "promote") in actions
+    assert ("device:dev-1", "device accepted") in actions
+
+
+def test_a_rejected_canary_is_rolled_back_automatically(cloud: Cloud) -> None:
+    def health_check(manifest: dict) -> str | None:
+        return "golden sample 3: label 1 != 0" if manifest["version"] == 2 else None
+
+    devices = cloud.devices(3, reject=health_check)
+    cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0)
+    for device in devices:
+        assert device.wait_for(1)
+    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="dev-2", soak_s=60)
+    done = cloud.run_until(rollout["id"], ("rolled_back", "promoted"))
+    assert done["state"] == "rolled_back"
+    assert done["reason"] == "canary device dev-2 rejected machine-failure/2: golden sample 3: label 1 != 0"
+    time.sleep(0.3)
+    assert _versions(devices) == [1, 1, 1]
+    audit = [(e["actor"], e["action"], e["reason"]) for e in entries(cloud.store)]
+    assert ("device:dev-2", "device rejected", "golden sample 3: label 1 != 0") in audit
+    assert ("controller", "rollback", done["reason"]) in audit
+
+
+@pytest.mark.parametrize("failure", ["errors", "accuracy"])
+def test_bad_canary_telemetry_rolls_back_with_a_signed_rollback_manifest(
+    cloud: Cloud, failure: str, rf_bundle: TrainedBundle
+) -> None:
+    devices = cloud.devices(3)
+    cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0)
+    for device in devices:
+        assert device.wait_for(1)
+    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="dev-1", soak_s=60)
+    assert devices[0].wait_for(2)
+    cloud.run_until(rollout["id"], ("soaking",))
+    now = time.time()
+    for seq, device in enumerate(devices, start=1):
+        canary = device is devices[0]
+        manifest = cloud.v2 if canary else cloud.v1
+        errors = 30 if canary and failure == "errors" else 0
+        accuracy = 0.6 if canary and failure == "accuracy" else 0.9
+        window = make_window(
+            device.device_id, "line-1", seq, now, manifest, requests=200, errors=errors, accuracy=accuracy, feedback=100
+        )
+        device.publish_window(window)
+    done = cloud.run_until(rollout["id"], ("rolled_back", "promoted"))
+    assert done["state"] == "rolled_back"
+    expected = "canary error rate 0.150 is above 0.05" if failure == "errors" else "canary accuracy 0.600 is 0.300"
+    assert done["reason"].startswith(expected), done["reason"]
+    # The canary went back to v1: the agent accepts an older version only with a signed rollback manifest.
+    assert devices[0].wait_for(1)
+    assert devices[0].history == [(NAME, 1), (NAME, 2), (NAME, 1)]
+    desired = devices[0]._desired["device"]
+    assert desired.manifest["rollback"] is True and desired.manifest["version"] == 1
+    manifest = Manifest.model_validate(desired.manifest)
+    verify_bytes(canonical_bytes(manifest), desired.signature.encode(), load_public_key(rf_bundle.public_key))
+    assert _versions(devices) == [1, 1, 1]
