@@ -124,7 +124,9 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
         estimator=tags.get("edgeloop.estimator", type(sklearn_model.steps[-1][1]).__name__),
         metrics={k: float(v) for k, v in metrics.items() if not np.isnan(v)},
     )
-    golden = golden_rows(features, holdout[schema["target"]], settings.golden_samples)
+    # Golden rows cover every class the model *predicts* on held-out rows, so the replay checks each label.
+    predicted = pd.Series(sklearn_model.predict(features), index=features.index)
+    golden = golden_rows(features, predicted, settings.golden_samples)
     golden_records = records_of(golden, inputs)
     golden_proba = sklearn_model.predict_proba(golden)
     golden_labels = sklearn_model.predict(golden)

@@ -52,7 +52,7 @@ def records_of(frame: pd.DataFrame, inputs: list[FeatureSpec]) -> list[dict]:
 
 
 def golden_rows(features: pd.DataFrame, labels: pd.Series, count: int, seed: int = 0) -> pd.DataFrame:
-    """Pick `count` held-out rows covering every class and, when present, rows with missing values."""
+    """Pick `count` held-out rows covering every class of `labels` and, when present, rows with missing values."""
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
     classes = list(pd.unique(labels))
