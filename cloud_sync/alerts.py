@@ -1,0 +1,348 @@
+"""Alert rules over the fleet's merged telemetry, device status and rollouts.
+
+Rules come from a small YAML file (`alert_rules` setting; format in docs/cloud.md) or the defaults below.
+Each evaluation computes, per rule, the subjects in breach (a device, a group, `device/feature`, a rollout);
+a breach that lasts `for` fires; a firing alert whose breach is gone resolves. Firings and resolutions are
+stored in `alerts`, published retained on `edgeloop/v1/alerts/{rule}/{subject}` and POSTed to the webhook
+when one is set. Pending breaches (inside their `for`) live in memory: a restart restarts their clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import sqlalchemy as sa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cloud_sync import audit
+from cloud_sync.bundles import BundleRegistry
+from cloud_sync.fleet import WindowRecord, load_windows
+from cloud_sync.store import Store, alerts, devices, rollouts
+from contracts.errors import InputError, NotFoundError
+from contracts.logs import log_event
+from contracts.telemetry import merge_counts, score_drift
+from contracts.topics import PREFIX
+
+__all__ = ["DEFAULT_RULES", "AlertEvaluator", "Rule", "acknowledge", "alert_list", "load_rules", "parse_duration"]
+
+logger = logging.getLogger("edgeloop.cloud.alerts")
+Kind = Literal["accuracy_below", "psi_above", "device_offline", "p99_above", "error_rate_above", "rollout_failed"]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """`90`, `90s`, `10m`, `1h`, `2d` -> seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 30s, 10m, 1h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    kind: Kind
+    threshold: float = 0.0
+    """accuracy / PSI / seconds of p99 / error share; for device_offline a duration (`10m`)."""
+    window: float = 3600.0
+    """The period the telemetry is merged over, ending now (`1h`)."""
+    for_: float = Field(default=0.0, alias="for")
+    """How long the breach must last before the alert fires (`10m`)."""
+    min_samples: int = 50
+    """Fewest requests / feedback labels / records for a telemetry rule to judge."""
+    scope: Literal["device", "group"] = "device"
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+    @field_validator("window", "for_", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> float:
+        return parse_duration(value) if isinstance(value, str) else float(value)
+
+
+DEFAULT_RULES: list[dict[str, Any]] = [
+    {"name": "accuracy-low", "kind": "accuracy_below", "threshold": 0.75, "window": "1h", "for": "10m"},
+    {"name": "feature-drift", "kind": "psi_above", "threshold": 0.25, "window": "1h", "min_samples": 100},
+    {"name": "device-offline", "kind": "device_offline", "threshold": "10m", "severity": "critical"},
+    {"name": "latency-p99-high", "kind": "p99_above", "threshold": 0.25, "window": "15m", "for": "5m"},
+    {"name": "error-rate-high", "kind": "error_rate_above", "threshold": 0.05, "window": "15m", "for": "5m"},
+    {"name": "rollout-failed", "kind": "rollout_failed", "window": "24h", "severity": "critical"},
+]
+
+
+def load_rules(path: Path | None) -> list[Rule]:
+    """The rules of a YAML file (`rules: [...]`), or the defaults."""
+    raw: Any = DEFAULT_RULES
+    if path is not None:
+        try:
+            raw = (yaml.safe_load(Path(path).read_text()) or {}).get("rules")
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            raise InputError(f"alert rules {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, list):
+            raise InputError(f"alert rules {path}: expected a top-level `rules:` list")
+    rules = []
+    for index, item in enumerate(raw):
+        try:
+            rules.append(Rule.model_validate(item))
+        except (ValidationError, ValueError) as exc:
+            detail = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
+            where = ".".join(str(part) for part in detail["loc"])
+            raise InputError(f"alert rule {index + 1} ({where}): {detail['msg']}") from None
+    names = [rule.name for rule in rules]
+    if len(set(names)) != len(names):
+        raise InputError("alert rule names must be unique")
+    return rules
+
+
+Breaches = dict[str, tuple[float, str]]  # subject -> (value, message)
+
+
+class AlertEvaluator:
+    def __init__(
+        self,
+        store: Store,
+        registry: BundleRegistry,
+        rules: list[Rule],
+        publish: Callable[[str, bytes], None] | None = None,
+        webhook_url: str | None = None,
+        online_timeout_s: float = 120.0,
+    ) -> None:
+        self.store, self.registry, self.rules = store, registry, rules
+        self.publish = publish
+        self.webhook_url = webhook_url
+        self.online_timeout_s = online_timeout_s
+        self._pending: dict[tuple[str, str], float] = {}
+
+    def run(self, stop: threading.Event, interval_s: float) -> None:
+        while not stop.wait(interval_s):
+            try:
+                self.evaluate()
+            except Exception:
+                logger.exception("alert evaluation failed")
+
+    def evaluate(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Evaluate every rule once; returns the firings and resolutions it caused."""
+        now = time.time() if now is None else now
+        cache: dict[float, list[WindowRecord]] = {}
+        changes = []
+        for rule in self.rules:
+            if rule.kind == "device_offline":
+                breaches = self._offline(rule, now)
+            elif rule.kind == "rollout_failed":
+                breaches = self._rollouts(rule, now)
+            else:
+                if rule.window not in cache:
+                    cache[rule.window] = load_windows(self.store, now - rule.window, now)
+                breaches = self._telemetry(rule, cache[rule.window])
+            changes.extend(self._apply(rule, breaches, now))
+        return changes
+
+    # -- conditions ---------------------------------------------------------------------------------
+    def _telemetry(self, rule: Rule, records: list[WindowRecord]) -> Breaches:
+        by_subject: dict[str, list[WindowRecord]] = defaultdict(list)
+        for record in records:
+            by_subject[record.device_id if rule.scope == "device" else record.group].append(record)
+        breaches: Breaches = {}
+        for subject, subset in by_subject.items():
+            merged = merge_counts(record.counts for record in subset)
+            if rule.kind == "accuracy_below":
+                if merged.feedback_count >= rule.min_samples and (merged.accuracy or 0.0) < rule.threshold:
+                    breaches[subject] = (
+                        merged.accuracy or 0.0,
+                        f"accuracy {merged.accuracy:.3f} on {subject} is "
+                        f"below {rule.threshold} ({merged.feedback_count} labels)",
+                    )
+            elif rule.kind == "error_rate_above" and merged.requests >= rule.min_samples:
+                rate = sum(merged.errors.values()) / merged.requests
+                if rate > rule.threshold:
+                    breaches[subject] = (rate, f"error rate {rate:.3f} on {subject} is above {rule.threshold}")
+            elif rule.kind == "p99_above" and merged.requests >= rule.min_samples:
+                p99 = merged.latency_quantile(0.99) or 0.0
+                if p99 > rule.threshold:
+                    breaches[subject] = (p99, f"p99 latency {p99}s on {subject} is above {rule.threshold}s")
+            elif rule.kind == "psi_above":
+                breaches.update(self._drift(rule, subject, subset))
+        return breaches
+
+    def _drift(self, rule: Rule, subject: str, records: list[WindowRecord]) -> Breaches:
+        by_version: dict[tuple[str | None, int | None], list[WindowRecord]] = defaultdict(list)
+        for record in records:
+            by_version[(record.model_name, record.model_version)].append(record)
+        breaches: Breaches = {}
+        for (name, version), subset in by_version.items():
+            manifest = self.registry.manifest(name, version)
+            if manifest is None:
+                continue
+            scores, _ = score_drift(merge_counts(r.counts for r in subset), manifest, min_count=rule.min_samples)
+            for feature, score in scores.items():
+                if score.psi > rule.threshold:
+                    message = (
+                        f"PSI of {feature} on {subject} ({name}/{version}) is {score.psi:.3f}, above {rule.threshold}"
+                    )
+                    breaches[f"{subject}/{feature}"] = (score.psi, message)
+        return breaches
+
+    def _offline(self, rule: Rule, now: float) -> Breaches:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(devices.c.device_id, devices.c.online, devices.c.status_at, devices.c.last_seen)
+            ).all()
+        breaches: Breaches = {}
+        for row in rows:
+            if row.online is False and row.status_at is not None:
+                since = row.status_at
+            else:
+                since = row.last_seen + self.online_timeout_s
+            if now - since > rule.threshold and (row.online is False or now - row.last_seen > self.online_timeout_s):
+                minutes = (now - since) / 60
+                breaches[row.device_id] = (minutes, f"device {row.device_id} offline for {minutes:.1f} min")
+        return breaches
+
+    def _rollouts(self, rule: Rule, now: float) -> Breaches:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(rollouts).where(rollouts.c.created_at > now - rule.window)).mappings().all()
+        breaches: Breaches = {}
+        for row in rows:
+            if row["state"] not in ("rolled_back", "failed"):
+                continue
+            later = [
+                r
+                for r in rows
+                if r["group_name"] == row["group_name"]
+                and r["created_at"] > row["created_at"]
+                and r["state"] == "promoted"
+            ]
+            if not later:
+                message = (
+                    f"rollout {row['id']} of {row['model_name']}/{row['model_version']} in group "
+                    f"{row['group_name']} {row['state']}: {row['reason']}"
+                )
+                breaches[row["id"]] = (1.0, message)
+        return breaches
+
+    # -- state changes ------------------------------------------------------------------------------
+    def _apply(self, rule: Rule, breaches: Breaches, now: float) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as conn:
+            firing = {
+                row.subject: row.id
+                for row in conn.execute(
+                    sa.select(alerts.c.id, alerts.c.subject).where(
+                        alerts.c.rule == rule.name, alerts.c.state == "firing"
+                    )
+                )
+            }
+        changes = []
+        for subject, (value, message) in breaches.items():
+            if subject in firing:
+                continue
+            started = self._pending.setdefault((rule.name, subject), now)
+            if now - started >= rule.for_:
+                row = {
+                    "rule": rule.name,
+                    "subject": subject,
+                    "state": "firing",
+                    "severity": rule.severity,
+                    "value": value,
+                    "threshold": rule.threshold,
+                    "message": message,
+                    "fired_at": now,
+                }
+                with self.store.begin() as conn:
+                    key = conn.execute(alerts.insert().values(**row)).inserted_primary_key
+                    row["id"] = key[0] if key else None
+                self._pending.pop((rule.name, subject), None)
+                changes.append(self._notify(row))
+        for key in [key for key in self._pending if key[0] == rule.name and key[1] not in breaches]:
+            del self._pending[key]
+        for subject, alert_id in firing.items():
+            if subject in breaches:
+                continue
+            with self.store.begin() as conn:
+                conn.execute(alerts.update().where(alerts.c.id == alert_id).values(state="resolved", resolved_at=now))
+                row = dict(conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().one())
+            changes.append(self._notify(row))
+        return changes
+
+    def _notify(self, row: dict[str, Any]) -> dict[str, Any]:
+        payload = _public(row)
+        body = orjson.dumps(payload)
+        level = logging.WARNING if row["state"] == "firing" else logging.INFO
+        log_event(
+            logger,
+            f"alert {row['state']}",
+            level=level,
+            rule=row["rule"],
+            subject=row["subject"],
+            message=row["message"],
+        )
+        if self.publish is not None:
+            topic = f"{PREFIX}/alerts/{row['rule']}/{re.sub(r'[^A-Za-z0-9_.-]', '_', row['subject'])}"
+            try:
+                self.publish(topic, body)
+            except Exception as exc:
+                log_event(logger, "alert not published", level=logging.WARNING, error=str(exc))
+        if self.webhook_url:
+            threading.Thread(target=_post, args=(self.webhook_url, body), daemon=True).start()
+        return payload
+
+
+def _post(url: str, body: bytes) -> None:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read(1024)
+    except OSError as exc:
+        log_event(logger, "webhook failed", level=logging.WARNING, url=url, error=str(exc))
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "rule": row["rule"],
+        "subject": row["subject"],
+        "state": row["state"],
+        "severity": row["severity"],
+        "value": row["value"],
+        "threshold": row["threshold"],
+        "message": row["message"],
+        "fired_at": audit.iso(row["fired_at"]),
+        "resolved_at": audit.iso(row.get("resolved_at")),
+        "acknowledged_by": row.get("acknowledged_by"),
+        "acknowledged_at": audit.iso(row.get("acknowledged_at")),
+    }
+
+
+def alert_list(store: Store, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    query = sa.select(alerts).order_by(alerts.c.id.desc()).limit(limit)
+    if state:
+        query = query.where(alerts.c.state == state)
+    with store.engine.connect() as conn:
+        return [_public(dict(row)) for row in conn.execute(query).mappings()]
+
+
+def acknowledge(store: Store, alert_id: int, actor: str, note: str | None = None) -> dict[str, Any]:
+    with store.begin() as conn:
+        row = conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"alert {alert_id} not found")
+        now = time.time()
+        conn.execute(alerts.update().where(alerts.c.id == alert_id).values(acknowledged_by=actor, acknowledged_at=now))
+        audit.record(conn, actor, "acknowledge alert", f"{row['rule']} {row['subject']}", note, {"alert_id": alert_id})
+        updated = dict(conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().one())
+    return _public(updated)
