@@ -49,7 +49,7 @@ def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         _CountColumn(),
         _RateColumn(),
         TimeElapsedColumn(),
@@ -105,15 +105,24 @@ def score_command(
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise InputError(f"invalid setting {where}: {first['msg']}") from None
-    with _progress() as bar:
-        task = bar.add_task(f"scoring ({settings.engine})", total=None, unit="rows")
+    bar = _progress()
+    task = bar.add_task(f"scoring ({settings.engine})", total=None, unit="rows")
+    started = False
 
-        def on_progress(done: int, total: int | None, unit: str) -> None:
-            bar.update(task, completed=done, total=total, unit=unit)
+    def on_progress(done: int, total: int | None, unit: str) -> None:
+        nonlocal started
+        if not started:  # shown once the checks passed and rows flow, never before a one-line error
+            bar.start()
+            started = True
+        bar.update(task, completed=done, total=total, unit=unit)
 
+    try:
         result = score(model, input_path, output, settings, on_progress)
-        if settings.engine == "local":
+        if started and settings.engine == "local":
             bar.update(task, completed=result.rows, total=result.rows)
+    finally:
+        if started:
+            bar.stop()
     manifest = result.resolved.bundle.manifest
     console.print(
         f"scored [bold]{result.rows:,}[/bold] rows with [bold]{manifest.name}[/bold] v{manifest.version} "

@@ -10,6 +10,7 @@ error naming the column.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
+from cloud_sync.batch.columns import check_schema
 from contracts.errors import InputError, NotFoundError
 from contracts.manifest import Manifest
 
@@ -58,10 +60,38 @@ class InputTable:
             raise arrow_error(self.path, exc, self.format) from None
 
 
+_CSV_VALUE = re.compile(r"In CSV column #(?P<column>\d+): Row #(?P<row>\d+): CSV conversion error to (?P<type>\w+)")
+_CSV_SOURCE = re.compile(r"CSV input source '(?P<file>[^']+)'")
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def arrow_error(path: Path, exc: BaseException, kind: str) -> InputError:
-    """One line from a pyarrow error (they can span several lines and carry C++ source locations)."""
+    """One line from a pyarrow error (they can span several lines, nest their causes and carry C++ source
+    locations); a CSV value that is not a number names its column and line."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"^/\S+\.cc:\d+\s+", "", text)
+    value = _CSV_VALUE.search(text)
+    if value:
+        source = _CSV_SOURCE.search(text)
+        where = Path(source["file"]) if source else path
+        header = _csv_header(where) if where.is_file() else []
+        index = int(value["column"])
+        column = header[index] if index < len(header) else f"#{index + 1}"
+        found = text.rsplit("invalid value ", 1)[-1] if "invalid value " in text else "a value"
+        return InputError(
+            f"{where} line {value['row']}: column '{column}' must be a number (the model reads it as one), got {found}"
+        )
+    if ": Invalid: " in text:
+        text = text.rsplit(": Invalid: ", 1)[1]
+    elif "Could not open " in text and "': " in text:
+        text = text.rsplit("': ", 1)[1]
     return InputError(f"{path} is not a readable {kind} input: {text}")
 
 
@@ -84,6 +114,16 @@ def _format_of(path: Path) -> Literal["parquet", "csv"]:
     raise InputError(f"{path}: unknown input format; use a .parquet or .csv file or a directory of them")
 
 
+def _check_parquet_files(dataset: ds.FileSystemDataset, manifest: Manifest) -> int:
+    """Check every file's own schema (a dataset takes its schema from the first file) and count the rows,
+    from the footers only, so that a file that does not fit is an error before any work starts."""
+    rows = 0
+    for fragment in dataset.get_fragments():
+        check_schema(fragment.physical_schema, manifest, fragment.path)
+        rows += fragment.metadata.num_rows
+    return rows
+
+
 def open_input(path: Path, manifest: Manifest) -> InputTable:
     """Open `path` for streaming; raise NotFoundError or a one-line InputError when it cannot be read."""
     path = Path(path)
@@ -96,7 +136,7 @@ def open_input(path: Path, manifest: Manifest) -> InputTable:
     try:
         if kind == "parquet":
             dataset = ds.dataset(path, format="parquet")
-            rows: int | None = dataset.count_rows()
+            rows: int | None = _check_parquet_files(dataset, manifest) if path.is_dir() else dataset.count_rows()
         else:
             types = {spec.name: pa.float64() if spec.kind == "numeric" else pa.string() for spec in manifest.inputs}
             file_format = ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=types))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,8 +51,19 @@ appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
 logger.native.name = org.apache.hadoop.util.NativeCodeLoader
 logger.native.level = error
+"""
+_LOG4J_QUIET = """\
+# A failed task is reported by edgeloop as one line; the executor's stack traces would only repeat it.
 logger.utils.name = org.apache.spark.util.Utils
-logger.utils.level = error
+logger.utils.level = off
+logger.executor.name = org.apache.spark.executor.Executor
+logger.executor.level = off
+logger.tasks.name = org.apache.spark.scheduler.TaskSetManager
+logger.tasks.level = off
+logger.context.name = org.apache.spark.TaskContextImpl
+logger.context.level = off
+logger.writer.name = org.apache.spark.sql.execution.datasources.FileFormatWriter
+logger.writer.level = off
 """
 
 
@@ -82,7 +94,8 @@ def spark_session(master: str, batch_rows: int, ui: bool = False, log_level: str
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         log4j = Path(tempfile.gettempdir()) / f"edgeloop-log4j2-{log_level.lower()}.properties"
-        log4j.write_text(_LOG4J.format(level=log_level.lower()))
+        quiet = log_level.upper() in ("WARN", "ERROR", "FATAL", "OFF")
+        log4j.write_text(_LOG4J.format(level=log_level.lower()) + (_LOG4J_QUIET if quiet else ""))
         builder = (
             SparkSession.builder.appName("edgeloop-score")
             .master(master)
@@ -265,7 +278,8 @@ def _spark_running() -> bool:
 
 
 def _spark_error(exc: BaseException) -> EdgeloopError:
-    """A one-line error from a Spark failure, naming the edgeloop error raised on an executor when there is one."""
+    """One line from a Spark failure (a Py4J error is a JVM stack trace thousands of characters long): the
+    edgeloop error raised on an executor when there is one, else the innermost Spark exception's message."""
     text = str(exc)
     for line in text.splitlines():
         for name in ("SchemaError", "InputError", "IntegrityError", "ModelRejected"):
@@ -273,5 +287,16 @@ def _spark_error(exc: BaseException) -> EdgeloopError:
             if marker in line:
                 message = line.split(marker, 1)[1].strip()
                 return IntegrityError(message) if name == "IntegrityError" else InputError(message)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("at ")]
+    causes = [line.split(": ", 1)[1] for line in lines if line.startswith("Caused by: ") and ": " in line[11:]]
+    for line in lines:
+        if "Exception: " in line and not line.startswith("Caused by"):
+            message = line.rsplit("Exception: ", 1)[1]
+            message = re.sub(r"^\[[A-Z_.]+\]\s*", "", message)
+            message = re.sub(r"\s*SQLSTATE: \w+\s*$", "", message).strip()
+            if message:
+                cause = causes[-1].split(": ", 1)[-1].strip() if causes else ""
+                if cause and cause not in message:
+                    message = f"{message} (caused by: {cause})"
+                return InputError(f"the Spark job failed: {message}")
     return InputError(f"the Spark job failed: {lines[0] if lines else type(exc).__name__}")
