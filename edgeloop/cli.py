@@ -152,6 +152,8 @@ from edgeloop.cmd_agent import register as _register_agent  # noqa: E402
 
 _register_agent(app)
 
+__import__("edgeloop.cmd_cloud", fromlist=["register"]).register(app)  # cloud, deploy, rollout, audit
+
 
 def main() -> None:
     configure_logging()

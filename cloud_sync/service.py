@@ -1,0 +1,144 @@
+"""`edgeloop cloud`: one process with the API and bundle server (uvicorn), the ingest, the rollout
+controller and the alert evaluator (threads), all on one store.
+
+    service = CloudService(CloudSettings(port=8700, mqtt_url="mqtt://127.0.0.1:1883"))
+    service.run()          # until SIGTERM / SIGINT
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from cloud_sync.alerts import AlertEvaluator, load_rules
+from cloud_sync.api import CloudContext, create_app
+from cloud_sync.bundles import BundleRegistry
+from cloud_sync.ingest import Ingest
+from cloud_sync.publisher import MqttPublisher
+from cloud_sync.rollout_checks import Limits
+from cloud_sync.rollouts import Rollouts
+from cloud_sync.settings import CloudSettings
+from cloud_sync.store import Store
+from contracts.logs import log_event
+from contracts.signing import PUBLIC_KEY_FILE, load_public_key
+
+__all__ = ["CloudService"]
+
+logger = logging.getLogger("edgeloop.cloud")
+
+
+class CloudService:
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = s = settings
+        self.store = Store(s.store_url, s.store_schema).create()
+        key_path = s.keys_dir / PUBLIC_KEY_FILE
+        public_key = load_public_key(key_path) if key_path.is_file() else None
+        if public_key is None:
+            log_event(
+                logger,
+                "no public key: uploaded bundles are checked by sha256 only",
+                level=logging.WARNING,
+                expected=str(key_path),
+            )
+        self.registry = BundleRegistry(s.bundles_dir, public_key)
+        self.rules = load_rules(s.alert_rules)
+        self.publisher = MqttPublisher(s.mqtt_url, f"{s.ingest_client_id}-control", s.mqtt_username, s.mqtt_password)
+        self.ingest = Ingest(
+            self.store,
+            s.mqtt_url,
+            s.ingest_client_id,
+            s.ingest_share_group,
+            s.ingest_batch,
+            s.mqtt_username,
+            s.mqtt_password,
+        )
+        limits = Limits(
+            s.rollout_max_error_rate,
+            s.rollout_max_p99_s,
+            s.rollout_max_psi,
+            s.rollout_max_accuracy_drop,
+            s.rollout_min_samples,
+        )
+        self.rollouts = Rollouts(
+            self.store, self.registry, self.publisher, s.base_url, s.keys_dir, limits, s.rollout_confirm_timeout_s
+        )
+        self.alerts = AlertEvaluator(
+            self.store, self.registry, self.rules, self._publish_alert, s.webhook_url, s.online_timeout_s
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _publish_alert(self, topic: str, body: bytes) -> None:
+        self.publisher.publish(topic, body, retain=True, timeout=5)
+
+    def start(self) -> None:
+        self.publisher.start(wait_s=0)
+        self.ingest.start()
+        s = self.settings
+        for name, target, args in (
+            ("edgeloop-rollouts", self.rollouts.run, (self._stop, s.rollout_tick_s)),
+            ("edgeloop-alerts", self.alerts.run, (self._stop, s.alert_tick_s)),
+        ):
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if not s.viewer_tokens and not s.operator_tokens:
+            log_event(logger, "no API token set: anyone who can reach the port may deploy", level=logging.WARNING)
+        log_event(
+            logger,
+            "cloud started",
+            url=s.base_url,
+            store=self.store.safe_url,
+            broker=s.mqtt_url,
+            bundles=str(s.bundles_dir),
+            rules=len(self.rules),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        self.ingest.stop()
+        self.publisher.stop()
+        self.store.dispose()
+        log_event(logger, "cloud stopped")
+
+    def create_app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            self.start()
+            try:
+                yield
+            finally:
+                self.stop()
+
+        s = self.settings
+        context = CloudContext(
+            self.store,
+            self.registry,
+            self.rollouts,
+            s.viewer_tokens,
+            s.operator_tokens,
+            s.online_timeout_s,
+            self.ingest.stats,
+        )
+        return create_app(context, lifespan)
+
+    def run(self) -> None:
+        import uvicorn
+
+        config: Any = uvicorn.Config(
+            self.create_app(),
+            host=self.settings.host,
+            port=self.settings.port,
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+        )
+        log_event(logger, "listening", url=f"http://{self.settings.host}:{self.settings.port}", docs="/docs")
+        uvicorn.Server(config).run()

@@ -1,0 +1,280 @@
+"""`edgeloop cloud`, `edgeloop deploy`, `edgeloop rollout status|promote|rollback`, `edgeloop audit`.
+
+`cloud` runs the service; the others are clients of its REST API (--cloud-url, --token or
+EDGELOOP_CLOUD_URL / EDGELOOP_CLOUD_TOKEN), so they work from any machine that can reach it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from contracts.errors import EdgeloopError, InputError, ModelRejected, NotFoundError, ServiceUnavailableError
+
+__all__ = ["register"]
+
+console = Console()
+rollout_app = typer.Typer(help="Follow, promote or roll back a staged rollout.", no_args_is_help=True)
+_URL = typer.Option("http://127.0.0.1:8700", envvar="EDGELOOP_CLOUD_URL", help="Base URL of `edgeloop cloud`.")
+_TOKEN = typer.Option(None, envvar="EDGELOOP_CLOUD_TOKEN", help="Bearer token (operator to act, viewer to read).")
+
+
+def _settings_epilog() -> str:
+    from cloud_sync.settings import CloudSettings
+
+    lines = [r"[bold]Settings[/bold] (env var = default; also the \[cloud] table of edgeloop.toml or edgeloop.yaml):"]
+    for env, default, doc in CloudSettings.describe():
+        shown = f" = {default}" if default and "<function" not in default else ""
+        lines.append(f"[cyan]{env}[/cyan]{escape(shown)}  {escape(' '.join(doc.split()))}")
+    return "\n\n".join(lines)
+
+
+def cloud(
+    port: int | None = typer.Option(None, help=r"API and bundle server port \[default: 8700]."),
+    host: str | None = typer.Option(None, help=r"Listen address \[default: 127.0.0.1]."),
+    mqtt_url: str | None = typer.Option(None, help=r"Broker \[default: mqtt://127.0.0.1:1883]."),
+    store_url: str | None = typer.Option(
+        None, help=r"sqlite:///... or postgresql://... \[default: $EDGELOOP_HOME/cloud.db]."
+    ),
+    bundles_dir: Path | None = typer.Option(
+        None, help=r"Bundles served to devices \[default: $EDGELOOP_HOME/bundles]."
+    ),
+) -> None:
+    """Run the cloud side: bundle server, REST API, telemetry ingest, staged rollouts, alerts and audit log.
+
+    Example: [cyan]edgeloop cloud --port 8700 --mqtt-url mqtt://127.0.0.1:1883[/cyan]
+    """
+    from pydantic import ValidationError
+
+    from cloud_sync.service import CloudService
+    from cloud_sync.settings import CloudSettings
+
+    given: dict[str, Any] = {"port": port, "host": host, "mqtt_url": mqtt_url, "store_url": store_url}
+    given["bundles_dir"] = bundles_dir
+    try:
+        settings = CloudSettings(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"cloud setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    CloudService(settings).run()
+
+
+# -- API client -------------------------------------------------------------------------------------
+def _call(method: str, url: str, path: str, token: str | None, **kwargs: Any) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=60, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailableError(
+            f"cloud at {url} is unreachable ({exc}); start it with `edgeloop cloud`"
+        ) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text.strip()[:200]
+        error: type[EdgeloopError] = {404: NotFoundError, 409: ModelRejected, 503: ServiceUnavailableError}.get(
+            response.status_code, InputError
+        )
+        hint = " (pass --token or set EDGELOOP_CLOUD_TOKEN)" if response.status_code in (401, 403) else ""
+        raise error(f"cloud answered HTTP {response.status_code}: {detail}{hint}")
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
+    return response.text
+
+
+def _bundle_from_registry(reference: str, tracking_uri: str | None) -> Path:
+    """The converted bundle logged on the registry version's run (artifact path edgeloop/bundle)."""
+    import tempfile
+
+    from contracts.settings import edgeloop_home
+    from contracts.tracking import ensure_tracking_reachable
+
+    uri = tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+    ensure_tracking_reachable(uri)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    name, _, alias = reference.partition("@")
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = reference.partition("/")
+            version = client.get_model_version(name, number)
+    except MlflowException as exc:
+        raise NotFoundError(f"{reference} is not in the registry at {uri}: {str(exc).splitlines()[0]}") from None
+    target = Path(tempfile.mkdtemp(prefix="edgeloop-deploy-"))
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path="edgeloop/bundle", dst_path=str(target), tracking_uri=uri
+        )
+    except (MlflowException, OSError):
+        raise NotFoundError(
+            f"{name} version {version.version} has no converted bundle yet; run "
+            f"`edgeloop convert {reference} --out bundles/{name}` first, then deploy again"
+        ) from None
+    return Path(local)
+
+
+def deploy(
+    reference: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION from the registry, or a bundle directory."),
+    group: str = typer.Option(..., help="Device group to roll out to."),
+    canary: str = typer.Option(
+        "10%", help="Canary: a share of the group (`25%`) or devices (`dev-1,dev-2`); 0 = none."
+    ),
+    soak: float = typer.Option(10.0, min=0, help="Minutes the canary must stay healthy before the group follows."),
+    cloud_url: str = _URL,
+    token: str | None = _TOKEN,
+    tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in $EDGELOOP_HOME]."),
+) -> None:
+    """Upload a signed bundle to the cloud and start a staged rollout: canary first, then the group.
+
+    The rollout watches the canary's events and telemetry during the soak and rolls back automatically.
+
+    Example: [cyan]edgeloop deploy machine-failure@champion --group line-1 --canary 25% --soak 10[/cyan]
+    """
+    from cloud_sync.bundles import bundle_tar
+
+    path = Path(reference)
+    if path.is_dir():
+        bundle = path
+    elif "@" in reference or "/" in reference:
+        bundle = _bundle_from_registry(reference, tracking_uri)
+    else:
+        raise InputError(f"{reference!r} is neither a bundle directory nor NAME@ALIAS / NAME/VERSION")
+    info = _call("PUT", cloud_url, "/v1/bundles", token, content=bundle_tar(bundle))
+    body = {
+        "model_name": info["name"],
+        "model_version": info["version"],
+        "group": group,
+        "canary": canary,
+        "soak_minutes": soak,
+    }
+    rollout = _call("POST", cloud_url, "/v1/rollouts", token, json=body)
+    _print_rollout(rollout)
+
+
+def _print_rollout(rollout: dict[str, Any]) -> None:
+    console.print(
+        f"rollout [bold]{rollout['id']}[/bold]: {rollout['model']} -> group {rollout['group']} "
+        f"(previous version {rollout['previous_version']}), state [bold]{rollout['state']}[/bold]"
+    )
+    if rollout.get("reason"):
+        console.print(f"reason: {escape(rollout['reason'])}")
+    table = Table("device", "canary", "online", "version", "on target", "state", "last error")
+    for d in rollout.get("devices", []):
+        table.add_row(
+            d["device_id"],
+            "yes" if d["canary"] else "",
+            "yes" if d["online"] else "no",
+            str(d["model_version"]),
+            "yes" if d["on_target"] else "no",
+            str(d["state"]),
+            escape(d["last_error"] or ""),
+        )
+    console.print(table)
+
+
+def _rollout_path(rollout_id: str | None, group: str | None) -> str:
+    if rollout_id:
+        return f"/v1/rollouts/{rollout_id}"
+    return "/v1/rollouts/latest" + (f"?group={group}" if group else "")
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: str | None = typer.Argument(None, help="Rollout id [default: the latest]."),
+    group: str | None = typer.Option(None, help="Latest rollout of this group."),
+    cloud_url: str = _URL,
+    token: str | None = _TOKEN,
+) -> None:
+    """Show a rollout's state, reason and per-device progress.
+
+    Example: [cyan]edgeloop rollout status --group line-1[/cyan]
+    """
+    _print_rollout(_call("GET", cloud_url, _rollout_path(rollout_id, group), token))
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    rollout_id: str | None = typer.Argument(None, help="Rollout id [default: the latest]."),
+    group: str | None = typer.Option(None, help="Latest rollout of this group."),
+    reason: str | None = typer.Option(None, help="Why (kept in the audit log)."),
+    cloud_url: str = _URL,
+    token: str | None = _TOKEN,
+) -> None:
+    """Promote the canary's version to the whole group now, without waiting for the soak.
+
+    Example: [cyan]edgeloop rollout promote --group line-1 --reason "verified on the line"[/cyan]
+    """
+    current = _call("GET", cloud_url, _rollout_path(rollout_id, group), token)
+    _print_rollout(_call("POST", cloud_url, f"/v1/rollouts/{current['id']}/promote", token, json={"reason": reason}))
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    rollout_id: str | None = typer.Argument(None, help="Rollout id [default: the latest]."),
+    group: str | None = typer.Option(None, help="Latest rollout of this group."),
+    reason: str | None = typer.Option(None, help="Why (kept in the audit log)."),
+    cloud_url: str = _URL,
+    token: str | None = _TOKEN,
+) -> None:
+    """Roll back to the previous version (signed rollback manifest), during the canary or after promotion.
+
+    Example: [cyan]edgeloop rollout rollback --group line-1 --reason "false alarms on line 1"[/cyan]
+    """
+    current = _call("GET", cloud_url, _rollout_path(rollout_id, group), token)
+    _print_rollout(_call("POST", cloud_url, f"/v1/rollouts/{current['id']}/rollback", token, json={"reason": reason}))
+
+
+def audit(
+    format: str = typer.Option("table", "--format", help="table, jsonl or csv."),
+    out: Path | None = typer.Option(None, help="Write to this file instead of the terminal."),
+    action: str | None = typer.Option(None, help="Only this action (deploy, promote, rollback, ...)."),
+    cloud_url: str = _URL,
+    token: str | None = _TOKEN,
+) -> None:
+    """Print or export the append-only audit log: who did what, when and why.
+
+    Example: [cyan]edgeloop audit --format csv --out audit.csv[/cyan]
+    """
+    if format not in ("table", "jsonl", "csv"):
+        raise InputError(f"--format {format!r}: use table, jsonl or csv")
+    query = f"?format={'json' if format == 'table' else format}" + (f"&action={action}" if action else "")
+    result = _call("GET", cloud_url, f"/v1/audit{query}", token)
+    if format == "table":
+        table = Table("at", "actor", "action", "target", "reason")
+        for row in result:
+            table.add_row(row["at"], row["actor"], row["action"], escape(row["target"]), escape(row["reason"] or ""))
+        text = None
+    else:
+        text = result
+    if out is not None:
+        if text is None:
+            from cloud_sync.audit import export
+
+            text = export(result, "jsonl")
+        out.write_text(text)
+        console.print(f"wrote {out}")
+    elif text is None:
+        console.print(table)
+    else:
+        sys.stdout.write(text)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cloud", epilog=_settings_epilog())(cloud)
+    app.command("deploy")(deploy)
+    app.add_typer(rollout_app, name="rollout")
+    app.command("audit")(audit)
