@@ -14,7 +14,7 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -126,8 +126,7 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         description="Bundle server, staged rollouts, fleet telemetry, alerts and audit.",
         lifespan=lifespan,
     )
-    viewer = Annotated[Principal, Depends(_auth(ctx, "viewer"))]
-    operator = Annotated[Principal, Depends(_auth(ctx, "operator"))]
+    as_viewer, as_operator = _auth(ctx, "viewer"), _auth(ctx, "operator")
 
     @app.exception_handler(_AuthError)
     async def _auth_error(_request: Request, exc: _AuthError) -> JSONResponse:
@@ -151,12 +150,13 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         return {"status": "ok", "ingest": ctx.ingest_stats.as_dict() if ctx.ingest_stats else None}
 
     @app.get("/v1/devices", tags=["fleet"])
-    def devices(_p: viewer, group: str | None = None) -> list[dict[str, Any]]:
+    def devices(*, _p: Principal = Depends(as_viewer), group: str | None = None) -> list[dict[str, Any]]:
         return fleet.device_list(ctx.store, group, online_timeout_s=ctx.online_timeout_s)
 
     @app.get("/v1/fleet/stats", tags=["fleet"])
     def stats(
-        _p: viewer,
+        *,
+        _p: Principal = Depends(as_viewer),
         group: str | None = None,
         device: str | None = None,
         since: str = Query("1h", description="A duration back from `until` (1h, 30m) or an ISO time"),
@@ -167,60 +167,73 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         return fleet.stats(ctx.store, start, end, ctx.registry, group, device, per_device)
 
     @app.get("/v1/gaps", tags=["fleet"])
-    def gap_list(_p: viewer, device: str | None = None, include_filled: bool = False) -> list[dict[str, Any]]:
+    def gap_list(
+        *, _p: Principal = Depends(as_viewer), device: str | None = None, include_filled: bool = False
+    ) -> list[dict[str, Any]]:
         return fleet.gap_list(ctx.store, device, open_only=not include_filled)
 
     @app.get("/v1/dead-letters", tags=["fleet"])
-    def dead_letters(_p: viewer, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    def dead_letters(*, _p: Principal = Depends(as_viewer), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         return fleet.dead_letter_list(ctx.store, limit)
 
     @app.get("/v1/bundles", tags=["bundles"])
-    def bundles(_p: viewer) -> list[dict[str, Any]]:
+    def bundles(*, _p: Principal = Depends(as_viewer)) -> list[dict[str, Any]]:
         return [info.summary() for info in ctx.registry.all()]
 
     @app.put("/v1/bundles", tags=["bundles"], status_code=201)
-    async def upload_bundle(_p: operator, request: Request) -> dict[str, Any]:
+    async def upload_bundle(*, _p: Principal = Depends(as_operator), request: Request) -> dict[str, Any]:
         """Body: a tar of model.onnx, manifest.json and manifest.sig; verified before it is stored."""
         info = ctx.registry.add_tar(await request.body())
         return info.summary()
 
     @app.get("/v1/rollouts", tags=["rollouts"])
-    def rollout_list(_p: viewer, group: str | None = None) -> list[dict[str, Any]]:
+    def rollout_list(*, _p: Principal = Depends(as_viewer), group: str | None = None) -> list[dict[str, Any]]:
         return ctx.rollouts.recent(group)
 
     @app.get("/v1/rollouts/latest", tags=["rollouts"])
-    def rollout_latest(_p: viewer, group: str | None = None) -> dict[str, Any]:
+    def rollout_latest(*, _p: Principal = Depends(as_viewer), group: str | None = None) -> dict[str, Any]:
         return ctx.rollouts.latest(group)
 
     @app.get("/v1/rollouts/{rollout_id}", tags=["rollouts"])
-    def rollout_status(_p: viewer, rollout_id: str) -> dict[str, Any]:
+    def rollout_status(*, _p: Principal = Depends(as_viewer), rollout_id: str) -> dict[str, Any]:
         return ctx.rollouts.status(rollout_id)
 
     @app.post("/v1/rollouts", tags=["rollouts"], status_code=201)
-    def deploy(principal: operator, body: DeployRequest) -> dict[str, Any]:
+    def deploy(*, principal: Principal = Depends(as_operator), body: DeployRequest) -> dict[str, Any]:
         return ctx.rollouts.deploy(
             body.model_name, body.model_version, body.group, body.canary, body.soak_minutes * 60, principal.name
         )
 
     @app.post("/v1/rollouts/{rollout_id}/promote", tags=["rollouts"])
-    def promote(principal: operator, rollout_id: str, body: ReasonRequest | None = None) -> dict[str, Any]:
+    def promote(
+        *, principal: Principal = Depends(as_operator), rollout_id: str, body: ReasonRequest | None = None
+    ) -> dict[str, Any]:
         return ctx.rollouts.promote(rollout_id, principal.name, body.reason if body else None)
 
     @app.post("/v1/rollouts/{rollout_id}/rollback", tags=["rollouts"])
-    def rollback(principal: operator, rollout_id: str, body: ReasonRequest | None = None) -> dict[str, Any]:
+    def rollback(
+        *, principal: Principal = Depends(as_operator), rollout_id: str, body: ReasonRequest | None = None
+    ) -> dict[str, Any]:
         return ctx.rollouts.rollback(rollout_id, principal.name, body.reason if body else None)
 
     @app.get("/v1/alerts", tags=["alerts"])
-    def alerts(_p: viewer, state: Literal["firing", "resolved"] | None = None) -> list[dict[str, Any]]:
+    def alerts(
+        *, _p: Principal = Depends(as_viewer), state: Literal["firing", "resolved"] | None = None
+    ) -> list[dict[str, Any]]:
         return alert_list(ctx.store, state)
 
     @app.post("/v1/alerts/{alert_id}/acknowledge", tags=["alerts"])
-    def ack(principal: operator, alert_id: int, body: ReasonRequest | None = None) -> dict[str, Any]:
+    def ack(
+        *, principal: Principal = Depends(as_operator), alert_id: int, body: ReasonRequest | None = None
+    ) -> dict[str, Any]:
         return acknowledge(ctx.store, alert_id, principal.name, body.reason if body else None)
 
     @app.get("/v1/audit", tags=["audit"], response_model=None)
     def audit_log(
-        _p: viewer, format: Literal["json", "jsonl", "csv"] = "json", action: str | None = None
+        *,
+        _p: Principal = Depends(as_viewer),
+        format: Literal["json", "jsonl", "csv"] = "json",
+        action: str | None = None,
     ) -> list[dict[str, Any]] | PlainTextResponse:
         rows = audit.entries(ctx.store, action=action)
         if format == "json":

@@ -94,7 +94,10 @@ class Rollouts:
         soak_s: float = 600.0,
         actor: str = "operator",
     ) -> dict[str, Any]:
-        validate_id(group, "group")
+        try:
+            validate_id(group, "group")
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         with self._lock:
             info = self.registry.get(name, version)
             active = self._rows(group=group, states=ACTIVE)
