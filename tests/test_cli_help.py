@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import typer.main
 from typer.testing import CliRunner
 
 from edgeloop.cli import app
+from tests.cli_helpers import run_edgeloop
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_SCREEN_LINES = 40
@@ -56,3 +58,31 @@ def test_readme_first_screen_commands_are_makefile_targets() -> None:
     assert not missing, f"README names make targets the Makefile lacks: {sorted(missing)}"
     # The Makefile's documented entry points from the issue are there too.
     assert {"setup", "train", "convert", "test", "lint", "bench", "demo"} <= _makefile_targets()
+
+
+def test_keys_generate_writes_under_edgeloop_home(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`convert` signs with $EDGELOOP_HOME/keys, so that is where `keys generate` writes by default."""
+    home = tmp_path / "home"
+    monkeypatch.chdir(tmp_path)
+    result = run_edgeloop(["keys", "generate"], monkeypatch, capsys, home)
+    assert result.exit_code == 0, result.stderr
+    assert (home / "keys" / "edgeloop-signing.key").is_file() and (home / "keys" / "edgeloop-signing.pub").is_file()
+    assert not (tmp_path / ".edgeloop").exists()
+    again = run_edgeloop(["keys", "generate"], monkeypatch, capsys, home)
+    assert again.exit_code == 2 and again.errors and "--overwrite" in again.errors[0]
+
+
+def test_sample_data_is_deterministic(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    digests = []
+    for name in ("a.parquet", "b.parquet"):
+        result = run_edgeloop(
+            ["sample-data", "--out", str(tmp_path / name), "--rows", "50"], monkeypatch, capsys, tmp_path
+        )
+        assert result.exit_code == 0, result.stderr
+        digests.append(pd.read_parquet(tmp_path / name))
+    assert len(digests[0]) == 50 and digests[0].equals(digests[1])
+    assert digests[0]["failure_24h"].nunique() == 2 and digests[0].isna().any().any()
