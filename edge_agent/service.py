@@ -27,9 +27,12 @@ class LoadedModel:
     model: OnnxModel
     bundle: Bundle
     class_keys: tuple[str, ...] = field(init=False)
+    """str(class) for each class: the keys of the probabilities in an answer."""
+    feature_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_keys", tuple(str(value) for value in self.manifest.classes))
+        object.__setattr__(self, "feature_names", frozenset(self.manifest.feature_names))
 
     @property
     def manifest(self) -> Manifest:

@@ -1,0 +1,344 @@
+"""REST speed and footprint of the edge agent against `mlflow models serve` and two bare references, one run.
+
+    .venv/bin/python bench/bench_agent_rest.py                      # builds an rf bundle in a temp dir
+    .venv/bin/python bench/bench_agent_rest.py --duration 10 --skip-mlflow
+
+Same model (the trainer's 100-tree random forest, converted by the converter), same machine, same load
+(`wrk -t1`, one worker per server, loopback, keep-alive), servers measured one after the other:
+
+- agent: `python -m edge_agent` — full path: bearer auth, body cap, schema check, metrics, prediction ids.
+- bare FastAPI: a pydantic body model and onnxruntime, nothing else (the issue's reference endpoint).
+- lean Starlette: one route, orjson decode, onnxruntime (the ceiling of a Python route on uvicorn).
+- mlflow: `mlflow models serve --env-manager local` on the sklearn pipeline of the same run.
+
+Servers run side by side and are loaded in interleaved rounds (medians reported), so that the background
+load of a shared machine does not favour one of them. Prints req/s and p99 at concurrency 1 and 16, RSS
+after the load, process start to ready, the ratios, and the installed size of the base install (the
+agent's dependency closure, from the venv's metadata).
+Needs `wrk` (apt-get install wrk). Not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+
+
+@dataclass
+class Result:
+    name: str
+    start_s: float
+    rss_mb: float = 0.0
+    rates: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    """concurrency -> (req/s, p99 ms, non-2xx + socket errors)"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_model(work: Path) -> tuple[Path, str, str]:
+    """Train and convert the rf model in `work`; returns (bundle, tracking uri, mlflow model uri)."""
+    from converter.convert import convert_model
+    from converter.settings import ConvertSettings
+    from trainer.sample_data import write_machines
+    from trainer.settings import TrainSettings
+    from trainer.train import train_model
+
+    data = write_machines(work / "machines.csv", rows=6000)
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    result = train_model(data, "failure_24h", "machine-failure", "rf", ["reading_id"],
+                         TrainSettings(tracking_uri=tracking, artifact_root=work / "artifacts"))  # fmt: skip
+    bundle = work / "bundle"
+    convert_model(f"machine-failure/{result.version}", bundle,
+                  ConvertSettings(tracking_uri=tracking, keys_dir=work / "keys"))  # fmt: skip
+    return bundle, tracking, f"runs:/{result.run_id}/model"
+
+
+_REFERENCE_APPS = """
+import os
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI
+from pydantic import create_model
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from contracts.bundle import load_bundle
+from contracts.runtime import OnnxModel, encode_records
+
+model = OnnxModel.load(load_bundle(Path(os.environ["BENCH_BUNDLE"])), intra_op_threads=1)
+specs = model.manifest.inputs
+classes = [str(c) for c in model.manifest.classes]
+fields = {s.name: ((float | None) if s.kind == "numeric" else (str | None), ...) for s in specs}
+Record = create_model("Record", **fields)
+
+
+def answer(record):
+    result = model.predict_feed(encode_records([record], specs))
+    return {"label": result.labels.tolist()[0], "probabilities": dict(zip(classes, result.probabilities.tolist()[0]))}
+
+
+bare = FastAPI()
+
+
+@bare.post("/v1/predict")
+async def predict(record: Record):
+    return answer(record.model_dump())
+
+
+@bare.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+async def lean_predict(request: Request) -> Response:
+    return Response(orjson.dumps(answer(orjson.loads(await request.body()))), media_type="application/json")
+
+
+async def lean_health(request: Request) -> Response:
+    return Response(b"ok")
+
+
+lean = Starlette(routes=[Route("/v1/predict", lean_predict, methods=["POST"]), Route("/healthz", lean_health)])
+"""
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, started: float, timeout: float = 120.0) -> float:
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def tree_rss_mb(pid: int) -> float:
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float) -> tuple[float, float, int]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert p99_text is not None, out
+    p99 = float(p99_text.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99_text.group(2)]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return rate, p99, errors
+
+
+def lua(path: Path, body: bytes, headers: dict[str, str]) -> Path:
+    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items()]
+    lines.append(f"wrk.body = [==[{body.decode()}]==]")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Server:
+    result: Result
+    process: subprocess.Popen[bytes]
+    url: str
+    script: Path
+    samples: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start(name: str, cmd: list[str], env: dict[str, str], ready: str, url: str, script: Path) -> Server:
+    """Start one server and time process start -> ready (nothing else runs meanwhile)."""
+    started = time.monotonic()
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    server = Server(Result(name, 0.0), process, url, script)
+    try:
+        server.result.start_s = wait_ready(process, ready, started)
+        run_wrk(url, script, 4, 1)  # warm up
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def load_rounds(servers: list[Server], concurrencies: list[int], duration: float, rounds: int) -> None:
+    """Interleave the servers (round robin) so that the machine's background load hits all of them alike;
+    each figure is the median over the rounds."""
+    for number in range(rounds):
+        print(f"round {number + 1}/{rounds} ...", flush=True)
+        for connections in concurrencies:
+            for server in servers:
+                sample = run_wrk(server.url, server.script, connections, duration)
+                server.samples.setdefault(connections, []).append(sample)
+    for server in servers:
+        for connections, samples in server.samples.items():
+            rates = sorted(sample[0] for sample in samples)
+            p99s = sorted(sample[1] for sample in samples)
+            errors = sum(sample[2] for sample in samples)
+            server.result.rates[connections] = (rates[len(rates) // 2], p99s[len(p99s) // 2], errors)
+        server.result.rss_mb = tree_rss_mb(server.process.pid)
+
+
+def base_install_mb() -> tuple[float, list[str]]:
+    """Installed size of edgeloop's base requirements and their dependencies (no extras), from metadata."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    seen: dict[str, float] = {}
+    todo = [Requirement(r) for r in distribution("edgeloop").requires or []]
+    while todo:
+        requirement = todo.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        key = requirement.name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        try:
+            dist = distribution(requirement.name)
+        except PackageNotFoundError:
+            continue
+        seen[key] = sum(f.size or 0 for f in dist.files or []) / 2**20
+        extras = set(requirement.extras)
+        for child in dist.requires or []:
+            parsed = Requirement(child)
+            if parsed.marker is None or any(parsed.marker.evaluate({"extra": e}) for e in extras | {""}):
+                todo.append(parsed)
+    return sum(seen.values()), sorted(seen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, help="bundle to serve (with --mlflow-uri and --tracking-uri)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI of the bundle's run")
+    parser.add_argument("--mlflow-uri", help="MLflow model URI of the same model (runs:/RUN/model)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument("--skip-mlflow", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    try:
+        if args.bundle:
+            bundle, tracking, mlflow_uri = args.bundle, args.tracking_uri, args.mlflow_uri
+            if not (tracking and mlflow_uri):
+                args.skip_mlflow = True
+        else:
+            print("building the rf bundle (trainer + converter) ...", flush=True)
+            bundle, tracking, mlflow_uri = build_model(work)
+        results = run_all(args, work, bundle, tracking, mlflow_uri)
+        report(results, args.concurrency)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | None,
+            mlflow_uri: str | None) -> list[Result]:  # fmt: skip
+    python = sys.executable
+    bindir = str(Path(python).parent)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}", "EDGELOOP_HOME": str(work / "home"),
+           "EDGELOOP_LOG_LEVEL": "WARNING", "BENCH_BUNDLE": str(bundle), "PYTHONPATH": f"{work}:{ROOT}"}  # fmt: skip
+    (work / "bench_reference_apps.py").write_text(textwrap.dedent(_REFERENCE_APPS))
+    manifest = orjson.loads((bundle / "manifest.json").read_bytes())
+    record = manifest["golden_samples"][0]["inputs"]
+    body = orjson.dumps(record)
+    public_key = bundle.parent / "keys" / "edgeloop-signing.pub"
+    key_args = ["--public-key", str(public_key)] if public_key.is_file() else []
+    cases: list[tuple[str, list[str], str, str, bytes, dict[str, str]]] = []
+    port = free_port()
+    agent_cmd = [python, "-m", "edge_agent", "--bundle", str(bundle), "--state-dir", str(work / "agent"),
+                 "--port", str(port), "--token", TOKEN, *key_args]  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    cases.append(("edgeloop agent (full path)", agent_cmd, f"{base}/readyz", f"{base}/v1/predict", body,
+                  {"Authorization": f"Bearer {TOKEN}"}))  # fmt: skip
+    for name, app in (("bare FastAPI + ORT", "bare"), ("lean Starlette + orjson + ORT", "lean")):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [python, "-m", "uvicorn", f"bench_reference_apps:{app}", "--port", str(port), "--log-level",
+               "warning", "--no-access-log"]  # fmt: skip
+        cases.append((name, cmd, f"{base}/healthz", f"{base}/v1/predict", body, {}))
+    if not args.skip_mlflow and tracking and mlflow_uri:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [python, "-m", "mlflow", "models", "serve", "-m", mlflow_uri, "--env-manager", "local",
+               "-p", str(port), "-w", "1"]  # fmt: skip
+        env["MLFLOW_TRACKING_URI"] = tracking
+        mlflow_body = orjson.dumps({"dataframe_records": [record]})
+        cases.append(("mlflow models serve", cmd, f"{base}/ping", f"{base}/invocations", mlflow_body, {}))
+    servers: list[Server] = []
+    try:
+        for name, cmd, ready, url, payload, headers in cases:
+            print(f"starting {name} ...", flush=True)
+            servers.append(start(name, cmd, env, ready, url, lua(work / f"{len(servers)}.lua", payload, headers)))
+        load_rounds(servers, args.concurrency, args.duration, args.rounds)
+    finally:
+        for server in servers:
+            server.stop()
+    return [server.result for server in servers]
+
+
+def report(results: list[Result], concurrencies: list[int]) -> None:
+    head = (
+        "| server | " + " | ".join(f"c={c} req/s | c={c} p99 ms" for c in concurrencies) + " | RSS MB | start→ready s |"
+    )
+    print()
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in results:
+        cells = []
+        for c in concurrencies:
+            rate, p99, errors = r.rates[c]
+            cells.append(f"{rate:,.0f}{f' ({errors} errors)' if errors else ''} | {p99:.2f}")
+        print(f"| {r.name} | " + " | ".join(cells) + f" | {r.rss_mb:.0f} | {r.start_s:.2f} |")
+    agent = results[0]
+    print()
+    for other in results[1:]:
+        ratios = ", ".join(f"c={c}: {agent.rates[c][0] / other.rates[c][0]:.1f}x" for c in concurrencies)
+        print(f"agent / {other.name}: {ratios}; RSS {agent.rss_mb / other.rss_mb:.2f}x")
+    size, names = base_install_mb()
+    print(f"\nbase install (edgeloop's base requirements + dependencies, {len(names)} distributions): {size:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
