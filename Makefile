@@ -59,3 +59,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .edgeloop data bundles .pytest_cache .mypy_cache .ruff_cache
+
+# The device install (Dockerfile.edge's steps) in a fresh venv: base package only, serve a bundle, curl it.
+check-edge: setup $(DATA)
+	@test -f $(BUNDLE)/manifest.json || $(MAKE) --no-print-directory train convert
+	deploy/check_edge.sh $(BUNDLE) $(EDGELOOP_HOME)/keys/edgeloop-signing.pub $(PYTHON)
