@@ -35,6 +35,12 @@ def _coerce(raw: str, spec: FeatureSpec, line: int) -> float | str | None:
         raise InputError(f"line {line}: '{spec.name}' should be a number, got {raw!r}") from None
 
 
+def _cell(value: float | str | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def predict_csv_rows(bundle_dir: Path, data: Path, rows: int, public_key: Path | None, console: Console) -> None:
     bundle = load_bundle(bundle_dir, load_public_key(public_key) if public_key else None)
     model = OnnxModel.load(bundle)
@@ -61,11 +67,11 @@ def predict_csv_rows(bundle_dir: Path, data: Path, rows: int, public_key: Path |
     table = Table(title=f"{bundle.manifest.name} v{bundle.manifest.version} (onnxruntime)")
     for spec in specs[:4]:
         table.add_column(spec.name)
-    table.add_column("prediction", style="bold")
+    table.add_column("label", style="bold")
     for cls in bundle.manifest.classes:
         table.add_column(f"p({cls})", justify="right")
     table.add_column(f"actual {bundle.manifest.target}")
     for record, label, proba, actual in zip(records, result.labels, result.probabilities, extras, strict=True):
-        shown = ["" if record[s.name] is None else str(record[s.name]) for s in specs[:4]]
+        shown = [_cell(record[s.name]) for s in specs[:4]]
         table.add_row(*shown, str(label), *[f"{p:.3f}" for p in proba], actual)
     console.print(table)
