@@ -48,6 +48,8 @@ class MqttSync:
         self.device_desired_topic = device_topic(self.device_id, "desired")
         self._desired: dict[str, DesiredState] = {}
         self._lock = threading.Lock()
+        self._reported: ReportedState | None = None
+        self._reported_lock = threading.Lock()
         self.connected = threading.Event()
         self.client = self._make_client()
 
@@ -98,7 +100,17 @@ class MqttSync:
         return event
 
     def publish_reported(self, state: ReportedState) -> None:
-        self.client.publish(self._topic("reported"), state.model_dump_json(), qos=QOS, retain=True)
+        """Retained; only the freshest state is sent, and only while connected (on_connect sends it then),
+        so a state queued during an outage can never overwrite a newer one after the reconnection."""
+        with self._reported_lock:
+            if self._reported is None or state.updated_at >= self._reported.updated_at:
+                self._reported = state
+            if self.connected.is_set():
+                self._send_reported()
+
+    def _send_reported(self) -> None:
+        if self._reported is not None:
+            self.client.publish(self._topic("reported"), self._reported.model_dump_json(), qos=QOS, retain=True)
 
     # -- paho callbacks (network thread) ------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
@@ -107,13 +119,18 @@ class MqttSync:
             return
         client.subscribe([(self.group_topic, QOS), (self.device_desired_topic, QOS)])
         client.publish(self._topic("status"), self._status(True), qos=QOS, retain=True)
-        if self.reported_provider is not None:
-            self.publish_reported(self.reported_provider())
-        self.connected.set()
+        with self._reported_lock:
+            self.connected.set()
+            if self.reported_provider is not None:
+                fresh = self.reported_provider()
+                if self._reported is None or fresh.updated_at >= self._reported.updated_at:
+                    self._reported = fresh
+            self._send_reported()
         log_event(logger, "mqtt connected", broker=f"{self.host}:{self.port}", group=self.settings.group)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self.connected.clear()
+        with self._reported_lock:
+            self.connected.clear()
         log_event(logger, "mqtt disconnected", level=logging.WARNING, reason=str(reason))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:

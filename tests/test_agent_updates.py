@@ -270,28 +270,35 @@ def test_device_desired_state_wins_over_the_group(
         agent.stop()
 
 
-def test_reconnects_after_a_broker_restart_and_takes_new_desired_state(
+def test_reconnects_after_a_broker_restart_and_reports_the_fresh_state(
     tmp_path: Path,
     broker: Broker,
-    files: BundleServer,
     rf_bundle: TrainedBundle,
     logreg_bundle_v2: TrainedBundle,
 ) -> None:
     agent = _agent(tmp_path, broker, rf_bundle)
     try:
-        assert agent.agent.sync is not None and agent.agent.sync.connected.wait(10)
+        sync = agent.agent.sync
+        assert sync is not None and sync.connected.wait(10)
         broker.stop()
         deadline = time.monotonic() + 10
-        while agent.agent.sync.connected.is_set() and time.monotonic() < deadline:
+        while sync.connected.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not agent.agent.sync.connected.is_set()
+        assert not sync.connected.is_set()
         assert agent.predict(record_of(rf_bundle.bundle)).status_code == 200  # serving with the broker down
+        agent.agent.updater.install_local(logreg_bundle_v2.bundle)  # a change while offline
+        assert agent.version() == 2
         broker.start()
-        assert agent.agent.sync.connected.wait(15)
+        assert sync.connected.wait(15)
         probe = MqttProbe(broker.host, broker.port)
         try:
-            probe.desire_group(GROUP, desired_state(logreg_bundle_v2.bundle, files.add(logreg_bundle_v2.bundle, "2")))
-            agent.wait_version(2)
+            reported = probe.wait_for(DEVICE, "reported", lambda r: True)  # the retained one
+            assert reported["model_version"] == 2, "a stale reported state was retained"
+            rollback, signature = resign(manifest_of(rf_bundle.bundle), rf_bundle.keys_dir, rollback=True)
+            unused = f"http://127.0.0.1:{free_port()}/v1.onnx"  # v1 is in the store: no download
+            probe.desire_group(GROUP, desired_state(rf_bundle.bundle, unused, rollback, signature))
+            agent.wait_version(1)
+            assert probe.wait_for(DEVICE, "reported", lambda r: r["model_version"] == 1)["state"] == "serving"
         finally:
             probe.stop()
     finally:
