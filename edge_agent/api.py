@@ -10,7 +10,7 @@
 Health, readiness and metrics stay open so that orchestrators and scrapers need no secret; they reveal
 no data beyond the model's name and version. The predict route decodes the body itself with orjson (a
 pydantic body model would halve the throughput) and the schema check is `contracts.runtime.encode_records`;
-the pydantic models below only describe the API in OpenAPI. Every EdgeloopError maps to its `http_status`
+the pydantic models in `openapi_schema` only describe the API in OpenAPI. Every EdgeloopError maps to its `http_status`
 in one handler, so bad input gets a 4xx naming the field and never a 5xx.
 """
 
@@ -25,9 +25,6 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,46 +32,16 @@ from contracts.errors import EdgeloopError, InputError, SchemaError
 from contracts.logs import log_event
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady, PayloadTooLarge, Unauthorized
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics, error_kind
-from edge_agent.openapi_schema import record_schema
+from edge_agent.openapi_schema import ERRORS, ErrorBody, install_openapi
 from edge_agent.service import InferenceService, PredictionBatch
 from edge_agent.settings import AgentSettings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "parse_records"]
 
 logger = logging.getLogger("edgeloop.agent.api")
 _ROUTES = {p: p for p in ("/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")}
 _NAN_TOKEN = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
 _INLINE_ROWS = 32  # bigger batches run in the thread pool so they do not stall the event loop
-_ERRORS = {
-    400: "malformed JSON (or NaN / Infinity tokens)",
-    401: "missing or wrong bearer token",
-    413: "body over max_body_bytes or batch over max_batch",
-    422: "a field is missing, unknown or of the wrong type (`field` names it)",
-    503: "no model loaded yet",
-}
-
-
-class Prediction(BaseModel):
-    prediction_id: str
-    label: int | str
-    probabilities: dict[str, float]
-
-
-class SinglePrediction(Prediction):
-    model: str
-    model_version: int
-
-
-class BatchPrediction(BaseModel):
-    model: str
-    model_version: int
-    predictions: list[Prediction]
-
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: str
-    field: str | None = None
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -218,7 +185,7 @@ def create_app(
     app.add_route("/v1/predict", predict, methods=["POST"], include_in_schema=False)
     app.router.routes.insert(0, app.router.routes.pop())  # matched first: the hot route
     errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorBody, "description": _ERRORS[code]} for code in (401, 422, 503)
+        code: {"model": ErrorBody, "description": ERRORS[code]} for code in (401, 422, 503)
     }
 
     @app.get("/v1/model", responses=errors)
@@ -261,75 +228,5 @@ def create_app(
         """Prometheus text format (open, no token)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    _install_openapi(app, service, token is not None)
+    install_openapi(app, service, token is not None)
     return app
-
-
-def _predict_operation(example: dict[str, Any] | None, auth: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """OpenAPI operation of POST /v1/predict and the component schemas it refers to."""
-    _, defs = models_json_schema(
-        [(SinglePrediction, "serialization"), (BatchPrediction, "serialization"), (ErrorBody, "serialization")],
-        ref_template="#/components/schemas/{model}",
-    )
-    record = {"$ref": "#/components/schemas/Record"}
-    body: dict[str, Any] = {
-        "schema": {
-            "oneOf": [
-                record,
-                {"type": "array", "items": record},
-                {
-                    "type": "object",
-                    "properties": {"records": {"type": "array", "items": record}},
-                    "required": ["records"],
-                },
-            ]
-        }
-    }
-    if example:
-        body["example"] = example
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-    answer = {
-        "anyOf": [{"$ref": "#/components/schemas/SinglePrediction"}, {"$ref": "#/components/schemas/BatchPrediction"}]
-    }
-    operation: dict[str, Any] = {
-        "summary": "Predict",
-        "description": "Predict one record (answers one prediction) or a batch: a list of records or "
-        '`{"records": [...]}` (answers `predictions`, in order). Categories not seen in training are accepted.',
-        "operationId": "predict_v1_predict_post",
-        "requestBody": {"required": True, "content": {"application/json": body}},
-        "responses": {
-            "200": {
-                "description": "One prediction, or one per record",
-                "content": {"application/json": {"schema": answer}},
-            },
-            **{str(code): {"description": text, "content": error} for code, text in _ERRORS.items()},
-        },
-    }
-    if auth:
-        operation["security"] = [{"bearer": []}]
-    return operation, defs.get("$defs", {})
-
-
-def _install_openapi(app: FastAPI, service: InferenceService, auth: bool) -> None:
-    """OpenAPI whose request schema and example come from the model being served (rebuilt after a swap)."""
-    cache: dict[str, Any] = {}
-
-    def openapi() -> dict[str, Any]:
-        current = service.current
-        key = current.manifest.ref + current.manifest.onnx.sha256 if current else ""
-        if cache.get("key") != key or "schema" not in cache:
-            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            record, example = record_schema(current.manifest if current else None)
-            operation, defs = _predict_operation(example, auth)
-            schema["paths"] = {"/v1/predict": {"post": operation}, **schema.get("paths", {})}
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(defs)
-            schemas["Record"] = record
-            if auth:
-                schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-                for operation in schema["paths"]["/v1/model"].values():
-                    operation["security"] = [{"bearer": []}]
-            cache.update(key=key, schema=schema)
-        return cache["schema"]
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""JSON schema of one input record, built from a manifest, for the OpenAPI docs of /v1/predict.
+"""The agent's OpenAPI document: the response and error models, the hand-written operation of POST /v1/predict
+(a plain route, see api.py) and the JSON schema of one input record, built from the model being served.
 
 Categorical features list the training categories as examples, not as an enum: an unseen category is
 accepted and predicted (the pipeline ignores it) and later counted as unseen for drift.
@@ -8,9 +9,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from contracts.manifest import Manifest
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-__all__ = ["record_schema"]
+from contracts.manifest import Manifest
+from edge_agent.service import InferenceService
+
+__all__ = ["ERRORS", "BatchPrediction", "ErrorBody", "SinglePrediction", "install_openapi", "record_schema"]
+
+ERRORS = {
+    400: "malformed JSON (or NaN / Infinity tokens)",
+    401: "missing or wrong bearer token",
+    413: "body over max_body_bytes or batch over max_batch",
+    422: "a field is missing, unknown or of the wrong type (`field` names it)",
+    503: "no model loaded yet",
+}
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    label: int | str
+    probabilities: dict[str, float]
+
+
+class SinglePrediction(Prediction):
+    model: str
+    model_version: int
+
+
+class BatchPrediction(BaseModel):
+    model: str
+    model_version: int
+    predictions: list[Prediction]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+    field: str | None = None
 
 
 def record_schema(manifest: Manifest | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -35,3 +73,73 @@ def record_schema(manifest: Manifest | None) -> tuple[dict[str, Any], dict[str, 
     }
     example = dict(manifest.golden_samples[0].inputs) if manifest.golden_samples else None
     return schema, example
+
+
+def _predict_operation(example: dict[str, Any] | None, auth: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenAPI operation of POST /v1/predict and the component schemas it refers to."""
+    _, defs = models_json_schema(
+        [(SinglePrediction, "serialization"), (BatchPrediction, "serialization"), (ErrorBody, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    record = {"$ref": "#/components/schemas/Record"}
+    body: dict[str, Any] = {
+        "schema": {
+            "oneOf": [
+                record,
+                {"type": "array", "items": record},
+                {
+                    "type": "object",
+                    "properties": {"records": {"type": "array", "items": record}},
+                    "required": ["records"],
+                },
+            ]
+        }
+    }
+    if example:
+        body["example"] = example
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    answer = {
+        "anyOf": [{"$ref": "#/components/schemas/SinglePrediction"}, {"$ref": "#/components/schemas/BatchPrediction"}]
+    }
+    operation: dict[str, Any] = {
+        "summary": "Predict",
+        "description": "Predict one record (answers one prediction) or a batch: a list of records or "
+        '`{"records": [...]}` (answers `predictions`, in order). Categories not seen in training are accepted.',
+        "operationId": "predict_v1_predict_post",
+        "requestBody": {"required": True, "content": {"application/json": body}},
+        "responses": {
+            "200": {
+                "description": "One prediction, or one per record",
+                "content": {"application/json": {"schema": answer}},
+            },
+            **{str(code): {"description": text, "content": error} for code, text in ERRORS.items()},
+        },
+    }
+    if auth:
+        operation["security"] = [{"bearer": []}]
+    return operation, defs.get("$defs", {})
+
+
+def install_openapi(app: FastAPI, service: InferenceService, auth: bool) -> None:
+    """OpenAPI whose request schema and example come from the model being served (rebuilt after a swap)."""
+    cache: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        current = service.current
+        key = current.manifest.ref + current.manifest.onnx.sha256 if current else ""
+        if cache.get("key") != key or "schema" not in cache:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            record, example = record_schema(current.manifest if current else None)
+            operation, defs = _predict_operation(example, auth)
+            schema["paths"] = {"/v1/predict": {"post": operation}, **schema.get("paths", {})}
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(defs)
+            schemas["Record"] = record
+            if auth:
+                schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for operation in schema["paths"]["/v1/model"].values():
+                    operation["security"] = [{"bearer": []}]
+            cache.update(key=key, schema=schema)
+        return cache["schema"]
+
+    app.openapi = openapi  # type: ignore[method-assign]
