@@ -241,4 +241,5 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         media = "text/csv" if format == "csv" else "application/x-ndjson"
         return PlainTextResponse(audit.export(rows, format), media_type=media)
 
+    __import__("cloud_sync.dashboard", fromlist=["mount"]).mount(app, ctx)  # the fleet dashboard at / and /dashboard
     return app

@@ -1,0 +1,369 @@
+// edgeloop fleet dashboard: vanilla JS over the cloud API, Plotly for charts, server-sent events for live updates.
+"use strict";
+
+const state = { token: localStorage.getItem("edgeloop.token") || "", authRequired: false, group: "",
+                period: localStorage.getItem("edgeloop.period") || "15m", devicePeriod: "1h", alertState: "firing",
+                source: null, timer: null, updates: 0, lastRows: {} };
+const view = document.getElementById("view");
+const banner = document.getElementById("banner");
+const live = document.getElementById("live");
+const PLOT = { displayModeBar: false, responsive: true };
+
+// -- helpers ------------------------------------------------------------------------------------------
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(1) + " %");
+const ms = (v) => (v === null || v === undefined ? "–" : (1000 * v).toFixed(v < 0.01 ? 1 : 0) + " ms");
+const num = (v, d = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return Math.round(seconds) + " s ago";
+  if (seconds < 3600) return Math.round(seconds / 60) + " min ago";
+  return (seconds / 3600).toFixed(1) + " h ago";
+}
+const badge = (text, cls) => `<span class="badge ${esc(cls)}">${esc(text)}</span>`;
+function showBanner(text, error) {
+  banner.hidden = !text;
+  banner.textContent = text || "";
+  banner.className = error ? "error" : "";
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method: options.method || "GET", headers,
+                                       body: options.body === undefined ? undefined : JSON.stringify(options.body) });
+  let data = null;
+  try { data = await response.json(); } catch (_) { data = null; }
+  if (!response.ok) {
+    const detail = (data && data.detail) || response.statusText;
+    const error = new Error(`HTTP ${response.status}: ${detail}`);
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+function failed(error) {
+  const hint = error.status === 401 || error.status === 403 ? " (enter a token with the right role above)" : "";
+  showBanner(error.message + hint, true);
+}
+
+function chart(id, traces, layout) {
+  const element = document.getElementById(id);
+  if (!element || typeof Plotly === "undefined") return;
+  const base = { margin: { l: 50, r: 12, t: 30, b: 36 }, font: { size: 11 }, legend: { orientation: "h", y: -0.2 },
+                 paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)" };
+  Plotly.react(element, traces, Object.assign(base, layout), PLOT);
+}
+
+// -- live updates -------------------------------------------------------------------------------------
+function connect() {
+  if (state.source) state.source.close();
+  if (state.authRequired && !state.token) return;
+  const url = "/v1/events/stream" + (state.token ? "?token=" + encodeURIComponent(state.token) : "");
+  const source = new EventSource(url);
+  state.source = source;
+  source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+  source.onerror = () => { live.textContent = "reconnecting"; live.className = "live off"; };
+  source.addEventListener("change", (event) => {
+    const message = JSON.parse(event.data);
+    if (relevant(message)) schedule();
+  });
+}
+
+function relevant(message) {
+  const route = currentRoute();
+  if (route.name === "fleet") return ["windows", "devices", "alerts"].includes(message.type);
+  if (route.name === "device") {
+    return message.type === "alerts" || message.devices.includes(route.arg);
+  }
+  if (route.name === "models") return ["windows", "devices", "rollouts"].includes(message.type);
+  if (route.name === "rollouts") return ["rollouts", "devices", "events"].includes(message.type);
+  if (route.name === "alerts") return message.type === "alerts";
+  return false;
+}
+
+function schedule() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(() => {
+    state.updates += 1;
+    document.body.dataset.updates = String(state.updates);
+    render(true);
+  }, 250);
+}
+
+// -- routing ------------------------------------------------------------------------------------------
+function currentRoute() {
+  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  const name = parts[0] || "fleet";
+  return { name, arg: parts[1] ? decodeURIComponent(parts[1]) : null };
+}
+
+async function render(liveUpdate = false) {
+  const route = currentRoute();
+  document.querySelectorAll("nav a").forEach((a) => {
+    a.classList.toggle("active", a.dataset.nav === (route.name === "device" ? "fleet" : route.name));
+  });
+  if (state.authRequired && !state.token) {
+    view.innerHTML = '<h1>Token needed</h1><p class="muted">This cloud has API tokens. Enter a viewer token to look, ' +
+      "or an operator token to promote, roll back and acknowledge, in the field above.</p>";
+    return;
+  }
+  try {
+    if (route.name === "device" && route.arg) await renderDevice(route.arg, liveUpdate);
+    else if (route.name === "models") await renderModels();
+    else if (route.name === "rollouts") await renderRollouts();
+    else if (route.name === "alerts") await renderAlerts();
+    else await renderFleet(liveUpdate);
+    if (!banner.classList.contains("keep")) showBanner("");
+  } catch (error) {
+    failed(error);
+  }
+}
+
+// -- fleet --------------------------------------------------------------------------------------------
+function periodSelect(id, value, options) {
+  return `<select id="${id}">` + options.map((o) => `<option ${o === value ? "selected" : ""}>${o}</option>`).join("") +
+    "</select>";
+}
+
+async function renderFleet(liveUpdate) {
+  const query = new URLSearchParams({ since: state.period });
+  if (state.group) query.set("group", state.group);
+  const data = await api("/v1/dashboard/overview?" + query);
+  const rows = data.devices;
+  const online = rows.filter((d) => d.online).length;
+  const drifting = rows.filter((d) => d.worst_drift && d.worst_drift.band === "significant").length;
+  const firing = rows.reduce((n, d) => n + d.alerts.length, 0);
+  const groups = ['<option value="">all groups</option>'].concat(data.groups.map(
+    (g) => `<option ${g === state.group ? "selected" : ""} value="${esc(g)}">${esc(g)}</option>`));
+  const body = rows.map((d) => {
+    const drift = d.worst_drift
+      ? `${esc(d.worst_drift.feature)} ${badge(num(d.worst_drift.psi, 3), "band-" + d.worst_drift.band)}` : "–";
+    const alerts = d.alerts.map((a) => badge(a.rule, "sev-" + a.severity)).join(" ") || "–";
+    const previous = state.lastRows[d.device_id];
+    const changed = liveUpdate && previous !== undefined && previous !== d.windows + ":" + d.last_seen;
+    state.lastRows[d.device_id] = d.windows + ":" + d.last_seen;
+    return `<tr data-device="${esc(d.device_id)}" data-requests="${d.requests}" data-windows="${d.windows}"
+      class="${d.alert_severity ? "alert-" + esc(d.alert_severity) : ""} ${changed ? "flash" : ""}">
+      <td><a href="#/device/${encodeURIComponent(d.device_id)}">${esc(d.device_id)}</a></td>
+      <td>${esc(d.group)}</td>
+      <td><span class="dot ${d.online ? "on" : "off"}"></span>${d.online ? "online" : "offline"}</td>
+      <td>${d.model_name ? esc(d.model_name + " v" + d.model_version) : "–"} <span class="muted">${esc(d.state || "")}</span></td>
+      <td>${ago(d.last_seen_s_ago)}</td>
+      <td class="num">${num(d.request_rate_per_s)}</td>
+      <td class="num">${pct(d.error_rate)}</td>
+      <td class="num">${ms(d.latency_p99_s)}</td>
+      <td class="drift">${drift}</td>
+      <td class="num">${pct(d.accuracy)}</td>
+      <td>${alerts}</td></tr>`;
+  }).join("");
+  view.innerHTML = `<h1>Fleet</h1>
+    <div class="controls"><label>Group <select id="group">${groups.join("")}</select></label>
+      <label>Period ${periodSelect("period", state.period, ["5m", "15m", "1h", "6h", "24h"])}</label>
+      <span class="muted">updated ${esc(data.generated_at)}</span></div>
+    <div class="cards">
+      <div class="card"><b id="count-devices">${rows.length}</b>devices</div>
+      <div class="card"><b>${online}</b>online</div>
+      <div class="card"><b>${drifting}</b>drifting (PSI &gt; 0.25)</div>
+      <div class="card"><b>${firing}</b>firing alerts</div></div>
+    <table id="fleet"><thead><tr><th>Device</th><th>Group</th><th>State</th><th>Model</th><th>Last seen</th>
+      <th>Req/s</th><th>Errors</th><th>p99</th><th>Worst drift (PSI)</th><th>Accuracy</th><th>Alerts</th></tr></thead>
+      <tbody>${body || '<tr><td colspan="11" class="muted">No device has reported yet.</td></tr>'}</tbody></table>`;
+  document.getElementById("group").onchange = (e) => { state.group = e.target.value; render(); };
+  document.getElementById("period").onchange = (e) => {
+    state.period = e.target.value; localStorage.setItem("edgeloop.period", state.period); render();
+  };
+}
+
+// -- device -------------------------------------------------------------------------------------------
+async function renderDevice(device, liveUpdate) {
+  const since = state.devicePeriod;
+  const enc = encodeURIComponent(device);
+  const [overview, series, hist, events] = await Promise.all([
+    api("/v1/dashboard/overview?since=" + since),
+    api(`/v1/dashboard/devices/${enc}/series?since=${since}`),
+    api(`/v1/dashboard/devices/${enc}/histograms?since=${since}`),
+    api(`/v1/dashboard/devices/${enc}/events?limit=30`),
+  ]);
+  const d = overview.devices.find((row) => row.device_id === device);
+  if (!liveUpdate || !document.getElementById("device-head")) {
+    view.innerHTML = `<h1>Device ${esc(device)}</h1><div id="device-head"></div>
+      <div class="controls"><label>Period ${periodSelect("device-period", since, ["15m", "1h", "6h", "24h", "7d"])}</label></div>
+      <div class="grid"><div id="c-requests" class="chart"></div><div id="c-latency" class="chart"></div>
+        <div id="c-errors" class="chart"></div><div id="c-accuracy" class="chart"></div>
+        <div id="c-psi" class="chart"></div></div>
+      <h2>Feature distributions: reference (training) vs current</h2><p id="hist-note" class="muted"></p>
+      <div id="hists" class="grid"></div>
+      <h2>Recent events</h2><div id="events"></div>`;
+    document.getElementById("device-period").onchange = (e) => { state.devicePeriod = e.target.value; render(); };
+  }
+  document.getElementById("device-head").innerHTML = d ? `<div class="cards">
+      <div class="card"><b><span class="dot ${d.online ? "on" : "off"}"></span>${d.online ? "online" : "offline"}</b>${ago(d.last_seen_s_ago)}</div>
+      <div class="card"><b>${esc(d.model_name ? d.model_name + " v" + d.model_version : "–")}</b>${esc(d.group)} · ${esc(d.state || "")}</div>
+      <div class="card"><b id="device-requests">${d.requests}</b>requests in ${esc(since)}</div>
+      <div class="card"><b>${ms(d.latency_p99_s)}</b>p99 latency</div>
+      <div class="card"><b>${pct(d.accuracy)}</b>accuracy (${d.feedback} labels)</div>
+      <div class="card"><b>${d.worst_drift ? badge(num(d.worst_drift.psi, 3), "band-" + d.worst_drift.band) : "–"}</b>
+        worst drift ${esc(d.worst_drift ? d.worst_drift.feature : "")}</div></div>` : '<p class="muted">Unknown device.</p>';
+  const s = series.series;
+  const span = { xaxis: { type: "date", range: [series.start, series.end] } };
+  chart("c-requests", [{ x: s.t, y: s.requests_per_s, type: "scatter", mode: "lines+markers", name: "req/s" }],
+        Object.assign({ title: { text: "Requests per second" }, yaxis: { rangemode: "tozero" } }, span));
+  chart("c-latency", [
+    { x: s.t, y: s.latency_p50_s.map((v) => (v === null ? null : v * 1000)), name: "p50", mode: "lines+markers" },
+    { x: s.t, y: s.latency_p99_s.map((v) => (v === null ? null : v * 1000)), name: "p99", mode: "lines+markers" },
+  ], Object.assign({ title: { text: "Latency (ms, bucket upper bound)" }, yaxis: { rangemode: "tozero" } }, span));
+  chart("c-errors", [{ x: s.t, y: s.error_rate, mode: "lines+markers", name: "error rate" }],
+        Object.assign({ title: { text: "Error rate" }, yaxis: { tickformat: ".1%", rangemode: "tozero" } }, span));
+  chart("c-accuracy", [{ x: s.t, y: s.accuracy, mode: "lines+markers", name: "accuracy", connectgaps: true }],
+        Object.assign({ title: { text: "Accuracy (feedback)" }, yaxis: { tickformat: ".0%", range: [0, 1] } }, span));
+  const psiTraces = Object.entries(s.psi).map(([feature, values]) => ({ x: s.t, y: values, name: feature,
+                                                                       mode: "lines+markers" }));
+  chart("c-psi", psiTraces, { title: { text: "PSI per feature" }, xaxis: span.xaxis, shapes: [0.1, 0.25].map((y) => ({
+    type: "line", xref: "paper", x0: 0, x1: 1, y0: y, y1: y, line: { dash: "dot", width: 1,
+    color: y > 0.2 ? "#d23c3c" : "#d98a00" } })) });
+  document.getElementById("hist-note").textContent = hist.model
+    ? `${hist.model}: ${hist.records || 0} records in the period, sorted by PSI.` : "No telemetry in this period.";
+  const hists = document.getElementById("hists");
+  hists.innerHTML = hist.features.map((f, i) => `<div id="h-${i}" class="chart hist" data-feature="${esc(f.feature)}"></div>`).join("");
+  hist.features.forEach((f, i) => {
+    const psi = f.drift ? ` — PSI ${num(f.drift.psi, 3)} (${f.drift.band})` : "";
+    chart(`h-${i}`, [
+      { x: f.labels, y: f.reference, type: "bar", name: "reference", marker: { color: "#9aa5b8" } },
+      { x: f.labels, y: f.current, type: "bar", name: "current", marker: {
+        color: f.drift && f.drift.band === "significant" ? "#d23c3c" : f.drift && f.drift.band === "moderate" ? "#d98a00" : "#3a6fd8" } },
+    ], { title: { text: f.feature + psi }, barmode: "group", yaxis: { tickformat: ".0%" }, margin: { l: 44, r: 8, t: 30, b: 60 } });
+  });
+  document.getElementById("events").innerHTML = events.length ? `<table><thead><tr><th>At</th><th>Kind</th><th>Model</th>
+    <th>Reason</th></tr></thead><tbody>${events.map((e) => `<tr><td>${esc(e.at)}</td><td>${esc(e.kind)}</td>
+    <td>${esc(e.model || "–")}</td><td>${esc(e.reason || "")}</td></tr>`).join("")}</tbody></table>`
+    : '<p class="muted">No events yet.</p>';
+}
+
+// -- models -------------------------------------------------------------------------------------------
+async function renderModels() {
+  const models = await api("/v1/dashboard/models?since=24h");
+  const metricNames = (versions) => [...new Set(versions.flatMap((v) => Object.keys(v.metrics)))].sort();
+  view.innerHTML = "<h1>Models</h1>" + (models.length ? "" : '<p class="muted">No bundle on the server yet.</p>') +
+    models.map((m, i) => {
+      const names = metricNames(m.versions);
+      const rows = m.versions.map((v) => `<tr data-version="${v.version}"><td>v${v.version}</td><td>${esc(v.estimator)}</td>
+        ${names.map((n) => `<td class="num">${num(v.metrics[n], 3)}</td>`).join("")}
+        <td><code title="${esc(v.lineage.run_id)}">${esc(v.lineage.run_id.slice(0, 10))}</code></td>
+        <td><code title="${esc(v.lineage.data_hash)}">${esc(v.lineage.data_hash.slice(0, 10))}</code> ${v.lineage.data_rows} rows</td>
+        <td><code>${esc(v.lineage.code_version.slice(0, 12))}</code></td>
+        <td>${v.devices.map(esc).join(", ") || "–"}</td>
+        <td class="num">${pct(v.live.accuracy)} <span class="muted">(${v.live.feedback})</span></td>
+        <td class="num">${v.live.requests}</td>
+        <td>${v.live.worst_psi === null ? "–" : badge(num(v.live.worst_psi, 3), "band-" + v.live.worst_band)}</td></tr>`).join("");
+      const cards = m.versions.map((v) => `<details><summary>Model card v${v.version} (${esc(v.created_at)})</summary>
+        <p>${esc(v.card.intended_use)}</p>
+        <p><b>Estimator</b> ${esc(v.card.estimator)} · <b>data</b> ${esc(v.card.data.source)} (${v.card.data.rows} rows,
+          sha256 <code>${esc(v.card.data.sha256.slice(0, 16))}</code>) · <b>ONNX</b> opset ${v.card.onnx.opset},
+          ${v.card.onnx.size} bytes · parity ${v.card.parity.label_mismatches} label mismatches on ${v.card.parity.rows} rows,
+          max |dp| ${Number(v.card.parity.max_abs_diff).toExponential(1)} · ${v.card.golden_samples} golden samples</p>
+        <p><b>Inputs</b> ${v.card.inputs.map((f) => `${esc(f.name)} <span class="muted">(${esc(f.kind)})</span>`).join(", ")}</p>
+        <ul>${v.card.limitations.map((l) => `<li>${esc(l)}</li>`).join("")}</ul></details>`).join("");
+      return `<h2>${esc(m.name)}</h2><table class="versions"><thead><tr><th>Version</th><th>Estimator</th>
+        ${names.map((n) => `<th>${esc(n)} (held-out)</th>`).join("")}<th>Run</th><th>Data</th><th>Code</th>
+        <th>Runs on</th><th>Live accuracy</th><th>Requests 24h</th><th>Worst PSI</th></tr></thead><tbody>${rows}</tbody></table>
+        <div id="impact-${i}" class="chart"></div>${cards}`;
+    }).join("");
+  models.forEach((m, i) => {
+    const versions = [...m.versions].reverse();
+    const x = versions.map((v) => "v" + v.version);
+    chart(`impact-${i}`, [
+      { x, y: versions.map((v) => v.metrics.accuracy ?? null), type: "bar", name: "held-out accuracy", marker: { color: "#9aa5b8" } },
+      { x, y: versions.map((v) => v.live.accuracy), type: "bar", name: "live accuracy (feedback, 24h)", marker: { color: "#3a6fd8" } },
+    ], { title: { text: "Impact of each version: held-out vs live accuracy" }, barmode: "group", yaxis: { tickformat: ".0%", range: [0, 1] } });
+  });
+}
+
+// -- rollouts and alerts ------------------------------------------------------------------------------
+async function act(path, reasonInput) {
+  const reason = reasonInput && reasonInput.value ? reasonInput.value : null;
+  try {
+    await api(path, { method: "POST", body: { reason } });
+    showBanner("");
+    render();
+  } catch (error) {
+    failed(error);
+  }
+}
+
+async function renderRollouts() {
+  const rollouts = await api("/v1/rollouts");
+  const active = rollouts.filter((r) => ["canary", "soaking"].includes(r.state));
+  const details = await Promise.all(active.map((r) => api("/v1/rollouts/" + encodeURIComponent(r.id))));
+  const progress = Object.fromEntries(details.map((r) => [r.id, r]));
+  view.innerHTML = `<h1>Rollouts</h1>` + (rollouts.length ? `<table id="rollouts"><thead><tr><th>Rollout</th><th>Group</th>
+    <th>Model</th><th>Previous</th><th>Canary</th><th>State</th><th>Progress</th><th>Reason</th><th>By</th><th>Started</th>
+    <th>Action</th></tr></thead><tbody>${rollouts.map((r) => {
+      const p = progress[r.id];
+      const devices = p ? p.devices.map((d) => `${esc(d.device_id)}${d.canary ? "*" : ""}: v${d.model_version ?? "–"}`).join(", ") : "";
+      const canAct = ["canary", "soaking", "promoted"].includes(r.state);
+      return `<tr data-rollout="${esc(r.id)}" data-state="${esc(r.state)}"><td><code>${esc(r.id)}</code></td><td>${esc(r.group)}</td>
+        <td>${esc(r.model)}</td><td>${r.previous_version ?? "–"}</td><td>${esc(r.canary.join(", ") || "none")}</td>
+        <td>${badge(r.state, "state-" + r.state)}</td>
+        <td>${p ? `${p.on_target}/${p.devices.length} on target<br><span class="muted">${devices}</span>` : ""}</td>
+        <td>${esc(r.reason || "")}</td><td>${esc(r.actor)}</td><td>${esc(r.created_at)}</td>
+        <td>${canAct ? `<div class="actions"><input placeholder="reason" class="reason">
+          ${r.state !== "promoted" ? '<button class="primary promote">Promote</button>' : ""}
+          <button class="danger rollback">Roll back</button></div>` : ""}</td></tr>`;
+    }).join("")}</tbody></table>` : '<p class="muted">No rollout yet. Start one with <code>edgeloop deploy</code>.</p>');
+  view.querySelectorAll("tr[data-rollout]").forEach((row) => {
+    const id = encodeURIComponent(row.dataset.rollout);
+    const reason = row.querySelector(".reason");
+    const promote = row.querySelector(".promote");
+    const rollback = row.querySelector(".rollback");
+    if (promote) promote.onclick = () => { promote.disabled = true; act(`/v1/rollouts/${id}/promote`, reason); };
+    if (rollback) rollback.onclick = () => { rollback.disabled = true; act(`/v1/rollouts/${id}/rollback`, reason); };
+  });
+}
+
+async function renderAlerts() {
+  const alerts = await api("/v1/alerts" + (state.alertState ? "?state=" + state.alertState : ""));
+  view.innerHTML = `<h1>Alerts</h1><div class="controls"><label>Show <select id="alert-state">
+      ${[["firing", "firing"], ["resolved", "resolved"], ["", "all"]].map(([v, t]) =>
+        `<option value="${v}" ${v === state.alertState ? "selected" : ""}>${t}</option>`).join("")}</select></label></div>` +
+    (alerts.length ? `<table id="alerts"><thead><tr><th>Severity</th><th>Rule</th><th>Subject</th><th>State</th><th>Value</th>
+      <th>Message</th><th>Fired</th><th>Acknowledged</th><th>Action</th></tr></thead><tbody>${alerts.map((a) => `
+      <tr data-alert="${a.id}" class="${a.state === "firing" ? "alert-" + esc(a.severity) : ""}">
+        <td>${badge(a.severity, "sev-" + a.severity)}</td><td>${esc(a.rule)}</td><td>${esc(a.subject)}</td>
+        <td>${badge(a.state, "state-" + a.state)}</td><td class="num">${num(a.value, 3)}</td><td>${esc(a.message)}</td>
+        <td>${esc(a.fired_at)}</td><td class="acked">${a.acknowledged_by ? esc(a.acknowledged_by + " at " + a.acknowledged_at) : "–"}</td>
+        <td>${a.acknowledged_by ? "" : '<div class="actions"><input placeholder="note" class="reason"><button class="primary ack">Acknowledge</button></div>'}</td>
+      </tr>`).join("")}</tbody></table>` : '<p class="muted">No alert in this state.</p>');
+  document.getElementById("alert-state").onchange = (e) => { state.alertState = e.target.value; render(); };
+  view.querySelectorAll("tr[data-alert]").forEach((row) => {
+    const button = row.querySelector(".ack");
+    if (button) button.onclick = () => { button.disabled = true; act(`/v1/alerts/${row.dataset.alert}/acknowledge`, row.querySelector(".reason")); };
+  });
+}
+
+// -- start --------------------------------------------------------------------------------------------
+document.getElementById("token").value = state.token;
+document.getElementById("token-form").onsubmit = (event) => {
+  event.preventDefault();
+  state.token = document.getElementById("token").value.trim();
+  if (state.token) localStorage.setItem("edgeloop.token", state.token);
+  else localStorage.removeItem("edgeloop.token");
+  connect();
+  render();
+};
+window.addEventListener("hashchange", () => render());
+
+(async function start() {
+  try {
+    const config = await api("/v1/dashboard/config");
+    state.authRequired = config.auth_required;
+  } catch (error) {
+    failed(error);
+  }
+  connect();
+  render();
+})();

@@ -1,0 +1,247 @@
+"""The fleet dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright's Python API).
+
+A real Mosquitto, the real cloud service (API + ingest + rollout controller + alert evaluator) on a free port
+with a SQLite store, and three devices speaking the v1 contract over MQTT (`SimDevice`, publishing telemetry
+windows built from the bundle's reference profile; one of them drifted). The page must load without console
+or page errors, show the devices, update live when a window arrives, and its operator actions (acknowledge an
+alert, promote a rollout) must change the store. Screenshots go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud_sync.audit import entries
+from cloud_sync.service import CloudService
+from cloud_sync.settings import CloudSettings
+from cloud_sync.simulator import SimDevice, make_window
+from contracts.manifest import Manifest
+from tests.cloud_support import wait_until
+from tests.conftest import Broker, TrainedBundle, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+OPERATOR = {"Authorization": "Bearer act"}
+GROUP = "plant-a"
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
+)
+if not os.path.exists(CHROMIUM):  # say why, not only in -rs output
+    print(f"test_dashboard: skipped, {CHROMIUM} is missing (apt-get install chromium)")
+
+
+@dataclass
+class RunningCloud:
+    url: str
+    service: CloudService
+    broker: Broker
+    v1: Manifest
+    v2: Manifest
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.url + path, headers=OPERATOR, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.fixture()
+def cloud(
+    broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> Iterator[RunningCloud]:
+    import uvicorn
+
+    port = free_port()
+    settings = CloudSettings(
+        port=port,
+        mqtt_url=broker.url,
+        store_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        bundles_dir=tmp_path / "bundles",
+        keys_dir=rf_bundle.keys_dir,
+        viewer_tokens=["carol:look"],
+        operator_tokens=["ops:act"],
+        ingest_client_id=f"dash-ingest-{uuid.uuid4().hex[:6]}",
+        alert_tick_s=0.5,
+        rollout_tick_s=0.5,
+    )
+    service = CloudService(settings)
+    v1 = service.registry.add(rf_bundle.bundle).manifest
+    v2 = service.registry.add(logreg_bundle_v2.bundle).manifest
+    config = uvicorn.Config(
+        service.create_app(), host="127.0.0.1", port=port, log_config=None, log_level="warning", access_log=False
+    )
+    config.timeout_graceful_shutdown = 3
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=20, what="cloud listening")
+    wait_until(service.ingest.connected.is_set, what="ingest connected")
+    yield RunningCloud(f"http://127.0.0.1:{port}", service, broker, v1, v2)
+    server.should_exit = True
+    thread.join(20)
+
+
+def _fleet(cloud: RunningCloud) -> list[SimDevice]:
+    """Three devices on v1 in one group; each sends a telemetry window, gw-3's drifted (PSI > 0.25)."""
+    devices = [
+        SimDevice(f"gw-{i}", GROUP, cloud.broker.host, cloud.broker.port, model=(cloud.v1.name, 1)).start()
+        for i in (1, 2, 3)
+    ]
+    now = time.time()
+    for i, device in enumerate(devices, start=1):
+        device.telemetry_seq += 1
+        window = make_window(
+            device.device_id,
+            GROUP,
+            device.telemetry_seq,
+            now,
+            cloud.v1,
+            requests=300,
+            shift=0.8 if i == 3 else 0.0,
+            accuracy=0.9,
+            feedback=60,
+            latency_s=0.003,
+        )
+        device.publish_window(window)
+    return devices
+
+
+def test_dashboard_shows_the_fleet_updates_live_and_operator_actions_work(cloud: RunningCloud) -> None:
+    from playwright.sync_api import sync_playwright
+
+    devices = _fleet(cloud)
+    try:
+        wait_until(
+            lambda: sum(1 for d in cloud.get("/v1/dashboard/overview")["devices"] if d["windows"]) == 3,
+            timeout=15,
+            what="three devices with telemetry",
+        )
+        wait_until(
+            lambda: any(a["subject"].startswith("gw-3/") for a in cloud.get("/v1/alerts?state=firing")),
+            timeout=15,
+            what="the drift alert on gw-3",
+        )
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        problems: list[str] = []
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+            external: list[str] = []
+            page.on("request", lambda r: None if r.url.startswith((cloud.url, "data:")) else external.append(r.url))
+            try:
+                _check_fleet_page(page, cloud, devices)
+                _check_device_and_model_pages(page, cloud)
+                _check_alert_acknowledgement(page, cloud)
+                _check_rollout_promotion(page, cloud, devices)
+            finally:
+                browser.close()
+        assert not external, f"the page fetched from outside the cloud: {external}"
+        assert not problems, "\n".join(problems)
+    finally:
+        for device in devices:
+            device.stop()
+
+
+def _check_fleet_page(page: Any, cloud: RunningCloud, devices: list[SimDevice]) -> None:
+    page.goto(cloud.url + "/")
+    assert page.url.endswith("/dashboard")
+    page.wait_for_selector("text=Token needed")
+    page.fill("#token", "act")
+    page.click("#token-form button")
+    page.wait_for_selector("tr[data-device='gw-3']")
+    page.wait_for_selector("#live.on", timeout=10_000)
+    rows = page.locator("tr[data-device]")
+    assert rows.count() == 3
+    assert sorted(rows.nth(i).get_attribute("data-device") for i in range(3)) == ["gw-1", "gw-2", "gw-3"]
+    drifted = page.locator("tr[data-device='gw-3']")
+    assert "alert-warning" in (drifted.get_attribute("class") or "")
+    assert drifted.locator(".drift .band-significant").count() == 1
+    assert page.locator("tr[data-device='gw-1'] .drift .band-significant").count() == 0
+    page.screenshot(path=str(SCREENSHOTS / "fleet.png"), full_page=True)
+
+    # Live: a new window for gw-1 shows up without a reload.
+    page.evaluate("window.__noReload = 'still here'")
+    before = int(page.get_attribute("tr[data-device='gw-1']", "data-requests") or 0)
+    device = devices[0]
+    device.telemetry_seq += 1
+    device.publish_window(make_window("gw-1", GROUP, device.telemetry_seq, time.time(), cloud.v1, requests=120))
+    page.wait_for_function(
+        f"Number(document.querySelector(\"tr[data-device='gw-1']\").dataset.requests) === {before + 120}",
+        timeout=15_000,
+    )
+    assert page.evaluate("window.__noReload") == "still here"
+    assert int(page.evaluate("document.body.dataset.updates")) >= 1
+    page.screenshot(path=str(SCREENSHOTS / "fleet-live.png"), full_page=True)
+
+
+def _check_device_and_model_pages(page: Any, cloud: RunningCloud) -> None:
+    page.click("a[href='#/device/gw-3']")
+    page.wait_for_selector("#c-requests .main-svg")
+    page.wait_for_selector("#hists .chart[data-feature] .main-svg")
+    features = page.locator("#hists .chart[data-feature]")
+    assert features.count() == len(cloud.v1.reference_profile)
+    assert "significant" in page.inner_text("#hists")
+    assert page.locator("#c-psi .scatterlayer .trace").count() >= 1
+    page.screenshot(path=str(SCREENSHOTS / "device.png"), full_page=True)
+
+    page.click("a[data-nav='models']")
+    page.wait_for_selector("table.versions tr[data-version='2']")
+    row = page.locator("table.versions tr[data-version='1']")
+    assert "gw-1" in row.inner_text() and cloud.v1.lineage.run_id[:10] in row.inner_text()
+    page.wait_for_selector("#impact-0 .main-svg")
+    page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
+
+
+def _check_alert_acknowledgement(page: Any, cloud: RunningCloud) -> None:
+    page.click("a[data-nav='alerts']")
+    row = page.locator("tr[data-alert]", has_text="gw-3/").first
+    row.wait_for()
+    alert_id = int(row.get_attribute("data-alert") or 0)
+    row.locator("input.reason").fill("heat wave, known")
+    row.locator("button.ack").click()
+    page.wait_for_selector(f"tr[data-alert='{alert_id}'] td.acked:has-text('ops')")
+    alert = next(a for a in cloud.get("/v1/alerts") if a["id"] == alert_id)
+    assert alert["acknowledged_by"] == "ops"
+    acknowledged = entries(cloud.service.store, action="acknowledge alert")
+    assert acknowledged[-1]["actor"] == "ops" and acknowledged[-1]["reason"] == "heat wave, known"
+    page.screenshot(path=str(SCREENSHOTS / "alerts.png"), full_page=True)
+
+
+def _check_rollout_promotion(page: Any, cloud: RunningCloud, devices: list[SimDevice]) -> None:
+    body = {"model_name": cloud.v2.name, "model_version": 2, "group": GROUP, "canary": "gw-1", "soak_minutes": 60}
+    response = httpx.post(cloud.url + "/v1/rollouts", json=body, headers=OPERATOR, timeout=10)
+    assert response.status_code == 201, response.text
+    rollout_id = response.json()["id"]
+    assert devices[0].wait_for(2), "the canary did not switch to v2"
+    page.click("a[data-nav='rollouts']")
+    page.wait_for_selector(f"tr[data-rollout='{rollout_id}'][data-state='soaking']", timeout=15_000)
+    page.screenshot(path=str(SCREENSHOTS / "rollout-soaking.png"), full_page=True)
+    page.locator(f"tr[data-rollout='{rollout_id}'] input.reason").fill("canary looks fine")
+    page.click(f"tr[data-rollout='{rollout_id}'] button.promote")
+    page.wait_for_selector(f"tr[data-rollout='{rollout_id}'][data-state='promoted']", timeout=15_000)
+    status = cloud.get(f"/v1/rollouts/{rollout_id}")
+    assert status["state"] == "promoted" and status["reason"] == "canary looks fine"
+    assert all(device.wait_for(2) for device in devices), [d.model for d in devices]
+    page.screenshot(path=str(SCREENSHOTS / "rollout-promoted.png"), full_page=True)
