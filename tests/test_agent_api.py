@@ -11,6 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.errors import SchemaError
+from contracts.runtime import OnnxModel
+from edge_agent.service import InferenceService
 from tests.agent_helpers import AgentServer, manifest_of, record_of
 from tests.conftest import TrainedBundle
 
@@ -206,3 +209,15 @@ def test_an_agent_without_a_model_is_alive_but_not_ready(tmp_path: Path, record:
         assert response.status_code == 503 and response.json()["error"] == "ModelNotReady"
     finally:
         server.stop()
+
+
+def test_null_where_the_schema_forbids_it_names_the_field(agent: AgentServer, record: dict[str, Any]) -> None:
+    loaded = agent.agent.service.current
+    assert loaded is not None
+    inputs = [s.model_copy(update={"nullable": False}) if s.name == "rpm" else s for s in loaded.manifest.inputs]
+    strict = InferenceService()
+    strict.swap(OnnxModel(loaded.manifest.model_copy(update={"inputs": inputs}), loaded.model.session), loaded.bundle)
+    with pytest.raises(SchemaError) as refused:
+        strict.predict([{**record, "rpm": None}])
+    assert refused.value.field == "rpm" and refused.value.http_status == 422
+    assert strict.predict([{**record, "power_kw": None}]).predictions[0]["label"] in (0, 1)
