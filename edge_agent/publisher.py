@@ -8,6 +8,7 @@ past which it silently overwrites queued QoS 1 messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -31,7 +32,10 @@ class OutboxPublisher:
         self._stop = threading.Event()
         self._connected = False
         self._inflight: dict[int, int] = {}  # paho mid -> outbox id
-        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
+        # paho calls on_publish while holding this (reentrant) lock; holding it around publish() + registering
+        # the mid means a PUBACK can never be handled before we know which outbox row it acknowledges, and
+        # PUBACKs of other messages (status, reported state) are simply not ours.
+        self._paho_lock = getattr(client, "_out_message_mutex", None) or contextlib.nullcontext()
         self._last_sent = 0
         self._thread: threading.Thread | None = None
         self.delivered = 0
@@ -55,7 +59,6 @@ class OutboxPublisher:
         with self._lock:
             self._connected = True
             self._inflight.clear()
-            self._early.clear()
             self._last_sent = 0
         self._wake.set()
 
@@ -63,16 +66,13 @@ class OutboxPublisher:
         with self._lock:
             self._connected = False
             self._inflight.clear()
-            self._early.clear()
             self._last_sent = 0
 
     def on_published(self, mid: int) -> None:
         with self._lock:
             message_id = self._inflight.pop(mid, None)
-            if message_id is None:
-                self._early.add(mid)
-                return
-        self._acknowledge(message_id)
+        if message_id is not None:
+            self._acknowledge(message_id)
 
     def _acknowledge(self, message_id: int) -> None:
         self.outbox.acknowledge(message_id)
@@ -101,18 +101,12 @@ class OutboxPublisher:
             if not batch:
                 return
             for message in batch:
-                info = self.client.publish(message.topic, message.payload, qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    return  # disconnected meanwhile; on_connected restarts from the oldest pending
-                with self._lock:
-                    if not self._connected:
-                        return
-                    self._last_sent = message.id
-                    if info.mid in self._early:
-                        self._early.discard(info.mid)
-                        acknowledged = True
-                    else:
+                with self._paho_lock:
+                    info = self.client.publish(message.topic, message.payload, qos=1)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        return  # disconnected meanwhile; on_connected restarts from the oldest pending
+                    with self._lock:
+                        if not self._connected:
+                            return
+                        self._last_sent = message.id
                         self._inflight[info.mid] = message.id
-                        acknowledged = False
-                if acknowledged:
-                    self._acknowledge(message.id)
