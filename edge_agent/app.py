@@ -38,8 +38,8 @@ logger = logging.getLogger("edgeloop.agent")
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        key_path = settings.resolved_public_key()
-        self.public_key = load_public_key(key_path) if key_path else None
+        self.key_path = settings.resolved_public_key()
+        self.public_key = load_public_key(self.key_path) if self.key_path else None
         self.metrics = AgentMetrics()
         self.store = ModelStore(settings.state_dir, self.public_key, settings.keep_versions)
         self._lock_file = self._lock_state_dir()
@@ -103,7 +103,7 @@ class Agent:
         current = self.service.current
         log_event(logger, "agent started", device=self.settings.device_id, group=self.settings.group,
                   model=current.manifest.ref if current else None, mqtt=self.settings.mqtt_url or "offline",
-                  version=AGENT_VERSION)  # fmt: skip
+                  public_key=self.key_path or "none (signatures not checked)", version=AGENT_VERSION)  # fmt: skip
 
     def stop(self) -> None:
         """Publish offline and disconnect, let a running update finish, release the state dir."""
