@@ -9,10 +9,10 @@ BUNDLE := bundles/$(MODEL)
 export EDGELOOP_HOME ?= $(CURDIR)/.edgeloop
 export MLFLOW_ALLOW_FILE_STORE ?= false
 
-.PHONY: setup train convert demo test lint format bench check-edge test-faults clean help
+.PHONY: setup train convert demo demo-smoke test lint format bench check-edge test-faults clean help
 
 help:
-	@echo "make demo   - set up, train, convert and score a few rows (the main job)"
+	@echo "make demo   - set up, then the whole loop: cloud + dashboard, three agents, drift, a canary rollout"
 	@echo "make test   - set up, lint, type-check and run the test suite"
 	@echo "make setup | train | convert | lint | bench | check-edge | test-faults | clean"
 
@@ -34,10 +34,14 @@ train: setup $(DATA)
 convert: setup
 	$(BIN)/edgeloop convert $(MODEL)@champion --out $(BUNDLE)
 
-demo: setup $(DATA)
-	@$(BIN)/edgeloop train --data $(DATA) --target failure_24h --name $(MODEL) --model rf --ignore reading_id
-	@$(BIN)/edgeloop convert $(MODEL)@latest --out $(BUNDLE)
-	@$(BIN)/edgeloop predict --bundle $(BUNDLE) --data $(DATA) --rows 8 --public-key $(EDGELOOP_HOME)/keys/edgeloop-signing.pub
+# The whole loop on this machine (Mosquitto, the cloud and dashboard, three agents, drift, a canary rollout)
+# until Ctrl-C; DURATION=SECONDS ends it by itself. demo-smoke: a 30 s run that stops by itself (as tests/test_demo.py).
+DEMO_PORT ?= 8700
+demo: setup
+	$(BIN)/edgeloop demo --workdir $(EDGELOOP_HOME)/demo --port $(DEMO_PORT) $(if $(DURATION),--duration $(DURATION))
+
+demo-smoke: setup
+	$(BIN)/edgeloop demo --workdir $(EDGELOOP_HOME)/demo-smoke --port $(DEMO_PORT) --duration 30
 
 lint: setup
 	$(BIN)/ruff check .

@@ -153,6 +153,7 @@ from edgeloop.cmd_agent import register as _register_agent  # noqa: E402
 _register_agent(app)
 
 __import__("edgeloop.cmd_cloud", fromlist=["register"]).register(app)  # cloud, deploy, rollout, audit
+__import__("edgeloop.cmd_demo", fromlist=["register"]).register(app)  # demo: the whole loop on one machine
 
 
 def main() -> None:
