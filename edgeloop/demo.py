@@ -98,8 +98,9 @@ class Demo:
     # -- the steps ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Everything, until `duration` passes or Ctrl-C; always stops what it started. Returns the summary."""
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:  # SIGINT too: a shell may have started us with it ignored
+            signal.signal(sig, _raise_interrupt)
         try:
             self._prepare_workdir()
             v1, v2 = self._train_and_convert()
@@ -116,7 +117,8 @@ class Demo:
         finally:
             self.summary = self._summarize()
             self.stop()
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return self.summary
 
     def _prepare_workdir(self) -> None:
@@ -169,7 +171,9 @@ class Demo:
         config = folder / "mosquitto.conf"
         config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         log = (self.options.workdir / "logs" / "mosquitto.log").open("wb")
-        self._broker = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        self._broker = subprocess.Popen(
+            [binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         _wait_port(port, 10, "mosquitto")
         self.say(f"4/6 broker: private Mosquitto ({binary}) on 127.0.0.1:{port}")
         return f"mqtt://127.0.0.1:{port}"
@@ -242,7 +246,10 @@ class Demo:
                 command += [telemetry, interval]
             log = work / "logs" / f"{device}.log"
             with log.open("wb") as handle:
-                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+                # Own session: Ctrl-C reaches the demo only, which stops agents before the cloud and broker.
+                process = subprocess.Popen(
+                    command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
             self.agents.append(Agent(device, port, process, log))
         for agent in self.agents:
             deadline = time.monotonic() + 30
