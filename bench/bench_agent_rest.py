@@ -12,7 +12,7 @@ Same model (the trainer's 100-tree random forest, converted by the converter), s
 - mlflow: `mlflow models serve --env-manager local` on the sklearn pipeline of the same run.
 
 Servers run side by side and are loaded in interleaved rounds (medians reported), so that the background
-load of a shared machine does not favour one of them. Prints req/s and p99 at concurrency 1 and 16, RSS
+load of a shared machine does not favour one of them. Prints req/s, p50 and p99 at concurrency 1 and 16, RSS
 after the load, process start to ready, the ratios, and the installed size of the base install (the
 agent's dependency closure, from the venv's metadata).
 Needs `wrk` (apt-get install wrk). Not a test: numbers depend on the machine and its load.
@@ -47,8 +47,8 @@ class Result:
     name: str
     start_s: float
     rss_mb: float = 0.0
-    rates: dict[int, tuple[float, float, int]] = field(default_factory=dict)
-    """concurrency -> (req/s, p99 ms, non-2xx + socket errors)"""
+    rates: dict[int, tuple[float, float, float, int]] = field(default_factory=dict)
+    """concurrency -> (req/s, p50 ms, p99 ms, non-2xx + socket errors)"""
 
 
 def free_port() -> int:
@@ -151,12 +151,16 @@ def run_wrk(url: str, script: Path, connections: int, duration: float) -> tuple[
     args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    assert p99_text is not None, out
-    p99 = float(p99_text.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99_text.group(2)]
+    p50, p99 = (_latency_ms(out, percent) for percent in ("50%", "99%"))
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return rate, p99, errors
+    return rate, p50, p99, errors
+
+
+def _latency_ms(wrk_output: str, percent: str) -> float:
+    found = re.search(percent + r"\s+([\d.]+)(us|ms|s)", wrk_output)
+    assert found is not None, wrk_output
+    return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[found.group(2)]
 
 
 def lua(path: Path, body: bytes, headers: dict[str, str]) -> Path:
@@ -211,10 +215,9 @@ def load_rounds(servers: list[Server], concurrencies: list[int], duration: float
                 server.samples.setdefault(connections, []).append(sample)
     for server in servers:
         for connections, samples in server.samples.items():
-            rates = sorted(sample[0] for sample in samples)
-            p99s = sorted(sample[1] for sample in samples)
-            errors = sum(sample[2] for sample in samples)
-            server.result.rates[connections] = (rates[len(rates) // 2], p99s[len(p99s) // 2], errors)
+            median = [sorted(sample[i] for sample in samples)[len(samples) // 2] for i in range(3)]
+            errors = sum(sample[3] for sample in samples)
+            server.result.rates[connections] = (median[0], median[1], median[2], errors)
         server.result.rss_mb = tree_rss_mb(server.process.pid)
 
 
@@ -320,7 +323,9 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
 
 def report(results: list[Result], concurrencies: list[int]) -> None:
     head = (
-        "| server | " + " | ".join(f"c={c} req/s | c={c} p99 ms" for c in concurrencies) + " | RSS MB | start→ready s |"
+        "| server | "
+        + " | ".join(f"c={c} req/s | c={c} p50 / p99 ms" for c in concurrencies)
+        + " | RSS MB | start→ready s |"
     )
     print()
     print(head)
@@ -328,8 +333,8 @@ def report(results: list[Result], concurrencies: list[int]) -> None:
     for r in results:
         cells = []
         for c in concurrencies:
-            rate, p99, errors = r.rates[c]
-            cells.append(f"{rate:,.0f}{f' ({errors} errors)' if errors else ''} | {p99:.2f}")
+            rate, p50, p99, errors = r.rates[c]
+            cells.append(f"{rate:,.0f}{f' ({errors} errors)' if errors else ''} | {p50:.2f} / {p99:.2f}")
         print(f"| {r.name} | " + " | ".join(cells) + f" | {r.rss_mb:.0f} | {r.start_s:.2f} |")
     agent = results[0]
     print()
