@@ -1,6 +1,7 @@
 """The agent's local REST API (FastAPI): a thin transport over `InferenceService`.
 
     POST /v1/predict   one record {feature: value}, a list of records, or {"records": [...]}   (bearer token)
+    POST /v1/feedback  {"prediction_id", "label"}, a list of them, or {"feedback": [...]}       (bearer token)
     GET  /v1/model     summary of the model being served and of the device                    (bearer token)
     GET  /healthz      the process is alive                                                    (open)
     GET  /readyz       a model is loaded (503 otherwise)                                       (open)
@@ -36,10 +37,13 @@ from edge_agent.openapi_schema import ERRORS, ErrorBody, install_openapi
 from edge_agent.service import InferenceService, PredictionBatch
 from edge_agent.settings import AgentSettings
 
-__all__ = ["create_app", "parse_records"]
+__all__ = ["create_app", "parse_feedback", "parse_records"]
 
 logger = logging.getLogger("edgeloop.agent.api")
-_ROUTES = {p: p for p in ("/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")}
+_ROUTES = {
+    p: p
+    for p in ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+}
 _NAN_TOKEN = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
 _INLINE_ROWS = 32  # bigger batches run in the thread pool so they do not stall the event loop
 
@@ -118,6 +122,40 @@ def parse_records(body: bytes, feature_names: frozenset[str] | set[str], max_bat
     return data, True
 
 
+def parse_feedback(body: bytes, max_batch: int) -> tuple[list[tuple[str, Any]], bool]:
+    """Body -> ([(prediction_id, label)], is_batch); one-line 4xx errors naming the field."""
+    try:
+        data = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"request body is not valid JSON: {exc}") from None
+    if data is None:
+        raise MalformedBody('send {"prediction_id": "...", "label": ...}, a list of them or {"feedback": [...]}')
+    batch = not isinstance(data, dict) or "feedback" in data
+    if isinstance(data, dict) and "feedback" in data:
+        data = data["feedback"]
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise SchemaError("the feedback batch is empty", "feedback")
+    if len(items) > max_batch:
+        raise BatchTooLarge(f"feedback batch of {len(items)} is over the limit of {max_batch} (max_batch)")
+    parsed = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise SchemaError(f"feedback {index} must be an object with 'prediction_id' and 'label'", "feedback")
+        unknown = sorted(set(item) - {"prediction_id", "label"})
+        if unknown:
+            raise SchemaError(f"feedback {index}: unknown field '{unknown[0]}'", unknown[0])
+        prediction_id, label = item.get("prediction_id"), item.get("label")
+        if not isinstance(prediction_id, str) or not prediction_id:
+            raise SchemaError(
+                f"feedback {index}: 'prediction_id' must be the id a prediction returned", "prediction_id"
+            )
+        if label is None or isinstance(label, bool) or not isinstance(label, int | str):
+            raise SchemaError(f"feedback {index}: 'label' must be one of the model's classes", "label")
+        parsed.append((prediction_id, label))
+    return parsed, batch
+
+
 def create_app(
     service: InferenceService,
     settings: AgentSettings,
@@ -152,6 +190,8 @@ def create_app(
     async def edgeloop_error(request: Request, exc: EdgeloopError) -> Response:
         if request.scope["path"] == "/v1/predict":
             metrics.prediction_errors.labels(error_kind(exc)).inc()
+            if not isinstance(exc, Unauthorized):
+                service.record_error(error_kind(exc))
         body = {"error": type(exc).__name__, "detail": exc.message, "field": getattr(exc, "field", None)}
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return _json(body, exc.http_status, headers)
@@ -187,6 +227,21 @@ def create_app(
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": ERRORS[code]} for code in (401, 422, 503)
     }
+
+    async def feedback(request: Request) -> Response:
+        check_auth(request)
+        items, batch = parse_feedback(await _read_body(request, max_body), max_batch)
+        if not batch:
+            return _json(service.feedback_for(items[0][0], items[0][1]))
+        accepted, rejected = [], []
+        for prediction_id, label in items:
+            try:
+                accepted.append(service.feedback_for(prediction_id, label))
+            except EdgeloopError as exc:
+                rejected.append({"prediction_id": prediction_id, "error": type(exc).__name__, "detail": exc.message})
+        return _json({"accepted": len(accepted), "rejected": rejected, "results": accepted})
+
+    app.add_route("/v1/feedback", feedback, methods=["POST"], include_in_schema=False)
 
     @app.get("/v1/model", responses=errors)
     async def model_info(request: Request) -> Response:

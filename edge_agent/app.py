@@ -23,12 +23,15 @@ from contracts.errors import EdgeloopError, InputError
 from contracts.logs import log_event
 from contracts.signing import load_public_key
 from edge_agent.api import create_app
+from edge_agent.feedback import FeedbackStore
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt import MqttSync
+from edge_agent.outbox import Outbox
 from edge_agent.reporting import EventCounter, LogReporter, Reporter
 from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
 from edge_agent.store import ModelStore
+from edge_agent.telemetry import TelemetryReporter
 from edge_agent.updater import AGENT_VERSION, Updater, UpdateWorker
 
 __all__ = ["Agent", "run_agent"]
@@ -44,9 +47,27 @@ class Agent:
         self.metrics = AgentMetrics()
         self.store = ModelStore(settings.state_dir, self.public_key, settings.keep_versions)
         self._lock_file = self._lock_state_dir()
-        self.service = InferenceService(self.metrics)
         self.counter = EventCounter(self.store.state_dir / "events.seq")
-        self.sync = MqttSync(settings, self.counter) if settings.mqtt_url else None
+        # With a broker configured, telemetry windows and events go through the on-disk outbox first.
+        self.outbox = (
+            Outbox(self.store.state_dir / "outbox.db", settings.outbox_max_messages) if settings.mqtt_url else None
+        )
+        self.sync = MqttSync(settings, self.counter, self.outbox) if settings.mqtt_url else None
+        self.telemetry: TelemetryReporter | None = None
+        if self.outbox is not None and self.sync is not None:
+            self.telemetry = TelemetryReporter(
+                self.outbox,
+                settings.device_id,
+                settings.group,
+                AGENT_VERSION,
+                self.store.state_dir,
+                settings.telemetry_interval_s,
+                settings.psi_moderate,
+                settings.psi_significant,
+                on_append=self.sync.publisher.wake if self.sync.publisher else None,
+            )
+            self.telemetry.on_window = self.metrics.observe_window
+        self.service = InferenceService(self.metrics, self.telemetry, FeedbackStore(settings.feedback_capacity))
         reporter: Reporter = self.sync or LogReporter(settings.device_id, self.counter)
         self.updater = Updater(settings, self.store, self.service, reporter, self.public_key, self.metrics)
         self.worker = UpdateWorker(self.updater)
@@ -97,6 +118,8 @@ class Agent:
             return
         self._started = True
         self.worker.start()
+        if self.telemetry is not None:
+            self.telemetry.start()
         if self.sync is not None:
             self.sync.start()
         if self.settings.token is None:
@@ -107,9 +130,14 @@ class Agent:
                   public_key=self.key_path or "none (signatures not checked)", version=AGENT_VERSION)  # fmt: skip
 
     def stop(self) -> None:
-        """Publish offline and disconnect, let a running update finish, release the state dir."""
+        """Close the telemetry window, drain the outbox briefly, publish offline and disconnect, let a running
+        update finish, release the state dir."""
+        if self.telemetry is not None:
+            self.telemetry.stop(final_flush=True)
         if self.sync is not None:
             self.sync.stop()
+        if self.outbox is not None:
+            self.outbox.close()
         self.worker.stop()
         with contextlib.suppress(OSError):
             self._lock_file.close()
@@ -124,6 +152,8 @@ class Agent:
             "last_error": self.updater.last_error,
             "stored_bundles": [path.name for path in self.store.installed()],
             "agent_version": AGENT_VERSION,
+            "outbox_pending": None if self.outbox is None else self.outbox.size(),
+            "telemetry_dropped_windows": None if self.outbox is None else self.outbox.dropped,
         }
 
     def create_app(self) -> FastAPI:

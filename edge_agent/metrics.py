@@ -8,6 +8,9 @@ Names follow the usual conventions so common dashboards work:
     edgeloop_prediction_errors_total{kind}       refused or failed predictions (schema_error, malformed_body, ...)
     edgeloop_model_info{name,version,sha256}     1 for the model being served
     edgeloop_model_updates_total{outcome}        deployed, rolled_back, unchanged, rejected
+    edgeloop_feature_psi{feature}                PSI of each feature over the last telemetry window
+    edgeloop_prediction_psi                      PSI of the predicted classes over the last window
+    edgeloop_feedback_accuracy                   accuracy over the feedback of the last window (when any)
     process_*                                    RSS, CPU, open files of the agent process
 """
 
@@ -19,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from contracts.manifest import Manifest
+from contracts.telemetry import DriftScore, WindowCounts
 
 __all__ = ["CONTENT_TYPE_LATEST", "AgentMetrics", "error_kind"]
 
@@ -56,6 +60,16 @@ class AgentMetrics:
         self.updates = Counter(
             "edgeloop_model_updates", "Model update attempts by outcome.", ["outcome"], registry=self.registry
         )
+        self.feature_psi = Gauge(
+            "edgeloop_feature_psi", "PSI of each feature over the last telemetry window.", ["feature"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.prediction_psi = Gauge(
+            "edgeloop_prediction_psi", "PSI of the predicted classes over the last window.", registry=self.registry
+        )
+        self.feedback_accuracy = Gauge(
+            "edgeloop_feedback_accuracy", "Accuracy over the last window's feedback.", registry=self.registry
+        )
         ProcessCollector(registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
 
@@ -71,6 +85,14 @@ class AgentMetrics:
     def set_model(self, manifest: Manifest) -> None:
         self.model_info.clear()
         self.model_info.labels(manifest.name, str(manifest.version), manifest.onnx.sha256).set(1)
+
+    def observe_window(self, drift: dict[str, DriftScore], prediction: DriftScore | None, counts: WindowCounts) -> None:
+        for feature, score in drift.items():
+            self.feature_psi.labels(feature).set(score.psi)
+        if prediction is not None:
+            self.prediction_psi.set(prediction.psi)
+        if counts.accuracy is not None:
+            self.feedback_accuracy.set(counts.accuracy)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ from pydantic import ValidationError
 from contracts.logs import log_event
 from contracts.messages import DesiredState, DeviceEvent, DeviceStatus, ReportedState
 from contracts.topics import device_topic, group_desired
+from edge_agent.outbox import Outbox
+from edge_agent.publisher import OutboxPublisher
 from edge_agent.reporting import EventCounter, make_event, utc_now
 from edge_agent.settings import AgentSettings
 
@@ -36,7 +39,7 @@ QOS = 1
 class MqttSync:
     """Implements `Reporter`; calls `on_desired(state)` whenever the effective desired state changes."""
 
-    def __init__(self, settings: AgentSettings, counter: EventCounter) -> None:
+    def __init__(self, settings: AgentSettings, counter: EventCounter, outbox: Outbox | None = None) -> None:
         if not settings.mqtt_url:
             raise ValueError("MqttSync needs settings.mqtt_url")
         self.settings = settings
@@ -52,6 +55,8 @@ class MqttSync:
         self._reported_lock = threading.Lock()
         self.connected = threading.Event()
         self.client = self._make_client()
+        self.outbox = outbox
+        self.publisher = OutboxPublisher(outbox, self.client, settings.outbox_max_inflight) if outbox else None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -75,16 +80,27 @@ class MqttSync:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def start(self) -> None:
         """Connect in the background; the agent serves whether or not the broker is reachable."""
+        if self.publisher is not None:
+            self.publisher.start()
         self.client.connect_async(self.host, self.port, keepalive=self.settings.mqtt_keepalive_s)
         self.client.loop_start()
         log_event(logger, "mqtt connecting", broker=f"{self.host}:{self.port}", device=self.device_id)
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Publish `offline` (retained) and disconnect cleanly; the last will covers a crash."""
+        """Drain the outbox briefly, publish `offline` (retained) and disconnect; the last will covers a crash.
+
+        Whatever is not acknowledged stays in the outbox and is sent after the next start."""
+        if self.publisher is not None and self.outbox is not None:
+            deadline = time.monotonic() + timeout
+            while self.connected.is_set() and self.outbox.size() and time.monotonic() < deadline:
+                self.publisher.wake()
+                time.sleep(0.05)
+            self.publisher.stop()
         if self.connected.is_set():
             info = self.client.publish(self._topic("status"), self._status(False), qos=QOS, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
@@ -95,9 +111,21 @@ class MqttSync:
     # -- Reporter -----------------------------------------------------------------------------------
     def publish_event(self, kind: str, **fields: Any) -> DeviceEvent:
         """The one way events leave the device (an on-disk outbox can replace the body later)."""
-        event = make_event(self.device_id, self.counter.next(), kind, **fields)
-        self.client.publish(self._topic("events"), event.model_dump_json(), qos=QOS)
-        return event
+        if self.outbox is None:
+            event = make_event(self.device_id, self.counter.next(), kind, **fields)
+            self.client.publish(self._topic("events"), event.model_dump_json(), qos=QOS)
+            return event
+        made: list[DeviceEvent] = []
+
+        def build(seq: int) -> bytes:
+            made.append(make_event(self.device_id, seq, kind, **fields))
+            return made[-1].model_dump_json().encode()
+
+        # Durable first (the outbox), delivered by the publisher; sequence numbers come from the outbox.
+        self.outbox.append("events", self._topic("events"), build)
+        if self.publisher is not None:
+            self.publisher.wake()
+        return made[-1]
 
     def publish_reported(self, state: ReportedState) -> None:
         """Retained; only the freshest state is sent, and only while connected (on_connect sends it then),
@@ -118,6 +146,8 @@ class MqttSync:
             log_event(logger, "mqtt connection refused", level=logging.WARNING, reason=str(reason))
             return
         client.subscribe([(self.group_topic, QOS), (self.device_desired_topic, QOS)])
+        if self.publisher is not None:
+            self.publisher.on_connected()
         client.publish(self._topic("status"), self._status(True), qos=QOS, retain=True)
         with self._reported_lock:
             self.connected.set()
@@ -131,7 +161,13 @@ class MqttSync:
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         with self._reported_lock:
             self.connected.clear()
+        if self.publisher is not None:
+            self.publisher.on_disconnected()
         log_event(logger, "mqtt disconnected", level=logging.WARNING, reason=str(reason))
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
+        if self.publisher is not None:
+            self.publisher.on_published(mid)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         level = "device" if message.topic == self.device_desired_topic else "group"

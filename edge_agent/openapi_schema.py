@@ -120,6 +120,38 @@ def _predict_operation(example: dict[str, Any] | None, auth: bool) -> tuple[dict
     return operation, defs.get("$defs", {})
 
 
+def _feedback_operation(auth: bool) -> dict[str, Any]:
+    item = {
+        "type": "object",
+        "required": ["prediction_id", "label"],
+        "additionalProperties": False,
+        "properties": {
+            "prediction_id": {"type": "string", "description": "The id a prediction returned."},
+            "label": {"type": ["integer", "string"], "description": "The true class."},
+        },
+    }
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    operation: dict[str, Any] = {
+        "summary": "Feedback",
+        "description": 'The true label of an earlier prediction (or a list of them, or `{"feedback": [...]}`). '
+        "It counts toward the accuracy reported in telemetry for the model version that made the prediction. "
+        "An unknown or forgotten prediction id answers 404.",
+        "operationId": "feedback_v1_feedback_post",
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"anyOf": [item, {"type": "array", "items": item}]}}},
+        },
+        "responses": {
+            "200": {"description": "Recorded (a batch answers accepted / rejected counts)"},
+            "404": {"description": "unknown prediction id", "content": error},
+            **{str(code): {"description": ERRORS[code], "content": error} for code in (400, 401, 413, 422)},
+        },
+    }
+    if auth:
+        operation["security"] = [{"bearer": []}]
+    return operation
+
+
 def install_openapi(app: FastAPI, service: InferenceService, auth: bool) -> None:
     """OpenAPI whose request schema and example come from the model being served (rebuilt after a swap)."""
     cache: dict[str, Any] = {}
@@ -131,7 +163,11 @@ def install_openapi(app: FastAPI, service: InferenceService, auth: bool) -> None
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             record, example = record_schema(current.manifest if current else None)
             operation, defs = _predict_operation(example, auth)
-            schema["paths"] = {"/v1/predict": {"post": operation}, **schema.get("paths", {})}
+            schema["paths"] = {
+                "/v1/predict": {"post": operation},
+                "/v1/feedback": {"post": _feedback_operation(auth)},
+                **schema.get("paths", {}),
+            }
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(defs)
             schemas["Record"] = record

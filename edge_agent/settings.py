@@ -81,6 +81,18 @@ class AgentSettings(EdgeloopSettings):
     """Wait before the first retry; doubles on each retry."""
     keep_versions: int = Field(default=3, ge=1)
     """Bundles kept in the store for rollback, the current one included."""
+    telemetry_interval_s: float = Field(default=60.0, gt=0)
+    """Seconds per telemetry window (counts, drift, accuracy, resources) published over MQTT."""
+    psi_moderate: float = Field(default=0.1, ge=0)
+    """PSI at or above which a feature's drift band is `moderate`."""
+    psi_significant: float = Field(default=0.25, ge=0)
+    """PSI above which a feature's drift band is `significant`."""
+    outbox_max_messages: int = Field(default=50_000, ge=10)
+    """Messages kept on disk while the broker is away; past it the oldest windows are dropped and counted."""
+    outbox_max_inflight: int = Field(default=100, ge=1)
+    """QoS 1 messages sent and not yet acknowledged by the broker, at most."""
+    feedback_capacity: int = Field(default=100_000, ge=1)
+    """Recent prediction ids remembered for POST /v1/feedback (oldest forgotten first)."""
     intra_op_threads: int = Field(default=1, ge=0)
     """onnxruntime threads per prediction; 1 is fastest for single records, 0 = one per core (big batches)."""
 

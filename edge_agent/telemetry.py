@@ -13,13 +13,14 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
 
 from contracts.logs import log_event
 from contracts.manifest import Manifest
-from contracts.telemetry import Resources, TelemetryWindow, WindowCounter, score_drift
+from contracts.telemetry import DriftScore, Resources, TelemetryWindow, WindowCounter, WindowCounts, score_drift
 from contracts.topics import device_topic
 from edge_agent.outbox import Outbox
 
@@ -27,6 +28,7 @@ __all__ = ["TelemetryReporter", "read_resources"]
 
 logger = logging.getLogger("edgeloop.agent.telemetry")
 _THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
+_RETIRED_WINDOWS = 10
 
 
 def _now() -> str:
@@ -75,6 +77,9 @@ class TelemetryReporter:
         self._lock = threading.Lock()
         self._counter: WindowCounter | None = None
         self._sha256: str | None = None
+        self._retired: list[list[Any]] = []
+        self.on_window: Callable[[dict[str, DriftScore], DriftScore | None, WindowCounts], None] | None = None
+        """Called after each window (the agent sets its drift and accuracy gauges from it)."""
         self._window_start = _now()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,10 +92,15 @@ class TelemetryReporter:
         return self._counter
 
     def set_model(self, manifest: Manifest, sha256: str) -> WindowCounter:
-        """Close the current window (if any) and count the new model's traffic in a fresh one."""
+        """Close the current window (if any) and count the new model's traffic in a fresh one.
+
+        The previous counter is kept for a few windows: requests that were in flight during the switch and
+        late feedback on its predictions still land in windows of the version that made them.
+        """
         with self._lock:
             if self._counter is not None:
                 self._flush_locked()
+                self._retired.append([self._counter, self._sha256, _RETIRED_WINDOWS])
             self._counter = WindowCounter(manifest)
             self._sha256 = sha256
             return self._counter
@@ -101,13 +111,21 @@ class TelemetryReporter:
             return self._flush_locked()
 
     def _flush_locked(self) -> int | None:
-        counter = self._counter
         start, end = self._window_start, _now()
         self._window_start = end
-        if counter is None:
+        for entry in list(self._retired):
+            counter, sha256, left = entry
+            counts = counter.snapshot()
+            if counts.requests or counts.errors or counts.feedback_count:
+                self._emit(counter.manifest, sha256, counts, start, end)
+            entry[2] = left - 1
+            if entry[2] <= 0:
+                self._retired.remove(entry)
+        if self._counter is None:
             return None
-        counts = counter.snapshot()
-        manifest = counter.manifest
+        return self._emit(self._counter.manifest, self._sha256, self._counter.snapshot(), start, end)
+
+    def _emit(self, manifest: Manifest, sha256: str | None, counts: WindowCounts, start: str, end: str) -> int:
         drift, prediction = score_drift(counts, manifest, self.psi_moderate, self.psi_significant)
         base = counts.model_dump()
         resources = read_resources(self.state_dir, self._process)
@@ -124,7 +142,7 @@ class TelemetryReporter:
                 agent_version=self.agent_version,
                 model_name=manifest.name,
                 model_version=manifest.version,
-                bundle_sha256=self._sha256,
+                bundle_sha256=sha256,
                 drift=drift,
                 prediction_drift=prediction,
                 accuracy_value=counts.accuracy,
@@ -140,12 +158,16 @@ class TelemetryReporter:
             logger,
             "telemetry window",
             seq=seq,
+            model=f"{manifest.name}/{manifest.version}",
             requests=counts.requests,
             records=counts.records,
             worst_feature=worst[0] if worst else None,
             worst_psi=round(worst[1].psi, 3) if worst else None,
+            accuracy=None if counts.accuracy is None else round(counts.accuracy, 4),
             outbox=self.outbox.size(),
         )
+        if self.on_window is not None:
+            self.on_window(drift, prediction, counts)
         if self.on_append:
             self.on_append()
         return seq

@@ -33,6 +33,9 @@ def agent(
     group: str | None = typer.Option(None, help=r"Fleet group \[default: default]."),
     mqtt_url: str | None = typer.Option(None, help="mqtt://HOST:PORT or mqtts://HOST:PORT; unset = offline."),
     public_key: Path | None = typer.Option(None, help="Ed25519 public key that signs bundles."),
+    telemetry_interval: float | None = typer.Option(
+        None, help=r"Seconds per telemetry window published over MQTT \[default: 60]."
+    ),
 ) -> None:
     """Serve a verified ONNX bundle over local REST and follow desired state over MQTT.
 
@@ -55,6 +58,7 @@ def agent(
         "group": group,
         "mqtt_url": mqtt_url,
         "public_key": public_key,
+        "telemetry_interval_s": telemetry_interval,
     }
     try:
         settings = AgentSettings(**{key: value for key, value in given.items() if value is not None})
