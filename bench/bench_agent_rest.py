@@ -6,7 +6,8 @@
 Same model (the trainer's 100-tree random forest, converted by the converter), same machine, same load
 (`wrk -t1`, one worker per server, loopback, keep-alive), servers measured one after the other:
 
-- agent: `python -m edge_agent` — full path: bearer auth, body cap, schema check, metrics, prediction ids.
+- agent: `python -m edge_agent` — full path: bearer auth, body cap, schema check, metrics, prediction ids,
+  and (with a private Mosquitto, when installed) telemetry counting on every prediction.
 - bare FastAPI: a pydantic body model and onnxruntime, nothing else (the issue's reference endpoint).
 - lean Starlette: one route, orjson decode, onnxruntime (the ceiling of a Python route on uvicorn).
 - mlflow: `mlflow models serve --env-manager local` on the sklearn pipeline of the same run.
@@ -147,7 +148,7 @@ def tree_rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
 
 
-def run_wrk(url: str, script: Path, connections: int, duration: float) -> tuple[float, float, int]:
+def run_wrk(url: str, script: Path, connections: int, duration: float) -> tuple[float, float, float, int]:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -177,7 +178,7 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     script: Path
-    samples: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)
+    samples: dict[int, list[tuple[float, float, float, int]]] = field(default_factory=dict)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -292,8 +293,12 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
     port = free_port()
     agent_cmd = [python, "-m", "edge_agent", "--bundle", str(bundle), "--state-dir", str(work / "agent"),
                  "--port", str(port), "--token", TOKEN, *key_args]  # fmt: skip
+    broker = start_broker(work)  # with a broker the agent also counts telemetry (drift) on every prediction
+    if broker is not None:
+        agent_cmd += ["--mqtt-url", f"mqtt://127.0.0.1:{broker[1]}"]
     base = f"http://127.0.0.1:{port}"
-    cases.append(("edgeloop agent (full path)", agent_cmd, f"{base}/readyz", f"{base}/v1/predict", body,
+    label = "edgeloop agent (full path" + (", MQTT + telemetry)" if broker else ", offline)")
+    cases.append((label, agent_cmd, f"{base}/readyz", f"{base}/v1/predict", body,
                   {"Authorization": f"Bearer {TOKEN}"}))  # fmt: skip
     for name, app in (("bare FastAPI + ORT", "bare"), ("lean Starlette + orjson + ORT", "lean")):
         port = free_port()
@@ -318,7 +323,30 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
     finally:
         for server in servers:
             server.stop()
+        if broker is not None:
+            broker[0].terminate()
+            broker[0].wait(10)
     return [server.result for server in servers]
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    """A private Mosquitto for the agent, when mosquitto is installed."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(binary):
+        print("mosquitto not found: the agent runs offline (no telemetry counting)")
+        return None
+    port = free_port()
+    config = work / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("mosquitto did not start")
 
 
 def report(results: list[Result], concurrencies: list[int]) -> None:
