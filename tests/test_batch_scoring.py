@@ -399,7 +399,7 @@ ERROR_CASES: dict[str, tuple[Callable[[ScoringCase, Path], tuple[str, str]], int
     "failure mid-stream": (
         lambda c, d: (str(c.trained.bundle), str(_bad_at_the_end_csv(c, d))),
         2,
-        f"line {30 * 2000 - 3}: column 'pressure_bar' must be a number",
+        "bad-at-the-end.csv: column 'pressure_bar' must be a number (the model reads it as one), got 'high'",
     ),
     "unknown model": (lambda c, d: ("no-such-model@champion", str(c.parquet)), 3, "'no-such-model' not found"),
     "unknown alias": (lambda c, d: (f"{c.trained.name}@nightly", str(c.parquet)), 3, "no alias 'nightly'"),

@@ -1,25 +1,33 @@
-"""Open a scoring input (a Parquet file, a directory of Parquet or CSV files, or a CSV file) as a
-pyarrow dataset that streams record batches, with its Arrow schema and, for Parquet, its row count from
-the file footers (no data read).
+"""Open a scoring input (a Parquet file, a directory of Parquet or CSV files, or a CSV file) and stream its
+record batches with memory bounded by the batch size, whatever the input's size.
+
+Files are found (and hidden or `_`-prefixed ones such as `_SUCCESS` skipped) by pyarrow.dataset, which also
+gives the schema; the row count of Parquet comes from the footers (no data read). Rows are then read file by
+file in a background thread that stays at most two batches ahead: Parquet with `pre_buffer=False` and a
+buffered stream (pyarrow's pre-buffering and the dataset scanner's readahead both keep hundreds of MB in
+flight when inference is the slower side), CSV with pyarrow's streaming reader.
 
 CSV columns the model uses are read with the type the model needs (float64 for numeric features, string
 for categorical ones), so a category that looks like a number stays a category and a numeric column is not
 broken by Arrow's type inference on the first block; a value that is not a number fails with a one-line
-error naming the column.
+error naming the column and line.
 """
 
 from __future__ import annotations
 
 import csv
+import queue
 import re
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from cloud_sync.batch.columns import check_schema
 from contracts.errors import InputError, NotFoundError
@@ -27,40 +35,112 @@ from contracts.manifest import Manifest
 
 __all__ = ["InputTable", "arrow_error", "open_input"]
 
-_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".txt")
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+_READ_BUFFER = 1 << 20
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError)
 
 
 @dataclass(frozen=True)
 class InputTable:
     path: Path
     format: Literal["parquet", "csv"]
-    dataset: ds.Dataset
+    files: tuple[str, ...]
+    schema: pa.Schema
+    """The first file's schema; later files are conformed to it (same columns by name, cast types)."""
     rows: int | None
     """Row count from Parquet metadata; None for CSV (unknown until read)."""
+    csv_types: dict[str, pa.DataType] = field(default_factory=dict)
 
-    @property
-    def schema(self) -> pa.Schema:
-        return self.dataset.schema
-
-    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        """Stream the table in batches of at most `batch_rows` rows, reading ahead a little in the background.
-
-        Readahead is kept small (2 batches, 1 file) so that memory is bounded by the batch and row-group
-        size, never by the size of the input.
-        """
-        options: dict[str, object] = {}
-        if self.format == "parquet":
-            options["fragment_scan_options"] = ds.ParquetFragmentScanOptions(pre_buffer=False)
+    def batches(self, batch_rows: int, depth: int = 2) -> Iterator[pa.RecordBatch]:
+        """Stream the input in batches of at most `batch_rows` rows, read up to `depth` batches ahead."""
+        reader = _Prefetch(self._read(batch_rows), depth)
         try:
-            yield from self.dataset.to_batches(
-                batch_size=batch_rows, batch_readahead=2, fragment_readahead=1, use_threads=True, **options
-            )
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-            raise arrow_error(self.path, exc, self.format) from None
+            yield from reader
+        finally:
+            reader.close()
+
+    def _read(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        for name in self.files:
+            try:
+                if self.format == "parquet":
+                    source = pq.ParquetFile(name, pre_buffer=False, buffer_size=_READ_BUFFER)
+                    batches: Iterator[pa.RecordBatch] = source.iter_batches(batch_size=batch_rows, use_threads=True)
+                else:
+                    batches = iter(_csv_reader(name, self.csv_types))
+                for batch in batches:
+                    yield batch if batch.schema == self.schema else _conform(batch, self.schema, name)
+            except _READ_ERRORS as exc:
+                raise arrow_error(Path(name), exc, self.format) from None
 
 
-_CSV_VALUE = re.compile(r"In CSV column #(?P<column>\d+): Row #(?P<row>\d+): CSV conversion error to (?P<type>\w+)")
+def _csv_reader(name: str, types: dict[str, pa.DataType]) -> pacsv.CSVStreamingReader:
+    return pacsv.open_csv(name, convert_options=pacsv.ConvertOptions(column_types=types))
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, name: str) -> pa.RecordBatch:
+    missing = [column for column in schema.names if column not in batch.schema.names]
+    if missing:
+        raise InputError(f"{name} lacks the column '{missing[0]}' that the first file of the input has")
+    try:
+        columns = [batch.column(f.name).cast(f.type) for f in schema]
+    except _READ_ERRORS as exc:
+        raise arrow_error(Path(name), exc, "input") from None
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class _End:
+    pass
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Prefetch:
+    """Run an iterator in a background thread, at most `depth` items ahead (Arrow decoding releases the GIL,
+    so reading overlaps inference); errors are raised in the consumer."""
+
+    def __init__(self, source: Iterator[pa.RecordBatch], depth: int) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), name="edgeloop-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source: Iterator[pa.RecordBatch]) -> None:
+        try:
+            for item in source:
+                if not self._put(item):
+                    return
+            self._put(_End())
+        except BaseException as exc:  # handed to the consumer
+            self._put(_Failure(exc))
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _End):
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+_CSV_VALUE = re.compile(r"In CSV column #(?P<column>\d+): (Row #(?P<row>\d+): )?CSV conversion error to (?P<type>\w+)")
 _CSV_SOURCE = re.compile(r"CSV input source '(?P<file>[^']+)'")
 
 
@@ -85,9 +165,8 @@ def arrow_error(path: Path, exc: BaseException, kind: str) -> InputError:
         index = int(value["column"])
         column = header[index] if index < len(header) else f"#{index + 1}"
         found = text.rsplit("invalid value ", 1)[-1] if "invalid value " in text else "a value"
-        return InputError(
-            f"{where} line {value['row']}: column '{column}' must be a number (the model reads it as one), got {found}"
-        )
+        line = f" line {value['row']}" if value["row"] else ""
+        return InputError(f"{where}{line}: column '{column}' must be a number (the model reads it as one), got {found}")
     if ": Invalid: " in text:
         text = text.rsplit(": Invalid: ", 1)[1]
     elif "Could not open " in text and "': " in text:
@@ -133,6 +212,7 @@ def open_input(path: Path, manifest: Manifest) -> InputTable:
         kind = _format_of(path)
     except PermissionError:
         raise InputError(f"cannot read {path}: permission denied") from None
+    types: dict[str, pa.DataType] = {}
     try:
         if kind == "parquet":
             dataset = ds.dataset(path, format="parquet")
@@ -142,6 +222,7 @@ def open_input(path: Path, manifest: Manifest) -> InputTable:
             file_format = ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=types))
             dataset = ds.dataset(path, format=file_format)
             rows = None
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+    except _READ_ERRORS as exc:
         raise arrow_error(path, exc, kind) from None
-    return InputTable(path=path, format=kind, dataset=dataset, rows=rows)
+    assert isinstance(dataset, ds.FileSystemDataset)
+    return InputTable(path, kind, tuple(dataset.files), dataset.schema, rows, types)
