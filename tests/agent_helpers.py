@@ -121,16 +121,25 @@ class MqttProbe:
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+        # A persistent session that resubscribes on every connection: it survives a broker restart
+        # (the test broker persists sessions) and gets what was queued for it meanwhile.
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", clean_session=False
+        )
         self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
         connected = threading.Event()
-        self.client.on_connect = lambda *_args: connected.set()
+        subscribed = threading.Event()
+
+        def on_connect(client: mqtt.Client, *_args: Any) -> None:
+            client.subscribe("edgeloop/v1/devices/+/+", qos=1)
+            connected.set()
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = lambda *_args: subscribed.set()
         self.client.connect(self.host, self.port)
         self.client.loop_start()
         assert connected.wait(10), "probe cannot connect to the test broker"
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_args: subscribed.set()
-        self.client.subscribe("edgeloop/v1/devices/+/+", qos=1)
         assert subscribed.wait(10), "probe subscription not acknowledged"
 
     def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -170,6 +179,20 @@ class MqttProbe:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AssertionError(f"no matching {kind} from {device}; got {self.payloads(device, kind)}")
+                self._cond.wait(remaining)
+
+    def wait_for_all(self, device: str, kind: str, last_seq: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Wait until messages with every seq 1..last_seq arrived; returns them all (duplicates included)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                items = self.payloads(device, kind)
+                if {item["seq"] for item in items} >= set(range(1, last_seq + 1)):
+                    return items
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = sorted({item["seq"] for item in items})
+                    raise AssertionError(f"{kind} from {device}: wanted 1..{last_seq}, got {seen}")
                 self._cond.wait(remaining)
 
     def stop(self) -> None:
