@@ -33,6 +33,9 @@ class Prediction:
     """Shape (rows, classes), float32, columns in the order of `manifest.classes`."""
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _numeric(value: Any, spec: FeatureSpec, row: int) -> float:
     if value is None:
         if not spec.nullable:
@@ -46,6 +49,8 @@ def _numeric(value: Any, spec: FeatureSpec, row: int) -> float:
         return math.nan
     if isinstance(value, float) and math.isinf(value):
         raise SchemaError(f"record {row}: field '{spec.name}' is infinite", spec.name)
+    if abs(value) > _FLOAT32_MAX:
+        raise SchemaError(f"record {row}: field '{spec.name}' is out of the float32 range the model uses", spec.name)
     return float(value)
 
 

@@ -91,6 +91,7 @@ class EdgeloopSettings(BaseSettings):
         prefix = cls.model_config.get("env_prefix", "")
         rows = []
         for name, field in cls.model_fields.items():
-            default = "" if field.default is None else str(field.default)
+            value = field.get_default(call_default_factory=True) if field.default_factory else field.default
+            default = "" if value is None else str(value)
             rows.append((f"{prefix}{name.upper()}", default, (field.description or "").strip()))
         return rows

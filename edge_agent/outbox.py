@@ -103,8 +103,16 @@ class Outbox:
         return [PendingMessage(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows]
 
     def acknowledge(self, message_id: int) -> None:
+        self.acknowledge_many([message_id])
+
+    def acknowledge_many(self, message_ids: list[int]) -> None:
+        """Delete acknowledged messages in one transaction (one fsync for the lot)."""
+        if not message_ids:
+            return
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in message_ids])
+            self._db.execute("COMMIT")
 
     def size(self) -> int:
         with self._lock:

@@ -37,6 +37,7 @@ class OutboxPublisher:
         # PUBACKs of other messages (status, reported state) are simply not ours.
         self._paho_lock = getattr(client, "_out_message_mutex", None) or contextlib.nullcontext()
         self._last_sent = 0
+        self._acked: list[int] = []  # outbox ids whose PUBACK arrived, deleted in batches by the drain thread
         self._thread: threading.Thread | None = None
         self.delivered = 0
 
@@ -49,6 +50,7 @@ class OutboxPublisher:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+        self._delete_acknowledged()
 
     def wake(self) -> None:
         """Call after appending to the outbox."""
@@ -71,13 +73,17 @@ class OutboxPublisher:
     def on_published(self, mid: int) -> None:
         with self._lock:
             message_id = self._inflight.pop(mid, None)
-        if message_id is not None:
-            self._acknowledge(message_id)
-
-    def _acknowledge(self, message_id: int) -> None:
-        self.outbox.acknowledge(message_id)
-        self.delivered += 1
+            if message_id is None:
+                return
+            self._acked.append(message_id)
         self._wake.set()
+
+    def _delete_acknowledged(self) -> None:
+        # A delete lost in a crash only means the message is sent again (at-least-once), never lost.
+        with self._lock:
+            acked, self._acked = self._acked, []
+        self.outbox.acknowledge_many(acked)
+        self.delivered += len(acked)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -90,6 +96,7 @@ class OutboxPublisher:
 
     def _drain(self) -> None:
         while not self._stop.is_set():
+            self._delete_acknowledged()
             with self._lock:
                 if not self._connected:
                     return
