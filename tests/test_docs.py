@@ -14,3 +14,10 @@ def test_committed_json_schemas_match_the_contract() -> None:
         path = DOCS / "schemas" / name
         assert path.is_file(), f"{path} missing: run python -m contracts.schemas --out docs/schemas"
         assert path.read_bytes() == content, f"{path} is stale: run python -m contracts.schemas --out docs/schemas"
+
+
+def test_settings_reference_is_current() -> None:
+    from edgeloop.settings_doc import render_settings_doc
+
+    path = DOCS / "settings.md"
+    assert path.read_text() == render_settings_doc(), "docs/settings.md is stale: python -m edgeloop.settings_doc"
