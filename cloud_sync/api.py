@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -49,6 +49,8 @@ class CloudContext:
     operator_tokens: list[str]
     online_timeout_s: float = 120.0
     ingest_stats: IngestStats | None = None
+    score_bundles: dict[str, str] = field(default_factory=dict)
+    """Hybrid inference: model name -> NAME or NAME/VERSION of the bundle POST /v1/score answers with."""
 
 
 class _AuthError(Exception):
@@ -241,5 +243,8 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         media = "text/csv" if format == "csv" else "application/x-ndjson"
         return PlainTextResponse(audit.export(rows, format), media_type=media)
 
+    from cloud_sync.scoring import Scorer, scoring_router
+
+    app.include_router(scoring_router(Scorer(ctx.registry, ctx.score_bundles), as_viewer))  # POST /v1/score
     __import__("cloud_sync.dashboard", fromlist=["mount"]).mount(app, ctx)  # the fleet dashboard at / and /dashboard
     return app

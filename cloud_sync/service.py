@@ -126,6 +126,7 @@ class CloudService:
             s.operator_tokens,
             s.online_timeout_s,
             self.ingest.stats,
+            s.score_bundles,
         )
         return create_app(context, lifespan)
 

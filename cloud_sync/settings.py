@@ -79,6 +79,9 @@ class CloudSettings(EdgeloopSettings):
     """How often alert rules are evaluated."""
     webhook_url: str | None = None
     """Optional URL every alert firing and resolution is POSTed to (JSON)."""
+    score_bundles: dict[str, str] = Field(default_factory=dict)
+    """Hybrid inference: POST /v1/score answers for model NAME with this bundle (`OTHER/VERSION`, or `OTHER`
+    for its newest version on the bundle server); by default with the very version the device serves."""
 
     @field_validator("mqtt_url")
     @classmethod

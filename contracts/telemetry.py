@@ -69,6 +69,21 @@ class WindowCounts(BaseModel):
     features: dict[str, NumericCounts | CategoricalCounts] = Field(default_factory=dict)
     confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
     """Feedback: confusion[actual][predicted] = count."""
+    answered_by: dict[str, int] = Field(default_factory=dict)
+    """Hybrid inference (only while it is on): records answered by `edge` (confident), `cloud` (the cloud
+    scoring endpoint answered a low-confidence record) or `edge_fallback` (the cloud was slow or unreachable)."""
+    shadow_agreement: dict[str, int] = Field(default_factory=dict)
+    """Shadow challenger: records where it predicted the same label as the served model (`agree`) or not
+    (`disagree`)."""
+    shadow_confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """Feedback on the shadow challenger's predictions: shadow_confusion[actual][predicted] = count."""
+
+    @property
+    def shadow_accuracy(self) -> float | None:
+        total = sum(sum(row.values()) for row in self.shadow_confusion.values())
+        if not total:
+            return None
+        return sum(row.get(actual, 0) for actual, row in self.shadow_confusion.items()) / total
 
     @property
     def feedback_count(self) -> int:
@@ -128,6 +143,8 @@ class TelemetryWindow(WindowCounts):
     resources: Resources = Field(default_factory=Resources)
     dropped_windows: int = 0
     """Windows dropped on this device since it started because the outbox was full (never silent)."""
+    shadow_model_version: int | None = None
+    """Version (same model name) of the challenger running in shadow during this window, if any."""
 
 
 def _add(into: dict[str, int], key: str, value: int) -> None:
@@ -148,6 +165,14 @@ def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
             _add(total.predicted, key, value)
         for actual, row in window.confusion.items():
             target = total.confusion.setdefault(actual, {})
+            for predicted, value in row.items():
+                _add(target, predicted, value)
+        for key, value in window.answered_by.items():
+            _add(total.answered_by, key, value)
+        for key, value in window.shadow_agreement.items():
+            _add(total.shadow_agreement, key, value)
+        for actual, row in window.shadow_confusion.items():
+            target = total.shadow_confusion.setdefault(actual, {})
             for predicted, value in row.items():
                 _add(target, predicted, value)
         for name, counts in window.features.items():
@@ -245,6 +270,9 @@ class WindowCounter:
         self._out_of_range = dict.fromkeys([name for name, *_ in self._numeric], 0)
         self._categories: dict[str, dict[str, int]] = {name: {} for name, _ in self._categorical}
         self._confusion: dict[str, dict[str, int]] = {}
+        self._answered: dict[str, int] = {}
+        self._agreement: dict[str, int] = {}
+        self._shadow_confusion: dict[str, dict[str, int]] = {}
 
     def observe(self, feed: Mapping[str, np.ndarray], labels: np.ndarray, seconds: float) -> None:
         """Count one request: its encoded inputs (the ONNX feed), predicted labels and latency."""
@@ -296,6 +324,23 @@ class WindowCounter:
             row = self._confusion.setdefault(str(actual), {})
             row[str(predicted)] = row.get(str(predicted), 0) + 1
 
+    def observe_answers(self, answered_by: Mapping[str, int]) -> None:
+        """Hybrid inference: count records by who answered them (edge, cloud, edge_fallback)."""
+        with self._lock:
+            for key, value in answered_by.items():
+                self._answered[key] = self._answered.get(key, 0) + value
+
+    def observe_shadow(self, agree: int, disagree: int) -> None:
+        """Shadow challenger: count records where it agreed or disagreed with the served model."""
+        with self._lock:
+            self._agreement["agree"] = self._agreement.get("agree", 0) + agree
+            self._agreement["disagree"] = self._agreement.get("disagree", 0) + disagree
+
+    def observe_shadow_feedback(self, actual: Any, predicted: Any) -> None:
+        with self._lock:
+            row = self._shadow_confusion.setdefault(str(actual), {})
+            row[str(predicted)] = row.get(str(predicted), 0) + 1
+
     def snapshot(self) -> WindowCounts:
         """Return the counts since the last snapshot and start a new window."""
         with self._lock:
@@ -315,6 +360,9 @@ class WindowCounter:
                 predicted=dict(self._predicted),
                 features=features,
                 confusion={actual: dict(row) for actual, row in self._confusion.items()},
+                answered_by=dict(self._answered),
+                shadow_agreement=dict(self._agreement),
+                shadow_confusion={actual: dict(row) for actual, row in self._shadow_confusion.items()},
             )
             self._reset()
         return counts

@@ -2,6 +2,7 @@
 
     POST /v1/predict   one record {feature: value}, a list of records, or {"records": [...]}   (bearer token)
     POST /v1/feedback  {"prediction_id", "label"}, a list of them, or {"feedback": [...]}       (bearer token)
+    GET  /v1/predictions/{id}/lineage   model version, run, data hash, code version of a prediction (bearer token)
     GET  /v1/model     summary of the model being served and of the device                    (bearer token)
     GET  /healthz      the process is alive                                                    (open)
     GET  /readyz       a model is loaded (503 otherwise)                                       (open)
@@ -215,6 +216,8 @@ def create_app(
             result = service.predict(records)
         else:
             result = await run_in_threadpool(service.predict, records)
+        if service.hybrid is not None:
+            result = await service.resolve_hybrid(result, records)
         manifest = result.model.manifest
         if batch:
             return _json({"model": manifest.name, "model_version": manifest.version, "predictions": result.predictions})
@@ -242,6 +245,13 @@ def create_app(
         return _json({"accepted": len(accepted), "rejected": rejected, "results": accepted})
 
     app.add_route("/v1/feedback", feedback, methods=["POST"], include_in_schema=False)
+
+    @app.get("/v1/predictions/{prediction_id}/lineage", responses={**errors, 404: {"model": ErrorBody}})
+    async def lineage(request: Request, prediction_id: str) -> Response:
+        """Where a prediction came from: model version, bundle, run id, training data hash, code version."""
+        check_auth(request)
+        found, facts = service.lineage(prediction_id), status()
+        return _json({"device_id": facts.get("device_id"), "group": facts.get("group"), **found})
 
     @app.get("/v1/model", responses=errors)
     async def model_info(request: Request) -> Response:

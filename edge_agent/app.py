@@ -68,6 +68,14 @@ class Agent:
             )
             self.telemetry.on_window = self.metrics.observe_window
         self.service = InferenceService(self.metrics, self.telemetry, FeedbackStore(settings.feedback_capacity))
+        if settings.hybrid_threshold is not None:
+            if not settings.hybrid_url:
+                raise InputError("hybrid_threshold is set but hybrid_url is not: give the cloud's URL")
+            from edge_agent.hybrid import HybridClient
+
+            self.service.hybrid = HybridClient(
+                settings.hybrid_url, settings.hybrid_token, settings.hybrid_threshold, settings.hybrid_deadline_s
+            )
         reporter: Reporter = self.sync or LogReporter(settings.device_id, self.counter)
         self.updater = Updater(settings, self.store, self.service, reporter, self.public_key, self.metrics)
         self.worker = UpdateWorker(self.updater)
@@ -111,6 +119,19 @@ class Agent:
                           error=exc.message)  # fmt: skip
         if not self.service.ready:
             log_event(logger, "no model yet: /readyz answers 503 until one is installed", level=logging.WARNING)
+        if self.settings.shadow_bundle is not None:
+            self.load_shadow(self.settings.shadow_bundle)
+
+    def load_shadow(self, path: Any) -> None:
+        """Verify a challenger bundle (signature when a public key is set, sha256, golden samples) and run it
+        in shadow beside the served model."""
+        from contracts.bundle import load_bundle
+        from contracts.runtime import OnnxModel
+
+        bundle = load_bundle(path, self.public_key, require_signature=self.public_key is not None)
+        model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads)
+        model.check_golden_samples()
+        self.service.set_shadow(model, bundle)
 
     def start(self) -> None:
         """Start the update worker and the MQTT connection (both in the background)."""
@@ -139,6 +160,8 @@ class Agent:
         if self.outbox is not None:
             self.outbox.close()
         self.worker.stop()
+        if self.service.hybrid is not None:
+            self.service.hybrid.close()
         with contextlib.suppress(OSError):
             self._lock_file.close()
         self._started = False
@@ -154,6 +177,8 @@ class Agent:
             "agent_version": AGENT_VERSION,
             "outbox_pending": None if self.outbox is None else self.outbox.size(),
             "telemetry_dropped_windows": None if self.outbox is None else self.outbox.dropped,
+            "shadow": None if self.service.shadow is None else self.service.shadow.manifest.ref,
+            "hybrid_threshold": self.settings.hybrid_threshold,
         }
 
     def create_app(self) -> FastAPI:

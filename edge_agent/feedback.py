@@ -1,16 +1,21 @@
-"""Remember recent predictions so feedback (the true label, maybe much later) can be matched to them.
+"""Remember recent predictions so feedback (the true label, maybe much later) can be matched to them, and
+so a prediction id can be traced back to the model that made it (lineage).
 
 A bounded in-memory map, oldest evicted first (default 100,000 predictions). Memory, not disk, because it
 is written on every request; feedback for a prediction made before a restart gets a clear 404. Each entry
 keeps the model that made the prediction, so feedback is counted for that model version even after a switch.
+Feedback takes an entry out of that map (it counts once); the entry then moves to a second bounded map of
+answered predictions (same capacity, filled only by feedback, never on the hot path) so its lineage stays
+available with the label that came back.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,22 +28,57 @@ __all__ = ["FeedbackStore", "RememberedPrediction"]
 class RememberedPrediction:
     label: Any
     model: LoadedModel
+    at: float = 0.0
+    """When the prediction was made (epoch seconds)."""
+    answered_by: str = "edge"
+    """Who gave the answer: edge, cloud or edge_fallback (hybrid inference)."""
+    answer: Any = None
+    """The label returned to the caller when it is not the edge model's (the cloud's answer)."""
+    cloud_model: str | None = None
+    """NAME/VERSION of the cloud model that answered."""
+    shadow_label: Any = None
+    """The shadow challenger's label for this record (None without a shadow)."""
+    shadow: LoadedModel | None = None
+    actual: Any = None
+    """The true label, once feedback arrived."""
 
 
 class FeedbackStore:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, RememberedPrediction] = OrderedDict()
+        self._answered: OrderedDict[str, RememberedPrediction] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
 
-    def remember(self, prediction_ids: Sequence[str], labels: Sequence[Any], model: LoadedModel) -> None:
+    def remember(
+        self,
+        prediction_ids: Sequence[str],
+        labels: Sequence[Any],
+        model: LoadedModel,
+        shadow_labels: Sequence[Any] | None = None,
+        shadow: LoadedModel | None = None,
+    ) -> None:
+        at = time.time()
         with self._lock:
-            for prediction_id, label in zip(prediction_ids, labels, strict=True):
-                self._items[prediction_id] = RememberedPrediction(label, model)
+            if shadow_labels is None:
+                for prediction_id, label in zip(prediction_ids, labels, strict=True):
+                    self._items[prediction_id] = RememberedPrediction(label, model, at)
+            else:
+                for prediction_id, label, other in zip(prediction_ids, labels, shadow_labels, strict=True):
+                    self._items[prediction_id] = RememberedPrediction(
+                        label, model, at, shadow_label=other, shadow=shadow
+                    )
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
                 self.evicted += 1
+
+    def annotate(self, prediction_id: str, **changes: Any) -> None:
+        """Record who answered a prediction (hybrid inference); unknown ids are ignored."""
+        with self._lock:
+            remembered = self._items.get(prediction_id)
+            if remembered is not None:
+                self._items[prediction_id] = replace(remembered, **changes)
 
     def pop(self, prediction_id: str) -> RememberedPrediction | None:
         """Return and forget a prediction (feedback counts once per prediction)."""
@@ -49,6 +89,18 @@ class FeedbackStore:
         """Put back a prediction whose feedback was refused (e.g. an unknown label), so it can be retried."""
         with self._lock:
             self._items[prediction_id] = remembered
+
+    def answered(self, prediction_id: str, remembered: RememberedPrediction, actual: Any) -> None:
+        """Keep a prediction whose feedback was counted, with its true label, for lineage look-ups."""
+        with self._lock:
+            self._answered[prediction_id] = replace(remembered, actual=actual)
+            while len(self._answered) > self.capacity:
+                self._answered.popitem(last=False)
+
+    def get(self, prediction_id: str) -> RememberedPrediction | None:
+        """A remembered prediction, with or without feedback (None when unknown or forgotten)."""
+        with self._lock:
+            return self._items.get(prediction_id) or self._answered.get(prediction_id)
 
     def __len__(self) -> int:
         return len(self._items)

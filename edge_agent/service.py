@@ -7,15 +7,18 @@ requests see the new one; the old session is freed when its last request is done
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from contracts.bundle import Bundle
-from contracts.errors import NotFoundError, SchemaError
+from contracts.errors import EdgeloopError, NotFoundError, SchemaError
+from contracts.logs import log_event
 from contracts.manifest import Manifest
 from contracts.runtime import OnnxModel, encode_records
 from contracts.telemetry import WindowCounter
@@ -24,7 +27,12 @@ from edge_agent.feedback import FeedbackStore
 from edge_agent.metrics import AgentMetrics
 from edge_agent.telemetry import TelemetryReporter
 
+if TYPE_CHECKING:
+    from edge_agent.hybrid import HybridClient
+
 __all__ = ["InferenceService", "LoadedModel", "PredictionBatch"]
+
+logger = logging.getLogger("edgeloop.agent.service")
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,10 @@ class InferenceService:
         self._telemetry = telemetry
         self.feedback = feedback or FeedbackStore()
         self._counter: tuple[LoadedModel, Any] | None = None
+        self._shadow: LoadedModel | None = None
+        self.shadow_failures = 0
+        self.hybrid: HybridClient | None = None
+        """Set when hybrid inference is on: low-confidence records are sent to the cloud (resolve_hybrid)."""
 
     @property
     def current(self) -> LoadedModel | None:
@@ -87,6 +99,35 @@ class InferenceService:
             self._metrics.set_model(loaded.manifest)
         return previous
 
+    @property
+    def shadow(self) -> LoadedModel | None:
+        """The challenger running in shadow beside the served model (it never answers)."""
+        return self._shadow
+
+    def set_shadow(self, model: OnnxModel | None, bundle: Bundle | None = None) -> None:
+        """Run `model` (a verified bundle) in shadow from now on; None stops the shadow."""
+        with self._swap_lock:
+            if self._telemetry is not None:
+                self._telemetry.set_shadow(None if model is None else model.manifest.version)
+            self._shadow = None if model is None or bundle is None else LoadedModel(model, bundle)
+        log_event(logger, "shadow model", model=None if model is None else model.manifest.ref)
+
+    def _shadow_labels(self, shadow: LoadedModel, loaded: LoadedModel, records: Any, feed: Any, labels: list) -> Any:
+        try:
+            if shadow.manifest.inputs != loaded.manifest.inputs:
+                feed = encode_records(records, shadow.manifest.inputs, allow_extra=True)
+            shadow_labels = shadow.model.predict_feed(feed).labels.tolist()
+        except (EdgeloopError, ValueError, RuntimeError) as exc:  # the shadow must never fail a request
+            self.shadow_failures += 1
+            if self.shadow_failures == 1 or self.shadow_failures % 1000 == 0:
+                log_event(logger, "shadow prediction failed", level=logging.WARNING, error=str(exc),
+                          failures=self.shadow_failures)  # fmt: skip
+            return None
+        if loaded.counter is not None:
+            agree = sum(1 for a, b in zip(labels, shadow_labels, strict=True) if a == b)
+            loaded.counter.observe_shadow(agree, len(labels) - agree)
+        return shadow_labels
+
     def predict(self, records: Sequence[Mapping[str, Any]]) -> PredictionBatch:
         """Check records against the model's schema and predict them (SchemaError names the bad field)."""
         loaded = self._current
@@ -104,7 +145,12 @@ class InferenceService:
         ]
         if loaded.counter is not None:
             loaded.counter.observe(feed, result.labels, time.perf_counter() - started)
-        self.feedback.remember(ids, labels, loaded)
+        shadow = self._shadow
+        if shadow is None:
+            self.feedback.remember(ids, labels, loaded)
+        else:
+            shadow_labels = self._shadow_labels(shadow, loaded, records, feed, labels)
+            self.feedback.remember(ids, labels, loaded, shadow_labels, shadow if shadow_labels else None)
         self._count(loaded, len(predictions))
         return PredictionBatch(loaded, predictions)
 
@@ -129,6 +175,9 @@ class InferenceService:
             raise SchemaError(f"label {actual!r} is not a class of the model (classes: {', '.join(classes)})", "label")
         if loaded.counter is not None:
             loaded.counter.observe_feedback(actual, remembered.label)
+            if remembered.shadow is not None:
+                loaded.counter.observe_shadow_feedback(actual, remembered.shadow_label)
+        self.feedback.answered(prediction_id, remembered, actual)
         manifest = loaded.manifest
         return {
             "prediction_id": prediction_id,
@@ -138,6 +187,73 @@ class InferenceService:
             "model": manifest.name,
             "model_version": manifest.version,
         }
+
+    async def resolve_hybrid(self, batch: PredictionBatch, records: Sequence[Mapping[str, Any]]) -> PredictionBatch:
+        """Hybrid inference: records the edge model is unsure of (max probability under the threshold) are
+        answered by the cloud within the deadline, else by the edge model (`edge_fallback`). Each answer
+        says who gave it (`answered_by`); the window counts them."""
+        hybrid = self.hybrid
+        if hybrid is None:
+            return batch
+        predictions = batch.predictions
+        low = [i for i, p in enumerate(predictions) if max(p["probabilities"].values()) < hybrid.threshold]
+        counts = {"edge": len(predictions) - len(low)}
+        for prediction in predictions:
+            prediction["answered_by"] = "edge"
+        if low:
+            manifest = batch.model.manifest
+            answers = await hybrid.ask(manifest.name, manifest.version, [records[i] for i in low])
+            source = "edge_fallback" if answers is None else "cloud"
+            counts[source] = len(low)
+            for position, index in enumerate(low):
+                prediction = predictions[index]
+                prediction["answered_by"] = source
+                if answers is None:
+                    self.feedback.annotate(prediction["prediction_id"], answered_by=source)
+                    continue
+                answer, cloud_model = answers[0][position], answers[1]
+                prediction["edge_label"] = prediction["label"]
+                prediction["label"] = answer["label"]
+                prediction["probabilities"] = answer["probabilities"]
+                prediction["cloud_model"] = cloud_model
+                self.feedback.annotate(
+                    prediction["prediction_id"], answered_by=source, answer=answer["label"], cloud_model=cloud_model
+                )
+        if batch.model.counter is not None:
+            batch.model.counter.observe_answers(counts)
+        return batch
+
+    def lineage(self, prediction_id: str) -> dict[str, Any]:
+        """From a prediction id back to the model version, its run, training data hash and code version."""
+        remembered = self.feedback.get(prediction_id)
+        if remembered is None:
+            raise NotFoundError(
+                f"prediction id '{prediction_id}' is unknown here: it was made on another device, before the agent "
+                "restarted, or more than feedback_capacity predictions ago"
+            )
+        manifest = remembered.model.manifest
+        answer: dict[str, Any] = {
+            "prediction_id": prediction_id,
+            "made_at": datetime.fromtimestamp(remembered.at, UTC).isoformat(timespec="milliseconds"),
+            "label": remembered.label,
+            "answered_by": remembered.answered_by,
+            "answer": remembered.label if remembered.answer is None else remembered.answer,
+            "cloud_model": remembered.cloud_model,
+            "actual": remembered.actual,
+            "model": {
+                "name": manifest.name,
+                "version": manifest.version,
+                "onnx_sha256": manifest.onnx.sha256,
+                "bundle": remembered.model.bundle.path.name,
+                "created_at": manifest.created_at,
+            },
+            "lineage": manifest.lineage.model_dump(),
+            "shadow": None,
+        }
+        if remembered.shadow is not None:
+            shadow = remembered.shadow.manifest
+            answer["shadow"] = {"model": shadow.ref, "label": remembered.shadow_label, "run_id": shadow.lineage.run_id}
+        return answer
 
     def _count(self, loaded: LoadedModel, rows: int) -> None:
         if self._metrics is None:

@@ -95,6 +95,18 @@ class AgentSettings(EdgeloopSettings):
     """Recent prediction ids remembered for POST /v1/feedback (oldest forgotten first)."""
     intra_op_threads: int = Field(default=1, ge=0)
     """onnxruntime threads per prediction; 1 is fastest for single records, 0 = one per core (big batches)."""
+    hybrid_threshold: float | None = Field(default=None, gt=0, le=1)
+    """Hybrid inference: records whose highest class probability is under this are sent to the cloud's
+    POST /v1/score (hybrid_url); unset = off, the edge model answers everything."""
+    hybrid_url: str | None = None
+    """Base URL of `edgeloop cloud` for hybrid inference (e.g. http://cloud:8700)."""
+    hybrid_token: str | None = None
+    """Bearer token (viewer) for the cloud's scoring endpoint."""
+    hybrid_deadline_s: float = Field(default=0.15, gt=0, le=10)
+    """Longest wait for the cloud's answer; past it the edge model answers (`edge_fallback`)."""
+    shadow_bundle: Path | None = None
+    """A challenger bundle run in shadow beside the served model (verified like any bundle): it predicts
+    every record, never answers; telemetry counts agreement and, with feedback, its confusion counts."""
 
     @field_validator("device_id", "group")
     @classmethod

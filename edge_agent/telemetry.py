@@ -78,6 +78,7 @@ class TelemetryReporter:
         self._counter: WindowCounter | None = None
         self._sha256: str | None = None
         self._retired: list[list[Any]] = []
+        self._shadow_version: int | None = None
         self.on_window: Callable[[dict[str, DriftScore], DriftScore | None, WindowCounts], None] | None = None
         """Called after each window (the agent sets its drift and accuracy gauges from it)."""
         self._window_start = _now()
@@ -105,6 +106,13 @@ class TelemetryReporter:
             self._sha256 = sha256
             return self._counter
 
+    def set_shadow(self, version: int | None) -> None:
+        """Close the current window and mark the next ones with the shadow challenger's version."""
+        with self._lock:
+            if self._counter is not None and version != self._shadow_version:
+                self._flush_locked()
+            self._shadow_version = version
+
     def flush(self) -> int | None:
         """Close the current window now; returns its sequence number."""
         with self._lock:
@@ -130,6 +138,7 @@ class TelemetryReporter:
         base = counts.model_dump()
         resources = read_resources(self.state_dir, self._process)
         dropped = self.outbox.dropped
+        shadow_version = self._shadow_version if counts.shadow_agreement or counts.shadow_confusion else None
 
         def build(seq: int) -> bytes:
             window = TelemetryWindow(
@@ -149,6 +158,7 @@ class TelemetryReporter:
                 feedback_total=counts.feedback_count,
                 resources=resources,
                 dropped_windows=dropped,
+                shadow_model_version=shadow_version,
             )
             return orjson.dumps(window.model_dump(mode="json"))
 

@@ -154,6 +154,7 @@ _register_agent(app)
 
 __import__("edgeloop.cmd_cloud", fromlist=["register"]).register(app)  # cloud, deploy, rollout, audit
 __import__("edgeloop.cmd_demo", fromlist=["register"]).register(app)  # demo: the whole loop on one machine
+__import__("edgeloop.cmd_loop", fromlist=["register"]).register(app)  # lineage, model-card, retrain, impact
 
 
 def main() -> None:

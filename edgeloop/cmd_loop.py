@@ -1,0 +1,180 @@
+"""Closing the loop (issue 8): `edgeloop lineage`, `edgeloop model-card`, `edgeloop retrain`, `edgeloop impact`.
+
+`lineage` asks an agent's REST API (--agent-url, --token) where a prediction came from; `model-card` exports
+the card the trainer logged for a registry version as Markdown or HTML; `retrain` runs a model's retraining
+policy by hand (the trainer runs as a separate `edgeloop train` process); `impact` asks the cloud for the
+estimated business value per version from the feedback confusion counts.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from contracts.errors import EdgeloopError, InputError, NotFoundError, ServiceUnavailableError
+
+__all__ = ["card_html", "register"]
+
+console = Console()
+_AGENT_URL = typer.Option("http://127.0.0.1:8080", envvar="EDGELOOP_AGENT_URL", help="Base URL of the agent.")
+_AGENT_TOKEN = typer.Option(None, envvar="EDGELOOP_AGENT_TOKEN", help="The agent's bearer token.")
+_TRACKING = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in $EDGELOOP_HOME].")
+
+
+def _get(url: str, path: str, token: str | None, what: str) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.get(url.rstrip("/") + path, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailableError(f"{what} at {url} is unreachable ({exc})") from None
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
+        except ValueError:
+            detail = response.text.strip()[:200]
+        error: type[EdgeloopError] = NotFoundError if response.status_code == 404 else InputError
+        if response.status_code == 503:
+            error = ServiceUnavailableError
+        hint = " (pass --token)" if response.status_code in (401, 403) else ""
+        raise error(f"{what} answered HTTP {response.status_code}: {detail}{hint}")
+    return response.json()
+
+
+def lineage(
+    prediction_id: str = typer.Argument(..., help="The prediction_id a /v1/predict answer carried."),
+    agent_url: str = _AGENT_URL,
+    token: str | None = _AGENT_TOKEN,
+    json_out: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
+) -> None:
+    """Trace a device's prediction back to the model version, MLflow run, training data hash and code version.
+
+    Example: [cyan]edgeloop lineage 3f2a9c... --agent-url http://gw-1:8080 --token s3cret[/cyan]
+    """
+    import orjson
+
+    found = _get(agent_url, f"/v1/predictions/{prediction_id}/lineage", token, "the agent")
+    if json_out:
+        console.print_json(orjson.dumps(found).decode())
+        return
+    model, origin = found["model"], found["lineage"]
+    table = Table("field", "value", show_header=False)
+    rows = [
+        ("prediction", found["prediction_id"]),
+        ("device / group", f"{found.get('device_id')} / {found.get('group')}"),
+        ("made at", found["made_at"]),
+        ("answer", f"{found['answer']} (answered by {found['answered_by']})"),
+        ("cloud model", found.get("cloud_model") or ""),
+        ("true label", "" if found.get("actual") is None else str(found["actual"])),
+        ("model", f"{model['name']} v{model['version']} (bundle {model['bundle']})"),
+        ("onnx sha256", model["onnx_sha256"]),
+        ("run id", origin["run_id"]),
+        ("registered", f"{origin.get('registered_model')} / {origin.get('model_version')}"),
+        ("data", f"{origin['data_source']} sha256 {origin['data_hash']} ({origin['data_rows']} rows)"),
+        ("code version", origin["code_version"]),
+        ("estimator", origin["estimator"]),
+        ("held-out metrics", "  ".join(f"{k}={v:.3f}" for k, v in origin["metrics"].items())),
+    ]
+    if found.get("shadow"):
+        shadow = found["shadow"]
+        rows.append(("shadow", f"{shadow['model']} said {shadow['label']} (run {shadow['run_id']})"))
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    console.print(table)
+
+
+def card_html(markdown: str, title: str) -> str:
+    """A model card (Markdown) as a standalone HTML page (markdown-it, which Rich already depends on)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .6rem}code{background:#f3f3f3}"
+    )
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head>\n<body>\n{body}</body></html>\n"
+    )
+
+
+def model_card_markdown(reference: str, tracking_uri: str | None) -> tuple[str, str]:
+    """(markdown, title): the trainer's card of a registry version, headed with the version's registry facts."""
+    import tempfile
+
+    from contracts.settings import edgeloop_home
+    from contracts.tracking import ensure_tracking_reachable
+
+    uri = tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+    ensure_tracking_reachable(uri)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        if "@" in reference:
+            name, _, alias = reference.partition("@")
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in reference:
+            name, _, number = reference.partition("/")
+            version = client.get_model_version(name, number)
+        else:
+            raise InputError(f"{reference!r}: give NAME@ALIAS or NAME/VERSION")
+    except MlflowException as exc:
+        raise NotFoundError(f"{reference} is not in the registry at {uri}: {str(exc).splitlines()[0]}") from None
+    with tempfile.TemporaryDirectory(prefix="edgeloop-card-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path="edgeloop/model_card.md", dst_path=tmp, tracking_uri=uri
+            )
+        except (MlflowException, OSError):
+            raise NotFoundError(f"{name} version {version.version} has no model card in its run") from None
+        card = Path(path).read_text()
+    aliases = ", ".join(f"@{a}" for a in version.aliases) or "none"
+    tags = version.tags or {}
+    facts = [
+        f"- Registered model `{name}` version **{version.version}** (aliases: {aliases})",
+        f"- Run `{version.run_id}`",
+    ]
+    if tags.get("edgeloop.bundle_sha256"):
+        facts.append(f"- Signed bundle: manifest sha256 `{tags['edgeloop.bundle_sha256']}`")
+    if tags.get("edgeloop.retrain_feedback_sha256"):
+        facts.append(f"- Retrained with device feedback: sha256 `{tags['edgeloop.retrain_feedback_sha256']}`")
+    header = "\n".join(facts)
+    title, _, rest = card.partition("\n")
+    return f"{title}\n\n{header}\n{rest}", f"Model card: {name} v{version.version}"
+
+
+def model_card(
+    reference: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION in the MLflow registry."),
+    format: str = typer.Option("md", "--format", help="md or html."),
+    out: Path | None = typer.Option(None, help="Write to this file [default: print]."),
+    tracking_uri: str | None = _TRACKING,
+) -> None:
+    """Export the model card of a registered version (intended use, data, held-out metrics, limitations).
+
+    Example: [cyan]edgeloop model-card machine-failure@champion --format html --out card.html[/cyan]
+    """
+    if format not in ("md", "html"):
+        raise InputError(f"--format {format!r}: use md or html")
+    markdown, title = model_card_markdown(reference, tracking_uri)
+    text = card_html(markdown, title) if format == "html" else markdown
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text)
+    console.print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("lineage")(lineage)
+    app.command("model-card")(model_card)
