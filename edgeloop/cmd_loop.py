@@ -175,6 +175,66 @@ def model_card(
     console.print(f"wrote {out}")
 
 
+def retrain(
+    name: str = typer.Argument(..., help="Registered model name (the policy's `model`)."),
+    policy: Path = typer.Option(..., help="Retraining policy (YAML; see docs/loop.md)."),
+    workdir: Path = typer.Option(Path(".edgeloop/retrain"), help="Where the combined training data is written."),
+    tracking_uri: str | None = _TRACKING,
+    cloud_url: str | None = typer.Option(
+        None, envvar="EDGELOOP_CLOUD_URL", help="Record the retrain in this cloud's audit log (and deploy from it)."
+    ),
+    token: str | None = typer.Option(None, envvar="EDGELOOP_CLOUD_TOKEN", help="Operator token of the cloud."),
+    reason: str | None = typer.Option(None, help="Why (kept in the audit log)."),
+) -> None:
+    """Retrain a model by hand from its policy: original data plus device feedback, trained in a separate
+    `edgeloop train` process, registered as @challenger, tagged with the feedback's lineage, audited.
+
+    With `result: {deploy: canary, group: G}` in the policy and --cloud-url, the challenger is converted and
+    rolled out to the group's canary; with `deploy: wait` an operator deploys it.
+
+    Example: [cyan]edgeloop retrain machine-failure --policy retrain.yaml --cloud-url http://127.0.0.1:8700[/cyan]
+    """
+    from edgeloop.retrain import _edgeloop, load_policy, run_retrain
+
+    loaded = load_policy(policy)
+    if loaded.model != name:
+        raise InputError(f"policy {policy} is for model {loaded.model!r}, not {name!r}")
+    if loaded.result.deploy == "canary" and (not cloud_url or not loaded.result.group):
+        raise InputError("the policy deploys to a canary: give --cloud-url and `result.group` in the policy")
+    with console.status(f"retraining {name}"):
+        result = run_retrain(loaded, workdir, tracking_uri, "manual")
+    console.print(f"registered [bold]{result.name}[/bold] version {result.version} (run {result.run_id})")
+    console.print(f"data {result.data_path} sha256 {result.data_sha256[:16]}…, {result.feedback_rows} feedback rows")
+    if cloud_url:
+        from edgeloop.cmd_cloud import _call
+
+        body = {
+            "model": result.name,
+            "version": int(result.version),
+            "run_id": result.run_id,
+            "trigger": "manual",
+            "data_sha256": result.data_sha256,
+            "feedback_rows": result.feedback_rows,
+            "feedback_sha256": result.feedback_sha256,
+            "deploy": loaded.result.deploy,
+            "reason": reason,
+        }
+        _call("POST", cloud_url, "/v1/retrains", token, json=body)
+        console.print("recorded in the audit log (action retrain)")
+    if loaded.result.deploy == "canary" and cloud_url and loaded.result.group:
+        reference = f"{result.name}/{result.version}"
+        extra = ["--tracking-uri", tracking_uri] if tracking_uri else []
+        out = workdir / "bundles" / f"{result.name}-v{result.version}"
+        _edgeloop(["convert", reference, "--out", str(out), *extra])
+        deploy_args = ["deploy", str(out), "--group", loaded.result.group, "--canary", loaded.result.canary]
+        deploy_args += ["--soak", str(loaded.result.soak_minutes), "--cloud-url", cloud_url]
+        if token:
+            deploy_args += ["--token", token]
+        _edgeloop(deploy_args)
+        console.print(f"challenger v{result.version} rolled out to the canary of group {loaded.result.group}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("lineage")(lineage)
     app.command("model-card")(model_card)
+    app.command("retrain")(retrain)

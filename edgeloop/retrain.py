@@ -1,0 +1,188 @@
+"""Retraining policies and the retraining job behind `edgeloop retrain NAME`.
+
+A policy per model (YAML) says when to retrain, on what data and what to do with the result:
+
+    model: machine-failure
+    triggers: [{alert: feature-drift}, {alert: accuracy-low}, {schedule: 7d}, manual]
+    data:
+      original: data/machines.csv      # the data the champion was trained on
+      target: failure_24h
+      ignore: [reading_id]
+      feedback: data/feedback.csv       # labelled rows collected from devices (same columns), optional
+      feedback_max_rows: 50000          # the newest rows are kept
+    train: {model: rf}
+    result: {deploy: wait}              # or {deploy: canary, group: line-1, canary: 25%}
+
+The job runs the trainer as a separate process (`edgeloop train ...`; no import of the trainer), so a
+crash or a memory spike in training cannot take the caller down. The new version registers as
+@challenger (the trainer's rule); the job tags its MLflow run with the lineage of the feedback data
+(sha256, rows, source) next to the original data's, and records the retrain in the cloud's audit log
+(`POST /v1/retrains`) when a cloud is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contracts.errors import EdgeloopError, InputError
+
+__all__ = ["RetrainPolicy", "RetrainResult", "load_policy", "run_retrain"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataPolicy(_Strict):
+    original: Path
+    target: str = "failure_24h"
+    ignore: list[str] = Field(default_factory=list)
+    feedback: Path | None = None
+    feedback_max_rows: int = Field(default=50_000, ge=0)
+
+
+class TrainPolicy(_Strict):
+    model: str = "rf"
+
+
+class ResultPolicy(_Strict):
+    deploy: str = Field(default="wait", pattern="^(wait|canary)$")
+    group: str | None = None
+    canary: str = "10%"
+    soak_minutes: float = Field(default=10.0, ge=0)
+
+
+class RetrainPolicy(_Strict):
+    model: str
+    triggers: list[Any] = Field(default_factory=lambda: ["manual"])
+    data: DataPolicy
+    train: TrainPolicy = Field(default_factory=TrainPolicy)
+    result: ResultPolicy = Field(default_factory=ResultPolicy)
+
+
+def load_policy(path: Path) -> RetrainPolicy:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read retraining policy {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"retraining policy {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        policy = RetrainPolicy.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"retraining policy {path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    base = Path(path).resolve().parent
+    data = policy.data
+    data.original = data.original if data.original.is_absolute() else base / data.original
+    if data.feedback is not None and not data.feedback.is_absolute():
+        data.feedback = base / data.feedback
+    return policy
+
+
+@dataclass
+class RetrainResult:
+    name: str
+    version: str
+    run_id: str
+    data_path: Path
+    data_sha256: str
+    feedback_rows: int
+    feedback_sha256: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> Any:
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError(f"data file {path} not found")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def build_training_data(policy: RetrainPolicy, workdir: Path) -> tuple[Path, int, str | None]:
+    """Original rows plus the newest feedback rows (same columns) -> one CSV; (path, feedback rows, sha256)."""
+    import pandas as pd
+
+    original = _read(policy.data.original)
+    feedback_rows, feedback_sha = 0, None
+    frames = [original]
+    if policy.data.feedback is not None:
+        feedback = _read(policy.data.feedback)
+        missing = sorted(set(original.columns) - set(feedback.columns) - set(policy.data.ignore))
+        if missing:
+            raise InputError(f"feedback rows {policy.data.feedback} lack columns {', '.join(missing)}")
+        feedback = feedback[[c for c in original.columns if c in feedback.columns]].tail(policy.data.feedback_max_rows)
+        feedback_rows, feedback_sha = len(feedback), _sha256(policy.data.feedback)
+        frames.append(feedback)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / f"{policy.model}-retrain.csv"
+    pd.concat(frames, ignore_index=True).to_csv(out, index=False)
+    return out, feedback_rows, feedback_sha
+
+
+def _edgeloop(args: list[str]) -> str:
+    """Run `edgeloop ARGS` as a separate process (same interpreter); its one-line error becomes ours."""
+    command = [sys.executable, "-m", "edgeloop", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        detail = errors[-1][len("error: ") :] if errors else (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeloopError(f"`edgeloop {args[0]}` failed (exit {done.returncode}): {detail}")
+    return done.stdout
+
+
+def run_retrain(policy: RetrainPolicy, workdir: Path, tracking_uri: str | None, trigger: str) -> RetrainResult:
+    data_path, feedback_rows, feedback_sha = build_training_data(policy, workdir)
+    args = ["train", "--data", str(data_path), "--target", policy.data.target, "--name", policy.model]
+    args += ["--model", policy.train.model]
+    for column in policy.data.ignore:
+        args += ["--ignore", column]
+    if tracking_uri:
+        args += ["--tracking-uri", tracking_uri]
+    output = " ".join(_edgeloop(args).split())
+    registered = re.search(r"registered (\S+) version (\d+) as @(\w+)", output)
+    run = re.search(r"\brun ([0-9a-f]{32})\b", output)
+    if not registered or not run:
+        raise EdgeloopError(f"`edgeloop train` did not report the registered version: {output[:200]}")
+    tags = {
+        "edgeloop.retrain_trigger": trigger,
+        "edgeloop.retrain_original_sha256": _sha256(policy.data.original),
+        "edgeloop.retrain_original_source": str(policy.data.original),
+        "edgeloop.retrain_feedback_rows": str(feedback_rows),
+    }
+    if feedback_sha is not None and policy.data.feedback is not None:
+        tags["edgeloop.retrain_feedback_sha256"] = feedback_sha
+        tags["edgeloop.retrain_feedback_source"] = str(policy.data.feedback)
+    _tag(tracking_uri, policy.model, registered.group(2), run.group(1), tags)
+    name, version, run_id = policy.model, registered.group(2), run.group(1)
+    return RetrainResult(name, version, run_id, data_path, _sha256(data_path), feedback_rows, feedback_sha, tags)
+
+
+def _tag(tracking_uri: str | None, name: str, version: str, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from contracts.settings import edgeloop_home
+
+    client = MlflowClient(tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}")
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+        client.set_model_version_tag(name, version, key, value)
