@@ -69,7 +69,10 @@ class Outbox:
                 self._enforce_cap()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite has already rolled back on some errors (SQLITE_FULL: disk full); a second ROLLBACK
+                # would raise and hide the real error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             return seq
 

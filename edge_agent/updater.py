@@ -204,25 +204,33 @@ class Updater:
         details = {**details, "sha256": manifest.onnx.sha256, "previous": previous.manifest.ref if previous else None}
         log_event(logger, f"model {status}", model=manifest.ref, previous=details["previous"])
         self._report("serving")
-        self.reporter.publish_event(status, model_name=manifest.name, model_version=manifest.version, details=details)
+        self._publish_event(status, model_name=manifest.name, model_version=manifest.version, details=details)
         return self._count(UpdateOutcome(status, manifest.ref))
 
     def _reject(self, ref: str, reason: str, permanent: bool) -> UpdateOutcome:
         self.last_error = reason
         log_event(logger, "update rejected", level=logging.WARNING, model=ref, reason=reason)
         name, _, number = ref.partition("/")
-        self.reporter.publish_event(
+        self._report()  # first: the retained state needs no disk, so it reports even a full one
+        self._publish_event(
             "rejected",
             model_name=name or None,
             model_version=int(number) if number.isdigit() else None,
             reason=reason,
             details={"permanent": permanent},
         )
-        self._report()
         return self._count(UpdateOutcome("rejected", ref, reason, permanent))
 
     def _report(self, state: Literal["serving", "updating", "no_model"] | None = None) -> None:
         self.reporter.publish_reported(self.reported_state(state))
+
+    def _publish_event(self, kind: str, **fields: object) -> None:
+        """Events go through the on-disk outbox; when it cannot take one (disk full) the update's outcome
+        stands, the failure is logged and the retained reported state still carries `last_error`."""
+        try:
+            self.reporter.publish_event(kind, **fields)
+        except Exception as exc:
+            log_event(logger, "event not stored", level=logging.ERROR, kind=kind, error=f"{type(exc).__name__}: {exc}")
 
     def _count(self, outcome: UpdateOutcome) -> UpdateOutcome:
         if self.metrics is not None:
@@ -284,6 +292,9 @@ class UpdateWorker:
                 if key != self._done:
                     outcome = self.updater.apply(desired)
                     self._done = key if outcome.status != "rejected" or outcome.permanent else None
+            except Exception:  # the worker must outlive any failure, or no later update is ever applied
+                logger.exception("update worker: unexpected failure")
+                self._done = None
             finally:
                 with self._cond:
                     self._busy = False
