@@ -51,6 +51,8 @@ class CloudContext:
     ingest_stats: IngestStats | None = None
     score_bundles: dict[str, str] = field(default_factory=dict)
     """Hybrid inference: model name -> NAME or NAME/VERSION of the bundle POST /v1/score answers with."""
+    value_matrices: dict[str, Any] = field(default_factory=dict)
+    """Business impact: model name -> `cloud_sync.impact.ValueMatrix` (GET /v1/impact)."""
 
 
 class _AuthError(Exception):

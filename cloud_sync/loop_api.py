@@ -1,7 +1,8 @@
-"""Closing-the-loop routes of the cloud API: retraining jobs are recorded in the audit log.
+"""Closing-the-loop routes of the cloud API: retraining jobs are recorded in the audit log; business impact.
 
 POST /v1/retrains   (operator) a retraining job that ran: model, new version, run id, trigger, data lineage
 GET  /v1/retrains   (viewer)   the retrains recorded, oldest first
+GET  /v1/impact     (viewer)   estimated value per version, per period and per rollout (cloud_sync.impact)
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
 from cloud_sync import audit
+from contracts.errors import InputError, NotFoundError
 
 __all__ = ["RetrainRecord", "mount"]
 
@@ -42,3 +44,32 @@ def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operat
     def retrains(*, _p: Any = Depends(as_viewer), model: str | None = None) -> list[dict[str, Any]]:
         rows = audit.entries(ctx.store, action="retrain")
         return [row for row in rows if model is None or row["details"].get("model") == model]
+
+    @app.get("/v1/impact", tags=["impact"])
+    def business_impact(
+        *,
+        _p: Any = Depends(as_viewer),
+        model: str,
+        group: str | None = None,
+        since: str = Query("7d", description="A duration back from `until` (7d, 24h) or an ISO time"),
+        until: str | None = Query(None, description="ISO time; default now"),
+        period: str = Query("1d", description="Length of each period bucket (1h, 1d)"),
+        compare: str = Query("24h", description="How long before and after a rollout to compare"),
+    ) -> dict[str, Any]:
+        """Estimated business value from the merged feedback confusion counts and the model's cost/benefit
+        matrix: per version, per period, and the change each rollout made against the version before."""
+        from cloud_sync.alerts import parse_duration
+        from cloud_sync.api import _period
+        from cloud_sync.impact import impact
+
+        matrix = getattr(ctx, "value_matrices", {}).get(model)
+        if matrix is None:
+            raise NotFoundError(f"model {model!r} has no cost/benefit matrix (setting value_matrices, docs/loop.md)")
+        start, end = _period(since, until)
+        try:
+            period_s, compare_s = parse_duration(period), parse_duration(compare)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if period_s <= 0 or (end - start) / period_s > 1000:
+            raise InputError(f"period {period!r} is too short for the range (at most 1000 buckets)")
+        return impact(ctx.store, model, matrix, start, end, period_s, group, compare_s)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from cloud_sync.alerts import AlertEvaluator, load_rules
 from cloud_sync.api import CloudContext, create_app
 from cloud_sync.bundles import BundleRegistry
+from cloud_sync.impact import load_value_matrices
 from cloud_sync.ingest import Ingest
 from cloud_sync.publisher import MqttPublisher
 from cloud_sync.rollout_checks import Limits
@@ -47,6 +48,7 @@ class CloudService:
             )
         self.registry = BundleRegistry(s.bundles_dir, public_key)
         self.rules = load_rules(s.alert_rules)
+        self.value_matrices = load_value_matrices(s.value_matrices)
         self.publisher = MqttPublisher(s.mqtt_url, f"{s.ingest_client_id}-control", s.mqtt_username, s.mqtt_password)
         self.ingest = Ingest(
             self.store,
@@ -127,6 +129,7 @@ class CloudService:
             s.online_timeout_s,
             self.ingest.stats,
             s.score_bundles,
+            self.value_matrices,
         )
         return create_app(context, lifespan)
 

@@ -82,6 +82,9 @@ class CloudSettings(EdgeloopSettings):
     score_bundles: dict[str, str] = Field(default_factory=dict)
     """Hybrid inference: POST /v1/score answers for model NAME with this bundle (`OTHER/VERSION`, or `OTHER`
     for its newest version on the bundle server); by default with the very version the device serves."""
+    value_matrices: Path | None = None
+    """Business impact: YAML file of a cost/benefit matrix per model (value of each actual/predicted outcome,
+    docs/loop.md); GET /v1/impact and the dashboard's model page estimate each version's value from it."""
 
     @field_validator("mqtt_url")
     @classmethod

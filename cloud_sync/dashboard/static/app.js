@@ -271,8 +271,9 @@ async function renderModels() {
       return `<h2>${esc(m.name)}</h2><table class="versions"><thead><tr><th>Version</th><th>Estimator</th>
         ${names.map((n) => `<th>${esc(n)} (held-out)</th>`).join("")}<th>Run</th><th>Data</th><th>Code</th>
         <th>Runs on</th><th>Live accuracy</th><th>Requests 24h</th><th>Worst PSI</th></tr></thead><tbody>${rows}</tbody></table>
-        <div id="impact-${i}" class="chart"></div>${cards}`;
+        <div id="impact-${i}" class="chart"></div><div id="value-${i}"></div>${cards}`;
     }).join("");
+  models.forEach((m, i) => renderValue(m.name, i));
   models.forEach((m, i) => {
     const versions = [...m.versions].reverse();
     const x = versions.map((v) => "v" + v.version);
@@ -281,6 +282,30 @@ async function renderModels() {
       { x, y: versions.map((v) => v.live.accuracy), type: "bar", name: "live accuracy (feedback, 24h)", marker: { color: "#3a6fd8" } },
     ], { title: { text: "Impact of each version: held-out vs live accuracy" }, barmode: "group", yaxis: { tickformat: ".0%", range: [0, 1] } });
   });
+}
+
+// Business impact (GET /v1/impact): value per version from the feedback confusion counts and the model's
+// cost/benefit matrix, and the change each rollout made. Models without a matrix show nothing.
+async function renderValue(name, i) {
+  let impact;
+  try {
+    impact = await api(`/v1/impact?model=${encodeURIComponent(name)}&since=7d&period=1d`);
+  } catch (_) {
+    return;
+  }
+  const target = document.getElementById(`value-${i}`);
+  if (!target) return;
+  const unit = esc(impact.unit);
+  const versions = impact.versions.map((v) => `<tr><td>v${v.version ?? "–"}</td><td class="num">${v.labels}</td>
+    <td class="num">${num(v.value, 0)} ${unit}</td><td class="num">${num(v.value_per_label, 2)} ${unit}</td>
+    <td class="num">${num(v.estimated_value_all_records, 0)} ${unit}</td></tr>`).join("");
+  const deployments = impact.deployments.map((d) => `<tr><td>${esc(d.rollout_id)}</td><td>v${d.previous_version ?? "–"} → v${d.version}</td>
+    <td>${esc(d.group)}</td><td>${esc(d.state)}</td><td class="num">${num(d.change_per_1000_predictions, 0)} ${unit}</td></tr>`).join("");
+  target.innerHTML = `<h3>Business value, 7 days</h3><table class="value"><thead><tr><th>Version</th><th>Labelled</th>
+    <th>Value (labelled)</th><th>Per label</th><th>Estimated, all records</th></tr></thead><tbody>${versions ||
+    '<tr><td colspan="5" class="muted">No feedback yet.</td></tr>'}</tbody></table>` + (deployments ? `<h3>Impact of deployments</h3>
+    <table class="value"><thead><tr><th>Rollout</th><th>Versions</th><th>Group</th><th>State</th>
+    <th>Change per 1000 predictions</th></tr></thead><tbody>${deployments}</tbody></table>` : "");
 }
 
 // -- rollouts and alerts ------------------------------------------------------------------------------
