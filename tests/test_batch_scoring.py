@@ -167,8 +167,10 @@ def _read(path: Path) -> pd.DataFrame:
 
 def test_parquet_file_output_layout_passthrough_and_lineage(case: ScoringCase, tmp_path: Path) -> None:
     out = tmp_path / "scored.parquet"
-    result = score(str(case.trained.bundle), case.parquet, out, case.settings())
+    progress: list[tuple[int, int | None, str]] = []
+    result = score(str(case.trained.bundle), case.parquet, out, case.settings(), lambda *p: progress.append(p))
     assert result.rows == len(case.frame)
+    assert progress[-1] == (len(case.frame), len(case.frame), "rows") and len(progress) > 1
     schema = pq.read_schema(out)
     classes = case.manifest.classes
     # every column the model does not use, in input order, then the predictions
@@ -261,6 +263,15 @@ def test_registry_alias_through_the_real_command(case: ScoringCase, tmp_path: Pa
     expected = tmp_path / "expected.parquet"
     score(str(case.trained.bundle), case.parquet, expected, case.settings(tracking_uri=None))
     pd.testing.assert_frame_equal(_read(out), _read(expected))
+
+    # a cached copy that no longer verifies is replaced from the registry, never used
+    model = cached / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-10])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGELOOP_HOME", str(tmp_path / "home"))
+        again = score(f"{case.trained.name}@champion", case.parquet, tmp_path / "again.parquet", case.settings())
+    assert again.resolved.bundle.path == cached
+    assert load_bundle(cached, None).manifest.onnx.sha256 == case.manifest.onnx.sha256
 
 
 # --- errors: one line, the right exit code, nothing left behind -------------------------------------------------

@@ -104,7 +104,7 @@ def score(
     else:
         from cloud_sync.batch.spark_engine import score_spark
 
-        def run_spark(location: str) -> int:
+        def run_spark(location: str) -> tuple[int, str]:
             return score_spark(
                 resolved.bundle,
                 settings.public_key,
@@ -121,11 +121,11 @@ def score(
             )
 
         if _is_remote(target):
-            rows = run_spark(target)
+            rows, master = run_spark(target)
         else:
             with staged_output(Path(target.removeprefix("file://"))) as staged:
-                rows = run_spark(str(staged))
-        options = {"master": settings.master, "batch_rows": settings.batch_rows}
+                rows, master = run_spark(str(staged))
+        options = {"master": master, "batch_rows": settings.batch_rows}
     duration = time.perf_counter() - started
     record = JobRecord(
         resolved=resolved,

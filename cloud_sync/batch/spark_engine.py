@@ -88,7 +88,8 @@ def spark_session(master: str, batch_rows: int, ui: bool = False, log_level: str
             raise ServiceUnavailableError(
                 "the Spark engine needs Java 17 or newer: java is not on PATH and JAVA_HOME is not set"
             )
-        if master.startswith("local"):
+        submitted = bool(os.environ.get("PYSPARK_GATEWAY_PORT"))  # spark-submit started the JVM already
+        if master.startswith("local") and not submitted:
             # Workers must run this interpreter (it has onnxruntime); bind to loopback to skip the host lookup.
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -96,13 +97,14 @@ def spark_session(master: str, batch_rows: int, ui: bool = False, log_level: str
         log4j = Path(tempfile.gettempdir()) / f"edgeloop-log4j2-{log_level.lower()}.properties"
         quiet = log_level.upper() in ("WARN", "ERROR", "FATAL", "OFF")
         log4j.write_text(_LOG4J.format(level=log_level.lower()) + (_LOG4J_QUIET if quiet else ""))
-        builder = (
-            SparkSession.builder.appName("edgeloop-score")
-            .master(master)
-            .config("spark.ui.enabled", "true" if ui else "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
-        )
+        builder = SparkSession.builder.appName("edgeloop-score")
+        if not submitted:  # under spark-submit, its --master and --conf rule
+            builder = (
+                builder.master(master)
+                .config("spark.ui.enabled", "true" if ui else "false")
+                .config("spark.ui.showConsoleProgress", "false")
+                .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+            )
         try:
             active = builder.getOrCreate()
         except Exception as exc:  # PySparkRuntimeError when the JVM cannot start, with a long story
@@ -161,6 +163,17 @@ def _scorer(broadcast: Any, counter: Any) -> Callable[[Iterator[pa.RecordBatch]]
                 counter.add(batch.num_rows)
 
     return score_partition
+
+
+def _features_as_float(frame: Any, bundle: Bundle) -> Any:
+    """Cast numeric features to float32 in the JVM: the model reads float32 anyway (the cast rounds the same
+    way as Arrow's), and it halves what crosses to Python. Passthrough columns are left untouched."""
+    from pyspark.sql.functions import col
+
+    numeric = {spec.name for spec in bundle.manifest.inputs if spec.kind == "numeric"}
+    return frame.select(
+        *[col(name).cast("float").alias(name) if name in numeric else col(name) for name in frame.columns]
+    )
 
 
 def _spark_type(kind: pa.DataType) -> Any:
@@ -226,8 +239,9 @@ def score_spark(
     ui: bool = False,
     log_level: str = "WARN",
     on_progress: Callable[[int, int | None, str], None] | None = None,
-) -> int:
-    """Score the input with Spark into the Parquet directory `output_location`; return the rows written.
+) -> tuple[int, str]:
+    """Score the input with Spark into the Parquet directory `output_location`; return the rows written and
+    the master the job ran on.
 
     `output_location` is written as is (the caller stages a local path and renames it into place).
     """
@@ -240,6 +254,7 @@ def score_spark(
         from pyspark.sql.pandas.types import to_arrow_schema
 
         plan = check_schema(to_arrow_schema(frame.schema), bundle.manifest, input_location)
+        frame = _features_as_float(frame, bundle)
         fields = [frame.schema[name] for name in plan.passthrough]
         fields.extend(StructField(f.name, _spark_type(f.type), True) for f in plan.prediction_fields)
         threads = int(spark.conf.get("spark.task.cpus", "1"))
@@ -261,7 +276,7 @@ def score_spark(
                 progress.join()
                 progress.poll()
             broadcast.unpersist()
-        return int(counter.value)
+        return int(counter.value), str(spark.sparkContext.master)
     except EdgeloopError:
         raise
     except Exception as exc:
