@@ -20,7 +20,12 @@ from contracts.errors import EdgeloopError, InputError, ModelRejected, NotFoundE
 __all__ = ["register"]
 
 console = Console()
-rollout_app = typer.Typer(help="Follow, promote or roll back a staged rollout.", no_args_is_help=True)
+rollout_app = typer.Typer(
+    help="Follow, promote or roll back a staged rollout.\n\n"
+    "Example: [cyan]edgeloop rollout status --group plant-a[/cyan]",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 _URL = typer.Option("http://127.0.0.1:8700", envvar="EDGELOOP_CLOUD_URL", help="Base URL of `edgeloop cloud`.")
 _TOKEN = typer.Option(None, envvar="EDGELOOP_CLOUD_TOKEN", help="Bearer token (operator to act, viewer to read).")
 
