@@ -146,3 +146,20 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     instance = start_mosquitto(tmp_path / "mosquitto")
     yield instance
     instance.stop()
+
+
+@pytest.fixture()
+def durable_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Like `broker`, but sessions and queued messages really survive `.stop()` / `.start()`.
+
+    Started as root, Mosquitto drops to user `mosquitto`, which cannot write into pytest's 0700 tmp dirs, so
+    `broker`'s persistence file is never written there (sessions are lost on a restart); `user root` keeps
+    it as the starting user. Mosquitto ignores `user` when it is not started as root.
+    """
+    instance = start_mosquitto(tmp_path / "mosquitto-durable")
+    instance.stop()
+    with instance.config.open("a") as config:
+        config.write("user root\n")
+    instance.start()
+    yield instance
+    instance.stop()

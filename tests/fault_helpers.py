@@ -64,6 +64,8 @@ class AgentProcess:
             **{f"EDGELOOP_AGENT_{key.upper()}": str(value) for key, value in env.items()},
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.answered = 0
+        """Predictions answered with 200 through `predict` (the telemetry windows count them too)."""
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers = {"Authorization": f"Bearer {token}"}
 
@@ -91,7 +93,9 @@ class AgentProcess:
                 self.process.wait(5)
 
     def predict(self, record: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/predict", json=record, headers=self.headers, timeout=10)
+        response = httpx.post(f"{self.url}/v1/predict", json=record, headers=self.headers, timeout=10)
+        self.answered += response.status_code == 200
+        return response
 
     def model(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.url}/v1/model", headers=self.headers, timeout=10).json())
