@@ -150,6 +150,7 @@ class Ingest:
             [
                 (f"{shared}/telemetry", 1),
                 (f"{shared}/events", 1),
+                (f"{shared}/feedback", 1),
                 (f"{PREFIX}/devices/+/reported", 1),
                 (f"{PREFIX}/devices/+/status", 1),
             ]

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
 from cloud_sync import audit
-from cloud_sync.store import Store, dead_letters, devices, events, gaps, windows
-from contracts.messages import DeviceEvent, DeviceStatus, ReportedState
+from cloud_sync.store import Store, dead_letters, devices, events, feedback_rows, gaps, windows
+from contracts.messages import DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
 from contracts.telemetry import TelemetryWindow
 from contracts.topics import parse_device_topic
 
@@ -32,6 +32,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "events": DeviceEvent,
     "reported": ReportedState,
     "status": DeviceStatus,
+    "feedback": FeedbackRows,
 }
 _AUDITED_EVENTS = {"deployed": "device accepted", "rejected": "device rejected", "rolled_back": "device rolled back"}
 _MAX_DEAD_PAYLOAD = 64 * 1024
@@ -62,6 +63,7 @@ class BatchResult:
     dead: int = 0
     states: int = 0
     gaps: int = 0
+    feedback_rows: int = 0
     dead_reasons: list[str] = field(default_factory=list)
 
 
@@ -96,6 +98,8 @@ def parse_message(incoming: Incoming) -> Parsed | str | None:
         message = model.model_validate(data)
         if kind == "telemetry":
             epoch(message.window_start), epoch(message.window_end)  # type: ignore[attr-defined]
+        elif kind == "feedback":
+            [epoch(row.made_at) for row in message.rows]  # type: ignore[attr-defined]
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(root)"
@@ -129,8 +133,34 @@ class IngestWriter:
                 result.dead = len(dead)
             self._write_stream(conn, [p for p in parsed if p.kind == "telemetry"], "telemetry", result)
             self._write_stream(conn, [p for p in parsed if p.kind == "events"], "events", result)
+            self._write_feedback(conn, [p for p in parsed if p.kind == "feedback"], result)
             self._write_devices(conn, parsed, result)
         return result
+
+    def _write_feedback(self, conn: Connection, items: list[Parsed], result: BatchResult) -> None:
+        """Opt-in feedback rows; idempotent on (device, prediction id), so a redelivery inserts nothing."""
+        rows = []
+        for item in items:
+            message: FeedbackRows = item.message
+            for row in message.rows:
+                rows.append(
+                    {
+                        "device_id": message.device_id,
+                        "prediction_id": row.prediction_id,
+                        "seq": message.seq,
+                        "group_name": message.group,
+                        "model_name": message.model_name,
+                        "model_version": message.model_version,
+                        "made_at": epoch(row.made_at),
+                        "received_at": item.incoming.received_at,
+                        "predicted": None if row.predicted is None else str(row.predicted),
+                        "actual": str(row.actual),
+                        "features": row.features,
+                    }
+                )
+        if rows:
+            inserted = conn.execute(self.store.insert_ignore(feedback_rows, ["device_id", "prediction_id"]), rows)
+            result.feedback_rows += max(inserted.rowcount, 0) if inserted.rowcount is not None else len(rows)
 
     def write_dead(self, incoming: Incoming, reason: str) -> None:
         with self.store.begin() as conn:

@@ -3,6 +3,7 @@
 POST /v1/retrains   (operator) a retraining job that ran: model, new version, run id, trigger, data lineage
 GET  /v1/retrains   (viewer)   the retrains recorded, oldest first
 GET  /v1/impact     (viewer)   estimated value per version, per period and per rollout (cloud_sync.impact)
+GET  /v1/feedback-rows (operator) labelled rows devices sent (opt-in), the newest `limit`, for retraining
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operat
         rows = audit.entries(ctx.store, action="retrain")
         return [row for row in rows if model is None or row["details"].get("model") == model]
 
+    @app.get("/v1/impact/models", tags=["impact"])
+    def impact_models(*, _p: Any = Depends(as_viewer)) -> list[str]:
+        """Models that have a cost/benefit matrix (the others have no /v1/impact)."""
+        return sorted(getattr(ctx, "value_matrices", {}))
+
     @app.get("/v1/impact", tags=["impact"])
     def business_impact(
         *,
@@ -73,3 +79,18 @@ def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operat
         if period_s <= 0 or (end - start) / period_s > 1000:
             raise InputError(f"period {period!r} is too short for the range (at most 1000 buckets)")
         return impact(ctx.store, model, matrix, start, end, period_s, group, compare_s)
+
+    @app.get("/v1/feedback-rows", tags=["retraining"])
+    def feedback_row_list(
+        *,
+        _p: Any = Depends(as_operator),
+        model: str,
+        version: int | None = None,
+        group: str | None = None,
+        limit: int = Query(50_000, ge=1, le=1_000_000),
+    ) -> dict[str, Any]:
+        """Labelled rows with the fields devices kept (operator: this is data, not statistics)."""
+        from cloud_sync.feedback_rows import rows_for
+
+        rows = rows_for(ctx.store, model, limit, version, group)
+        return {"model": model, "count": len(rows), "rows": rows}

@@ -72,8 +72,37 @@ class CloudService:
         self.alerts = AlertEvaluator(
             self.store, self.registry, self.rules, self._publish_alert, s.webhook_url, s.online_timeout_s
         )
+        self.retrains = None
+        if s.retrain_policies:
+            from cloud_sync.retrain_triggers import RetrainTriggers, load_policy_triggers
+
+            token = s.retrain_token or next((t.rpartition(":")[2] for t in s.operator_tokens), None)
+            self.retrains = RetrainTriggers(
+                self.store,
+                load_policy_triggers(s.retrain_policies),
+                s.base_url,
+                token,
+                s.retrain_workdir,
+                s.retrain_tracking_uri,
+                s.retrain_cooldown_s,
+            )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _prune_feedback_rows(self, stop: threading.Event, interval_s: float) -> None:
+        """Bounded retention of the feedback rows devices send (age and count), checked every interval."""
+        from cloud_sync.feedback_rows import prune
+
+        s = self.settings
+        while True:
+            try:
+                deleted = prune(self.store, s.feedback_rows_retention_days * 86400, s.feedback_rows_max)
+                if deleted:
+                    log_event(logger, "feedback rows pruned", rows=deleted)
+            except Exception as exc:  # the store may be down for a while; try again later
+                log_event(logger, "feedback row pruning failed", level=logging.WARNING, error=str(exc))
+            if stop.wait(interval_s):
+                return
 
     def _publish_alert(self, topic: str, body: bytes) -> None:
         self.publisher.publish(topic, body, retain=True, timeout=5)
@@ -85,6 +114,8 @@ class CloudService:
         for name, target, args in (
             ("edgeloop-rollouts", self.rollouts.run, (self._stop, s.rollout_tick_s)),
             ("edgeloop-alerts", self.alerts.run, (self._stop, s.alert_tick_s)),
+            ("edgeloop-retention", self._prune_feedback_rows, (self._stop, 300.0)),
+            *([("edgeloop-retrain", self.retrains.run, (self._stop, s.retrain_tick_s))] if self.retrains else []),
         ):
             thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()

@@ -85,6 +85,23 @@ class CloudSettings(EdgeloopSettings):
     value_matrices: Path | None = None
     """Business impact: YAML file of a cost/benefit matrix per model (value of each actual/predicted outcome,
     docs/loop.md); GET /v1/impact and the dashboard's model page estimate each version's value from it."""
+    feedback_rows_retention_days: float = Field(default=30.0, gt=0)
+    """Feedback rows sent by devices (opt-in) are deleted after this many days."""
+    feedback_rows_max: int = Field(default=1_000_000, ge=1)
+    """At most this many feedback rows are kept (the oldest are deleted first)."""
+    retrain_policies: list[Path] = Field(default_factory=list)
+    """Retraining policies (YAML, docs/loop.md) run on their triggers: a new firing of an alert rule they name
+    on a device running their model, or their schedule. Each job is `edgeloop retrain` in its own process."""
+    retrain_token: str | None = None
+    """Operator token the retraining jobs use to call this cloud (default: the first of operator_tokens)."""
+    retrain_tracking_uri: str | None = None
+    """MLflow tracking URI of the retraining jobs (default: sqlite in $EDGELOOP_HOME)."""
+    retrain_workdir: Path = Field(default_factory=lambda: edgeloop_home() / "retrain")
+    """Where retraining jobs write their combined data, bundles and logs."""
+    retrain_cooldown_s: float = Field(default=3600.0, ge=0)
+    """A policy is not triggered again within this many seconds of its last start."""
+    retrain_tick_s: float = Field(default=5.0, gt=0)
+    """How often new alert firings and schedules are checked for retraining."""
 
     @field_validator("mqtt_url")
     @classmethod

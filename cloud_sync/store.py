@@ -25,6 +25,7 @@ __all__ = [
     "dead_letters",
     "devices",
     "events",
+    "feedback_rows",
     "gaps",
     "metadata",
     "rollouts",
@@ -157,6 +158,25 @@ alerts = sa.Table(
     sa.Column("acknowledged_by", sa.String(100)),
     sa.Column("acknowledged_at", sa.Float),
     sa.Index("ix_alerts_rule_subject", "rule", "subject", "state"),
+)
+
+feedback_rows = sa.Table(
+    "feedback_rows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("prediction_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("group_name", sa.String(64), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("made_at", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("predicted", sa.Text),
+    sa.Column("actual", sa.Text, nullable=False),
+    sa.Column("features", sa.JSON, nullable=False),
+    sa.UniqueConstraint("device_id", "prediction_id", name="uq_feedback_rows_device_prediction"),
+    sa.Index("ix_feedback_rows_model_received", "model_name", "received_at"),
 )
 
 _SQLITE_APPEND_ONLY = [

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DesiredState", "DeviceEvent", "DeviceStatus", "ReportedState"]
+__all__ = ["DesiredState", "DeviceEvent", "DeviceStatus", "FeedbackRow", "FeedbackRows", "ReportedState"]
 
 
 class _Message(BaseModel):
@@ -57,3 +57,32 @@ class DeviceEvent(_Message):
     reason: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
     at: str
+
+
+class FeedbackRow(BaseModel):
+    """One labelled prediction with the input fields the device keeps (data minimisation)."""
+
+    model_config = ConfigDict(extra="ignore")
+    prediction_id: str
+    made_at: str
+    predicted: Any
+    """The served model's label."""
+    actual: Any
+    """The true label that came back as feedback."""
+    features: dict[str, Any]
+    """The kept input fields of the prediction (`feedback_rows_fields`; missing values as null)."""
+
+
+class FeedbackRows(_Message):
+    """Opt-in (`feedback_rows`): published at QoS 1 on edgeloop/v1/devices/{device}/feedback; (device_id, seq)
+    is unique per device. Labelled rows for retraining, all made by one model version."""
+
+    device_id: str
+    group: str
+    seq: int
+    model_name: str
+    model_version: int
+    rows: list[FeedbackRow]
+    dropped: int = 0
+    """Rows not sent since the agent started because of the hourly cap or a nearly full outbox."""
+    sent_at: str

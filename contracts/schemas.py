@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from contracts.manifest import Manifest
-from contracts.messages import DesiredState, DeviceEvent, DeviceStatus, ReportedState
+from contracts.messages import DesiredState, DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
 from contracts.telemetry import TelemetryWindow
 
 __all__ = ["MODELS", "render_schemas"]
@@ -26,6 +26,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "device-status": DeviceStatus,
     "device-event": DeviceEvent,
     "telemetry-window": TelemetryWindow,
+    "feedback-rows": FeedbackRows,
 }
 
 

@@ -8,6 +8,7 @@
 | edgeloop/v1/devices/{device}/status     | edge -> cloud  | 1   | yes (LWT)| DeviceStatus    |
 | edgeloop/v1/devices/{device}/telemetry  | edge -> cloud  | 1   | no       | TelemetryWindow |
 | edgeloop/v1/devices/{device}/events     | edge -> cloud  | 1   | no       | DeviceEvent     |
+| edgeloop/v1/devices/{device}/feedback   | edge -> cloud  | 1   | no       | FeedbackRows    |
 
 A device-level desired state wins over its group's.
 """
@@ -40,7 +41,7 @@ def group_desired(group: str) -> str:
 
 
 def device_topic(device: str, kind: str) -> str:
-    """kind is one of desired, reported, status, telemetry, events."""
+    """kind is one of desired, reported, status, telemetry, events, feedback."""
     return f"{PREFIX}/devices/{device}/{kind}"
 
 

@@ -235,13 +235,16 @@ def create_app(
         check_auth(request)
         items, batch = parse_feedback(await _read_body(request, max_body), max_batch)
         if not batch:
-            return _json(service.feedback_for(items[0][0], items[0][1]))
+            single = service.feedback_for(items[0][0], items[0][1])
+            service.flush_feedback_rows()
+            return _json(single)
         accepted, rejected = [], []
         for prediction_id, label in items:
             try:
                 accepted.append(service.feedback_for(prediction_id, label))
             except EdgeloopError as exc:
                 rejected.append({"prediction_id": prediction_id, "error": type(exc).__name__, "detail": exc.message})
+        service.flush_feedback_rows()
         return _json({"accepted": len(accepted), "rejected": rejected, "results": accepted})
 
     app.add_route("/v1/feedback", feedback, methods=["POST"], include_in_schema=False)

@@ -76,6 +76,19 @@ class Agent:
             self.service.hybrid = HybridClient(
                 settings.hybrid_url, settings.hybrid_token, settings.hybrid_threshold, settings.hybrid_deadline_s
             )
+        if settings.feedback_rows:
+            if self.outbox is None:
+                raise InputError("feedback_rows is on but mqtt_url is not set: rows go to the cloud over MQTT")
+            from edge_agent.feedback_rows import FeedbackRowSink, RowPolicy
+
+            self.service.row_policy = RowPolicy(settings.feedback_rows_sample_rate, settings.feedback_rows_fields)
+            self.service.row_sink = FeedbackRowSink(
+                self.outbox,
+                settings.device_id,
+                settings.group,
+                settings.feedback_rows_max_per_hour,
+                on_append=self.sync.publisher.wake if self.sync and self.sync.publisher else None,
+            )
         reporter: Reporter = self.sync or LogReporter(settings.device_id, self.counter)
         self.updater = Updater(settings, self.store, self.service, reporter, self.public_key, self.metrics)
         self.worker = UpdateWorker(self.updater)
@@ -179,6 +192,9 @@ class Agent:
             "telemetry_dropped_windows": None if self.outbox is None else self.outbox.dropped,
             "shadow": None if self.service.shadow is None else self.service.shadow.manifest.ref,
             "hybrid_threshold": self.settings.hybrid_threshold,
+            "feedback_rows": None
+            if self.service.row_sink is None
+            else {"sent": self.service.row_sink.sent, "dropped": self.service.row_sink.dropped},
         }
 
     def create_app(self) -> FastAPI:

@@ -41,6 +41,8 @@ class RememberedPrediction:
     shadow: LoadedModel | None = None
     actual: Any = None
     """The true label, once feedback arrived."""
+    features: dict[str, Any] | None = None
+    """The kept input fields (only with the opt-in `feedback_rows` and when this prediction was sampled)."""
 
 
 class FeedbackStore:
@@ -58,10 +60,17 @@ class FeedbackStore:
         model: LoadedModel,
         shadow_labels: Sequence[Any] | None = None,
         shadow: LoadedModel | None = None,
+        features: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         at = time.time()
         with self._lock:
-            if shadow_labels is None:
+            if features is not None:
+                others = shadow_labels if shadow_labels is not None else [None] * len(labels)
+                for prediction_id, label, other, kept in zip(prediction_ids, labels, others, features, strict=True):
+                    self._items[prediction_id] = RememberedPrediction(
+                        label, model, at, shadow_label=other, shadow=shadow, features=kept
+                    )
+            elif shadow_labels is None:
                 for prediction_id, label in zip(prediction_ids, labels, strict=True):
                     self._items[prediction_id] = RememberedPrediction(label, model, at)
             else:

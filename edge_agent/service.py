@@ -28,6 +28,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.telemetry import TelemetryReporter
 
 if TYPE_CHECKING:
+    from edge_agent.feedback_rows import FeedbackRowSink, RowPolicy
     from edge_agent.hybrid import HybridClient
 
 __all__ = ["InferenceService", "LoadedModel", "PredictionBatch"]
@@ -78,6 +79,9 @@ class InferenceService:
         self.shadow_failures = 0
         self.hybrid: HybridClient | None = None
         """Set when hybrid inference is on: low-confidence records are sent to the cloud (resolve_hybrid)."""
+        self.row_policy: RowPolicy | None = None
+        self.row_sink: FeedbackRowSink | None = None
+        """Set when feedback rows are on (opt-in): sampled predictions keep their fields, feedback sends them."""
 
     @property
     def current(self) -> LoadedModel | None:
@@ -146,11 +150,12 @@ class InferenceService:
         if loaded.counter is not None:
             loaded.counter.observe(feed, result.labels, time.perf_counter() - started)
         shadow = self._shadow
+        kept = None if self.row_policy is None else self.row_policy.select(records, loaded.manifest.feature_names)
         if shadow is None:
-            self.feedback.remember(ids, labels, loaded)
+            self.feedback.remember(ids, labels, loaded, features=kept)
         else:
             shadow_labels = self._shadow_labels(shadow, loaded, records, feed, labels)
-            self.feedback.remember(ids, labels, loaded, shadow_labels, shadow if shadow_labels else None)
+            self.feedback.remember(ids, labels, loaded, shadow_labels, shadow if shadow_labels else None, kept)
         self._count(loaded, len(predictions))
         return PredictionBatch(loaded, predictions)
 
@@ -178,6 +183,8 @@ class InferenceService:
             if remembered.shadow is not None:
                 loaded.counter.observe_shadow_feedback(actual, remembered.shadow_label)
         self.feedback.answered(prediction_id, remembered, actual)
+        if self.row_sink is not None:
+            self.row_sink.add(prediction_id, remembered, actual)
         manifest = loaded.manifest
         return {
             "prediction_id": prediction_id,
@@ -187,6 +194,15 @@ class InferenceService:
             "model": manifest.name,
             "model_version": manifest.version,
         }
+
+    def flush_feedback_rows(self) -> None:
+        """Send the feedback rows collected by the last feedback request (opt-in; never fails the request)."""
+        if self.row_sink is None:
+            return
+        try:
+            self.row_sink.flush()
+        except Exception as exc:  # a full disk must not fail the feedback that was already counted
+            log_event(logger, "feedback rows not stored", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
 
     async def resolve_hybrid(self, batch: PredictionBatch, records: Sequence[Mapping[str, Any]]) -> PredictionBatch:
         """Hybrid inference: records the edge model is unsure of (max probability under the threshold) are

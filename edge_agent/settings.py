@@ -107,6 +107,16 @@ class AgentSettings(EdgeloopSettings):
     shadow_bundle: Path | None = None
     """A challenger bundle run in shadow beside the served model (verified like any bundle): it predicts
     every record, never answers; telemetry counts agreement and, with feedback, its confusion counts."""
+    feedback_rows: bool = False
+    """Opt-in: when feedback labels a prediction, send its kept input fields with the true label to the cloud
+    (topic .../feedback, through the outbox) for retraining. Off by default; needs mqtt_url."""
+    feedback_rows_sample_rate: float = Field(default=1.0, gt=0, le=1)
+    """Share of predictions that keep their input fields for a possible feedback row (decided at prediction
+    time; the others are never kept)."""
+    feedback_rows_fields: list[str] | None = None
+    """Input fields kept in a feedback row (data minimisation); unset = every input of the model."""
+    feedback_rows_max_per_hour: int = Field(default=1000, ge=1)
+    """Most feedback rows sent per hour; past it rows are dropped and counted."""
 
     @field_validator("device_id", "group")
     @classmethod

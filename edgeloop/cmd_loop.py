@@ -185,6 +185,11 @@ def retrain(
     ),
     token: str | None = typer.Option(None, envvar="EDGELOOP_CLOUD_TOKEN", help="Operator token of the cloud."),
     reason: str | None = typer.Option(None, help="Why (kept in the audit log)."),
+    trigger: str = typer.Option(
+        "manual",
+        help="What started it: manual, schedule or alert:RULE (`edgeloop cloud` "
+        "sets it when a policy's trigger fires).",
+    ),
 ) -> None:
     """Retrain a model by hand from its policy: original data plus device feedback, trained in a separate
     `edgeloop train` process, registered as @challenger, tagged with the feedback's lineage, audited.
@@ -201,8 +206,10 @@ def retrain(
         raise InputError(f"policy {policy} is for model {loaded.model!r}, not {name!r}")
     if loaded.result.deploy == "canary" and (not cloud_url or not loaded.result.group):
         raise InputError("the policy deploys to a canary: give --cloud-url and `result.group` in the policy")
+    if loaded.data.feedback_source == "cloud" and not cloud_url:
+        raise InputError("the policy takes feedback rows from the cloud (feedback_source: cloud): give --cloud-url")
     with console.status(f"retraining {name}"):
-        result = run_retrain(loaded, workdir, tracking_uri, "manual")
+        result = run_retrain(loaded, workdir, tracking_uri, trigger, (cloud_url, token) if cloud_url else None)
     console.print(f"registered [bold]{result.name}[/bold] version {result.version} (run {result.run_id})")
     console.print(f"data {result.data_path} sha256 {result.data_sha256[:16]}…, {result.feedback_rows} feedback rows")
     if cloud_url:
@@ -212,7 +219,7 @@ def retrain(
             "model": result.name,
             "version": int(result.version),
             "run_id": result.run_id,
-            "trigger": "manual",
+            "trigger": trigger,
             "data_sha256": result.data_sha256,
             "feedback_rows": result.feedback_rows,
             "feedback_sha256": result.feedback_sha256,

@@ -9,6 +9,7 @@ A policy per model (YAML) says when to retrain, on what data and what to do with
       target: failure_24h
       ignore: [reading_id]
       feedback: data/feedback.csv       # labelled rows collected from devices (same columns), optional
+      feedback_source: file             # or `cloud`: the rows devices sent (opt-in), from the cloud's API
       feedback_max_rows: 50000          # the newest rows are kept
     train: {model: rf}
     result: {deploy: wait}              # or {deploy: canary, group: line-1, canary: 25%}
@@ -22,6 +23,7 @@ crash or a memory spike in training cannot take the caller down. The new version
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -29,7 +31,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,6 +50,8 @@ class DataPolicy(_Strict):
     target: str = "failure_24h"
     ignore: list[str] = Field(default_factory=list)
     feedback: Path | None = None
+    feedback_source: Literal["file", "cloud"] = "file"
+    """`cloud`: the feedback rows devices sent (GET /v1/feedback-rows of --cloud-url) instead of a file."""
     feedback_max_rows: int = Field(default=50_000, ge=0)
 
 
@@ -118,25 +122,74 @@ def _read(path: Path) -> Any:
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
-def build_training_data(policy: RetrainPolicy, workdir: Path) -> tuple[Path, int, str | None]:
-    """Original rows plus the newest feedback rows (same columns) -> one CSV; (path, feedback rows, sha256)."""
+def fetch_cloud_feedback(
+    policy: RetrainPolicy, cloud_url: str, token: str | None, workdir: Path, target_dtype: Any
+) -> tuple[Path, str]:
+    """The newest feedback rows devices sent for the model, from the cloud's API, as a CSV in `workdir`:
+    the kept fields as columns and the true label as the target. Returns (path, source URL)."""
+    import httpx
+    import pandas as pd
+
+    from contracts.errors import ServiceUnavailableError
+
+    path = f"/v1/feedback-rows?model={policy.model}&limit={max(policy.data.feedback_max_rows, 1)}"
+    url = cloud_url.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.get(url, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailableError(f"the cloud at {cloud_url} is unreachable ({exc})") from None
+    if response.status_code >= 400:
+        raise InputError(f"the cloud answered HTTP {response.status_code} for feedback rows: {response.text[:200]}")
+    rows = response.json()["rows"]
+    frame = pd.DataFrame([{**row["features"], policy.data.target: row["actual"]} for row in rows])
+    if rows:
+        with contextlib.suppress(TypeError, ValueError):  # else the labels stay text; the trainer says so
+            frame[policy.data.target] = frame[policy.data.target].astype(target_dtype)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / f"{policy.model}-feedback.csv"
+    frame.to_csv(out, index=False)
+    return out, url
+
+
+def build_training_data(
+    policy: RetrainPolicy, workdir: Path, cloud: tuple[str, str | None] | None = None
+) -> tuple[Path, int, str | None, str | None]:
+    """Original rows plus the newest feedback rows (same columns) -> one CSV; (path, feedback rows, sha256,
+    feedback source).
+
+    With `feedback_source: cloud`, the rows come from the cloud (`cloud` = (url, operator token)); fields the
+    devices did not keep (data minimisation) become missing values, which the trainer's pipeline imputes."""
     import pandas as pd
 
     original = _read(policy.data.original)
     feedback_rows, feedback_sha = 0, None
     frames = [original]
-    if policy.data.feedback is not None:
-        feedback = _read(policy.data.feedback)
+    if policy.data.feedback_source == "cloud":
+        if cloud is None:
+            raise InputError("the policy takes feedback rows from the cloud: give --cloud-url and an operator token")
+        target_dtype = original[policy.data.target].dtype if policy.data.target in original else object
+        feedback_path, source = fetch_cloud_feedback(policy, cloud[0], cloud[1], workdir, target_dtype)
+        feedback = pd.read_csv(feedback_path) if feedback_path.stat().st_size > 4 else pd.DataFrame()
+        for column in original.columns:
+            if column not in feedback.columns:
+                feedback[column] = None
+    elif policy.data.feedback is not None:
+        feedback_path, source = policy.data.feedback, str(policy.data.feedback)
+        feedback = _read(feedback_path)
+    else:
+        feedback_path = None
+    if feedback_path is not None:
         missing = sorted(set(original.columns) - set(feedback.columns) - set(policy.data.ignore))
         if missing:
             raise InputError(f"feedback rows {policy.data.feedback} lack columns {', '.join(missing)}")
         feedback = feedback[[c for c in original.columns if c in feedback.columns]].tail(policy.data.feedback_max_rows)
-        feedback_rows, feedback_sha = len(feedback), _sha256(policy.data.feedback)
+        feedback_rows, feedback_sha = len(feedback), _sha256(feedback_path)
         frames.append(feedback)
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{policy.model}-retrain.csv"
     pd.concat(frames, ignore_index=True).to_csv(out, index=False)
-    return out, feedback_rows, feedback_sha
+    return out, feedback_rows, feedback_sha, source if feedback_path is not None else None
 
 
 def _edgeloop(args: list[str]) -> str:
@@ -150,8 +203,14 @@ def _edgeloop(args: list[str]) -> str:
     return done.stdout
 
 
-def run_retrain(policy: RetrainPolicy, workdir: Path, tracking_uri: str | None, trigger: str) -> RetrainResult:
-    data_path, feedback_rows, feedback_sha = build_training_data(policy, workdir)
+def run_retrain(
+    policy: RetrainPolicy,
+    workdir: Path,
+    tracking_uri: str | None,
+    trigger: str,
+    cloud: tuple[str, str | None] | None = None,
+) -> RetrainResult:
+    data_path, feedback_rows, feedback_sha, feedback_source = build_training_data(policy, workdir, cloud)
     args = ["train", "--data", str(data_path), "--target", policy.data.target, "--name", policy.model]
     args += ["--model", policy.train.model]
     for column in policy.data.ignore:
@@ -169,9 +228,9 @@ def run_retrain(policy: RetrainPolicy, workdir: Path, tracking_uri: str | None, 
         "edgeloop.retrain_original_source": str(policy.data.original),
         "edgeloop.retrain_feedback_rows": str(feedback_rows),
     }
-    if feedback_sha is not None and policy.data.feedback is not None:
+    if feedback_sha is not None and feedback_source is not None:
         tags["edgeloop.retrain_feedback_sha256"] = feedback_sha
-        tags["edgeloop.retrain_feedback_source"] = str(policy.data.feedback)
+        tags["edgeloop.retrain_feedback_source"] = feedback_source
     _tag(tracking_uri, policy.model, registered.group(2), run.group(1), tags)
     name, version, run_id = policy.model, registered.group(2), run.group(1)
     return RetrainResult(name, version, run_id, data_path, _sha256(data_path), feedback_rows, feedback_sha, tags)

@@ -23,7 +23,7 @@ from tests.agent_helpers import free_port
 from tests.cloud_support import make_store
 from tests.conftest import Broker, TrainedBundle
 
-__all__ = ["CloudServer", "slow_server"]
+__all__ = ["CloudServer", "slow_server", "start_ingest"]
 
 
 class CloudServer:
@@ -87,3 +87,15 @@ def slow_server(delay: float) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def start_ingest(store: Any, broker: Broker) -> Any:
+    """The cloud's real MQTT ingest on `store`, connected to the test broker (stop it with .stop())."""
+    from cloud_sync.ingest import Ingest
+
+    ingest = Ingest(store, broker.url, client_id=f"loop-ingest-{time.monotonic_ns()}")
+    ingest.start()
+    if not ingest.connected.wait(10):
+        ingest.stop()
+        raise RuntimeError("ingest did not connect to the test broker")
+    return ingest

@@ -105,6 +105,7 @@ def test_value_per_version_and_impact_of_a_rollout(
         assert deployment["change_per_label"] == pytest.approx(change)
         assert deployment["change_per_1000_predictions"] == pytest.approx(change * 1000)
 
+        assert httpx.get(f"{cloud.url}/v1/impact/models", headers=VIEW).json() == ["machine-failure"]
         # Roles and errors: no token 401, a model without a matrix 404, a bad period 422.
         assert httpx.get(f"{cloud.url}/v1/impact", params={"model": "machine-failure"}).status_code == 401
         missing = httpx.get(f"{cloud.url}/v1/impact", headers=VIEW, params={"model": "other"})

@@ -273,7 +273,8 @@ async function renderModels() {
         <th>Runs on</th><th>Live accuracy</th><th>Requests 24h</th><th>Worst PSI</th></tr></thead><tbody>${rows}</tbody></table>
         <div id="impact-${i}" class="chart"></div><div id="value-${i}"></div>${cards}`;
     }).join("");
-  models.forEach((m, i) => renderValue(m.name, i));
+  const valued = await api("/v1/impact/models").catch(() => []);
+  models.forEach((m, i) => { if (valued.includes(m.name)) renderValue(m.name, i); });
   models.forEach((m, i) => {
     const versions = [...m.versions].reverse();
     const x = versions.map((v) => "v" + v.version);
