@@ -143,7 +143,7 @@ def test_broker_outage_loses_no_window(
         assert agent.agent.telemetry is not None
         last = agent.agent.telemetry.flush()
         assert last is not None
-        received = {w["seq"] for w in probe.wait_for_all("gw-t", "telemetry", last, timeout=30)}
+        received = {w["seq"] for w in probe.wait_for_all("gw-t", "telemetry", last, timeout=60)}
         assert received == set(range(1, last + 1)), f"missing {sorted(set(range(1, last + 1)) - received)}"
         total = sum(w["records"] for w in {w["seq"]: w for w in probe.payloads("gw-t", "telemetry")}.values())
         assert total == 40
