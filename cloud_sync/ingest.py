@@ -93,7 +93,7 @@ class Ingest:
         store: Store,
         mqtt_url: str,
         client_id: str = "edgeloop-cloud-ingest-1",
-        share_group: str = "edgeloop-ingest",
+        share_group: str | None = None,
         batch: int = 500,
         username: str | None = None,
         password: str | None = None,
@@ -145,7 +145,11 @@ class Ingest:
         if reason.is_failure:
             log_event(logger, "ingest connection refused", level=logging.WARNING, reason=str(reason))
             return
-        shared = f"$share/{self.share_group}/{PREFIX}/devices/+"
+        # A plain subscription in a persistent session by default: Mosquitto 2.0 persists it across a broker
+        # restart and queues what arrives meanwhile. Its shared subscriptions ($share/...) are not restored after
+        # a restart, so windows published before the ingest resubscribes would be acknowledged and lost;
+        # share_group (several workers splitting the load) is for brokers that persist them (EMQX, HiveMQ).
+        shared = f"$share/{self.share_group}/{PREFIX}/devices/+" if self.share_group else f"{PREFIX}/devices/+"
         client.subscribe(
             [
                 (f"{shared}/telemetry", 1),

@@ -36,8 +36,10 @@ class CloudSettings(EdgeloopSettings):
     ingest_client_id: str = "edgeloop-cloud-ingest-1"
     """MQTT client id of this ingest worker; give each worker its own (they share the load through the
     shared subscription and each keeps a persistent session, so a restart loses nothing)."""
-    ingest_share_group: str = "edgeloop-ingest"
-    """Name of the MQTT 5 shared subscription group the ingest workers join."""
+    ingest_share_group: str | None = None
+    """MQTT 5 shared subscription group for several ingest workers splitting the load (e.g. edgeloop-ingest).
+    Unset = one worker on a plain persistent subscription, the lossless choice on Mosquitto 2.0, which does
+    not restore shared subscriptions after a broker restart."""
     ingest_batch: int = Field(default=500, ge=1)
     """Most messages written in one database transaction (they are acknowledged after the commit)."""
     store_url: str = Field(default_factory=lambda: f"sqlite:///{edgeloop_home() / 'cloud.db'}")

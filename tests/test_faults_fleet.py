@@ -145,12 +145,6 @@ def _events_with_a_refused_update(broker: Broker, rf_bundle: TrainedBundle, logr
     _publish_group(broker, desired_state(logreg.bundle, dead).model_dump_json().encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Mosquitto 2.0 does not restore $share subscriptions from its persistence file: windows published after "
-    "a broker restart and before the ingest re-subscribes are acknowledged to the agents and dropped (the ingest "
-    "subscribes through $share/edgeloop-ingest/...). Reproduced with a bare paho client; see the issue 9 notes.",
-)
 def test_long_broker_outage_under_traffic_loses_and_doubles_nothing(
     durable_broker: Broker,
     cloud: CloudProcess,
