@@ -110,7 +110,36 @@ def spark_engine_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scor
     return _sorted(pd.read_parquet(out), case.manifest)
 
 
+def agent_rest_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
+    """The edge agent's REST (a real uvicorn), fed JSON records in batches as a device's clients would."""
+    from tests.agent_helpers import AgentServer
+
+    frame = case.frame.sort_values(ID, kind="stable")
+    names = [spec.name for spec in case.manifest.inputs]
+    subset = frame[names].astype(object)
+    records = subset.where(subset.notna(), None).to_dict(orient="records")
+    agent = AgentServer(
+        state_dir=request.getfixturevalue("tmp_path") / "agent",
+        bundle=case.trained.bundle,
+        public_key=case.trained.public_key,
+        token="t",
+    )
+    try:
+        labels: list[object] = []
+        probabilities: list[list[float]] = []
+        for start in range(0, len(records), 500):
+            answer = agent.predict({"records": records[start : start + 500]})
+            assert answer.status_code == 200, answer.text
+            for item in answer.json()["predictions"]:
+                labels.append(item["label"])
+                probabilities.append([item["probabilities"][str(cls)] for cls in case.manifest.classes])
+    finally:
+        agent.stop()
+    return Scored(np.asarray(labels), np.asarray(probabilities, dtype=np.float64))
+
+
 PREDICTION_PATHS: dict[str, Callable[[ScoringCase, pytest.FixtureRequest], Scored]] = {
+    "edge agent REST": agent_rest_path,
     "local engine": local_engine_path,
     "spark engine": spark_engine_path,
 }
