@@ -93,5 +93,5 @@ class EdgeloopSettings(BaseSettings):
         for name, field in cls.model_fields.items():
             value = field.get_default(call_default_factory=True) if field.default_factory else field.default
             default = "" if value is None else str(value)
-            rows.append((f"{prefix}{name.upper()}", default, (field.description or "").strip()))
+            rows.append((f"{prefix}{name.upper()}", default, " ".join((field.description or "").split())))
         return rows

@@ -12,7 +12,6 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_core import PydanticUndefined
 from pydantic_settings import SettingsConfigDict
 
 from contracts.settings import EdgeloopSettings, edgeloop_home
@@ -139,16 +138,3 @@ class AgentSettings(EdgeloopSettings):
             return self.public_key
         fallback = edgeloop_home() / "keys" / PUBLIC_KEY_FILE
         return fallback if fallback.is_file() else None
-
-    @classmethod
-    def describe(cls) -> list[tuple[str, str, str]]:
-        """Like the base class, with computed defaults (state dir, host name) shown as values."""
-        rows = []
-        prefix = cls.model_config.get("env_prefix", "")
-        for name, field in cls.model_fields.items():
-            if field.default is PydanticUndefined and field.default_factory is not None:
-                default = str(field.get_default(call_default_factory=True))
-            else:
-                default = "" if field.default is None else str(field.default)
-            rows.append((f"{prefix}{name.upper()}", default, " ".join((field.description or "").split())))
-        return rows

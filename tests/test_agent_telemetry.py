@@ -18,19 +18,7 @@ import pytest
 
 from tests.agent_helpers import AgentServer, MqttProbe, free_port
 from tests.conftest import Broker, TrainedBundle
-from trainer.sample_data import make_machines
-
-FEATURES = [
-    "temperature_c",
-    "vibration_mm_s",
-    "pressure_bar",
-    "rpm",
-    "power_kw",
-    "hours_since_service",
-    "machine_type",
-    "firmware",
-    "site",
-]
+from trainer.sample_data import FEATURES, make_machines
 
 
 def records(rows: int, seed: int, drift: bool = False) -> list[dict[str, Any]]:
