@@ -117,6 +117,11 @@ class DeployRequest(BaseModel):
     group: str = Field(min_length=1)
     canary: str | None = Field(default=None, description="`25%` of the group, or `dev-1,dev-2`; `0` = no canary")
     soak_minutes: float = Field(default=10.0, ge=0)
+    mode: Literal["serving", "shadow"] = Field(
+        default="serving",
+        description="`shadow`: the canary keeps serving the group's version with this one in shadow; promoted "
+        "after the soak if its measured accuracy is at least the champion's",
+    )
 
 
 class ReasonRequest(BaseModel):
@@ -205,7 +210,13 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
     @app.post("/v1/rollouts", tags=["rollouts"], status_code=201)
     def deploy(*, principal: Principal = Depends(as_operator), body: DeployRequest) -> dict[str, Any]:
         return ctx.rollouts.deploy(
-            body.model_name, body.model_version, body.group, body.canary, body.soak_minutes * 60, principal.name
+            body.model_name,
+            body.model_version,
+            body.group,
+            body.canary,
+            body.soak_minutes * 60,
+            principal.name,
+            body.mode,
         )
 
     @app.post("/v1/rollouts/{rollout_id}/promote", tags=["rollouts"])

@@ -4,20 +4,25 @@
 sha256 or golden-sample health check failed), or the canary's merged telemetry on the new version shows an
 error rate, p99 latency or feature drift above the limits, or an accuracy lower than the previous version's
 on the rest of the group over the same period. A check needs `min_samples` observations to count.
+
+`shadow_comparison` measures a shadow canary: the challenger's accuracy (merged `shadow_confusion`) against
+the champion's (merged `confusion`) from the very windows of the canary devices in which the challenger ran
+in shadow, so both are scored on the same feedback.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import sqlalchemy as sa
 
 from cloud_sync.bundles import BundleRegistry
 from cloud_sync.fleet import load_windows
-from cloud_sync.store import Store, events
-from contracts.telemetry import merge_counts, score_drift
+from cloud_sync.store import Store, events, windows
+from contracts.telemetry import WindowCounts, merge_counts, score_drift
 
-__all__ = ["Limits", "check_canary", "rejections"]
+__all__ = ["Limits", "ShadowComparison", "check_canary", "rejections", "shadow_comparison"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +94,42 @@ def check_canary(
                     f"{baseline.accuracy:.3f} on the rest of the group (limit {limits.max_accuracy_drop})"
                 )
     return None
+
+
+@dataclass(frozen=True)
+class ShadowComparison:
+    labels: int
+    """Feedback labels on predictions the challenger also made (the champion's count in the same windows)."""
+    champion_accuracy: float | None
+    challenger_accuracy: float | None
+    challenger_labels: int
+
+    def as_details(self) -> dict[str, object]:
+        return {
+            "labels": self.labels,
+            "challenger_labels": self.challenger_labels,
+            "champion_accuracy": self.champion_accuracy,
+            "challenger_accuracy": self.challenger_accuracy,
+        }
+
+
+def shadow_comparison(
+    store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
+) -> ShadowComparison:
+    """Merged counts of the canary's windows on the champion that carry the challenger as their shadow."""
+    c = windows.c
+    query = sa.select(c.payload).where(
+        c.group_name == group,
+        c.device_id.in_(canary),
+        c.model_name == name,
+        c.model_version == champion,
+        c.window_end > since,
+        c.window_end <= now,
+    )
+    with store.engine.connect() as conn:
+        payloads = [orjson.loads(row.payload) for row in conn.execute(query)]
+    merged = merge_counts(
+        WindowCounts.model_validate(p) for p in payloads if p.get("shadow_model_version") == challenger
+    )
+    challenger_labels = sum(sum(row.values()) for row in merged.shadow_confusion.values())
+    return ShadowComparison(merged.feedback_count, merged.accuracy, merged.shadow_accuracy, challenger_labels)

@@ -9,7 +9,14 @@ or an automatic rollback that says why.
     rolled_back -> the previous version's manifest, re-signed with rollback=true (devices refuse an older
                 version otherwise), on the canary topics (or the group topic after a promotion)
 
-Every step is recorded in `rollouts` and in the audit log with who and why.
+Mode `shadow` (a shadow canary): the canary devices get the champion (the group's version) with the
+challenger in shadow (`DesiredState.shadow`); during the soak the controller compares the challenger's shadow
+accuracy with the champion's on the same feedback (`rollout_checks.shadow_comparison`, at least
+`min_samples` labels). After the soak: at least as good -> promoted (the challenger becomes the served
+version of the group); worse -> rolled back (the canary gets the champion without a shadow); not enough
+labels within the soak plus rollout_confirm_timeout_s -> rolled back.
+
+Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies).
 """
 
 from __future__ import annotations
@@ -29,19 +36,20 @@ from cloud_sync import audit
 from cloud_sync.bundles import BundleInfo, BundleRegistry
 from cloud_sync.fleet import device_list
 from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollout_checks import Limits, check_canary
+from cloud_sync.rollout_checks import Limits, check_canary, shadow_comparison
 from cloud_sync.store import Store, rollouts
 from contracts.errors import EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.manifest import canonical_bytes
-from contracts.messages import DesiredState
+from contracts.messages import DesiredState, ShadowBundle
 from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
 from contracts.topics import device_topic, group_desired, validate_id
 
-__all__ = ["ACTIVE", "Rollouts", "parse_canary"]
+__all__ = ["ACTIVE", "MODES", "Rollouts", "parse_canary"]
 
 logger = logging.getLogger("edgeloop.cloud.rollouts")
 ACTIVE = ("canary", "soaking")
+MODES = ("serving", "shadow")
 
 
 def parse_canary(spec: str | None, group_devices: list[str]) -> list[str]:
@@ -93,11 +101,14 @@ class Rollouts:
         canary: str | None = None,
         soak_s: float = 600.0,
         actor: str = "operator",
+        mode: str = "serving",
     ) -> dict[str, Any]:
         try:
             validate_id(group, "group")
         except ValueError as exc:
             raise InputError(str(exc)) from None
+        if mode not in MODES:
+            raise InputError(f"rollout mode {mode!r}: use one of {', '.join(MODES)}")
         with self._lock:
             info = self.registry.get(name, version)
             active = self._rows(group=group, states=ACTIVE)
@@ -110,6 +121,13 @@ class Rollouts:
             previous = self._previous_version(group, name)
             if previous == version:
                 raise InputError(f"group {group} already runs {name}/{version}")
+            champion = None
+            if mode == "shadow":
+                if previous is None:
+                    raise InputError(f"a shadow canary needs a champion: group {group} runs no version of {name}")
+                if not chosen:
+                    raise InputError("a shadow canary needs canary devices (--canary 0 leaves none)")
+                champion = self.registry.get(name, previous)
             now = time.time()
             rollout_id = f"r-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
             row = {
@@ -124,20 +142,29 @@ class Rollouts:
                 "reason": None,
                 "actor": actor,
                 "created_at": now,
+                "mode": mode,
             }
-            desired = self._desired(info, rollout_id).model_dump_json()
+            if champion is not None:
+                desired = self._desired(champion, rollout_id, shadow=info).model_dump_json()
+            else:
+                desired = self._desired(info, rollout_id).model_dump_json()
             for device in chosen:
                 self.publisher.publish(device_topic(device, "desired"), desired)
             with self.store.begin() as conn:
                 conn.execute(rollouts.insert().values(**row))
                 why = f"canary {', '.join(chosen)} then group, soak {soak_s:g}s" if chosen else "no canary"
+                if mode == "shadow":
+                    why = (
+                        f"shadow canary: {', '.join(chosen)} keep {name}/{previous} serving with {name}/{version} "
+                        f"in shadow; promoted after a soak of {soak_s:g}s if its accuracy is at least the champion's"
+                    )
                 audit.record(
                     conn,
                     actor,
                     "deploy",
                     f"{name}/{version} -> group {group}",
                     why,
-                    {"rollout_id": rollout_id, "previous_version": previous, "canary": chosen},
+                    {"rollout_id": rollout_id, "previous_version": previous, "canary": chosen, "mode": mode},
                 )
             log_event(
                 logger,
@@ -146,12 +173,15 @@ class Rollouts:
                 model=f"{name}/{version}",
                 group=group,
                 canary=",".join(chosen) or "-",
+                mode=mode,
             )
             if not chosen:
                 return self.promote(rollout_id, actor, "no canary devices: published to the whole group")
             return self.status(rollout_id)
 
-    def promote(self, rollout_id: str, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
+    def promote(
+        self, rollout_id: str, actor: str = "operator", reason: str | None = None, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         with self._lock:
             row = self._get(rollout_id)
             if row["state"] not in ACTIVE:
@@ -160,10 +190,12 @@ class Rollouts:
             self.publisher.publish(group_desired(row["group_name"]), self._desired(info, rollout_id).model_dump_json())
             self._clear_overrides(row["group_name"], row["canary"])
             reason = reason or "promoted by hand before the soak ended"
-            self._finish(row, "promoted", reason, actor, "promote")
+            self._finish(row, "promoted", reason, actor, "promote", details)
             return self.status(rollout_id)
 
-    def rollback(self, rollout_id: str, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
+    def rollback(
+        self, rollout_id: str, actor: str = "operator", reason: str | None = None, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         with self._lock:
             row = self._get(rollout_id)
             if row["state"] not in (*ACTIVE, "promoted"):
@@ -171,6 +203,13 @@ class Rollouts:
             reason = reason or "rolled back by hand"
             name, previous = row["model_name"], row["previous_version"]
             promoted = row["state"] == "promoted"
+            if row["mode"] == "shadow" and not promoted:
+                # The canary served the champion all along: the same version without a shadow stops it.
+                desired = self._desired(self.registry.get(name, previous), rollout_id).model_dump_json()
+                for device in row["canary"]:
+                    self.publisher.publish(device_topic(device, "desired"), desired)
+                self._finish(row, "rolled_back", reason, actor, "rollback", details)
+                return self.status(rollout_id)
             if previous is None:
                 self._clear_overrides(row["group_name"], row["canary"])
                 note = f"{reason} (no previous version known: canary overrides cleared, devices keep what they run)"
@@ -187,7 +226,7 @@ class Rollouts:
             else:
                 for device in row["canary"]:
                     self.publisher.publish(device_topic(device, "desired"), desired)
-            self._finish(row, "rolled_back", reason, actor, "rollback")
+            self._finish(row, "rolled_back", reason, actor, "rollback", details)
             return self.status(rollout_id)
 
     # -- controller ---------------------------------------------------------------------------------
@@ -230,6 +269,9 @@ class Rollouts:
             if failure:
                 self.rollback(row["id"], "controller", failure)
                 return
+            if current["mode"] == "shadow":
+                self._advance_shadow(current, now)
+                return
             if current["state"] == "canary":
                 devices = {d["device_id"]: d for d in device_list(self.store, group)}
                 waiting = [
@@ -256,6 +298,48 @@ class Rollouts:
                 return
             if now - (current["soak_started_at"] or since) >= row["soak_s"]:
                 self.promote(row["id"], "controller", f"soak of {row['soak_s']:g}s passed on {', '.join(canary)}")
+
+    def _advance_shadow(self, row: dict[str, Any], now: float) -> None:
+        """Shadow canary: soaking from the start (the canary keeps serving the champion); after the soak the
+        challenger's measured shadow accuracy decides."""
+        name, version, previous, canary = (
+            row["model_name"],
+            row["model_version"],
+            row["previous_version"],
+            row["canary"],
+        )
+        if row["state"] == "canary":
+            with self.store.begin() as conn:
+                conn.execute(
+                    rollouts.update().where(rollouts.c.id == row["id"]).values(state="soaking", soak_started_at=now)
+                )
+            log_event(logger, "shadow canary soaking", rollout=row["id"], soak_s=row["soak_s"])
+            return
+        started = row["soak_started_at"] or row["created_at"]
+        if now - started < row["soak_s"]:
+            return
+        result = shadow_comparison(self.store, row["group_name"], canary, name, previous, version, started, now)
+        details = {"mode": "shadow", **result.as_details(), "min_labels": self.limits.min_samples}
+        enough = min(result.labels, result.challenger_labels) >= self.limits.min_samples
+        if enough and result.champion_accuracy is not None and result.challenger_accuracy is not None:
+            measured = (
+                f"{name}/{version} in shadow: accuracy {result.challenger_accuracy:.3f} on "
+                f"{result.challenger_labels} labels, champion {name}/{previous}: {result.champion_accuracy:.3f} "
+                f"on {result.labels} (canary {', '.join(canary)})"
+            )
+            if result.challenger_accuracy >= result.champion_accuracy:
+                self.promote(row["id"], "controller", f"{measured}: at least as good, promoted", details)
+            else:
+                self.rollback(row["id"], "controller", f"{measured}: worse, shadow stopped", details)
+            return
+        if now - started >= row["soak_s"] + self.confirm_timeout_s:
+            self.rollback(
+                row["id"],
+                "controller",
+                f"not enough feedback to compare {name}/{version} with {name}/{previous}: "
+                f"{min(result.labels, result.challenger_labels)} labels, {self.limits.min_samples} needed",
+                details,
+            )
 
     # -- queries ------------------------------------------------------------------------------------
     def recent(self, group: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -288,14 +372,24 @@ class Rollouts:
         return result
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
+    def _desired(self, info: BundleInfo, rollout_id: str, shadow: BundleInfo | None = None) -> DesiredState:
         return DesiredState(
             manifest=info.manifest.model_dump(mode="json"),
             signature=info.signature,
-            model_url=f"{self.base_url}/bundles/{info.name}/{info.version}/model.onnx",
+            model_url=self._model_url(info),
             rollout_id=rollout_id,
             issued_at=audit.iso(time.time()) or "",
+            shadow=None
+            if shadow is None
+            else ShadowBundle(
+                manifest=shadow.manifest.model_dump(mode="json"),
+                signature=shadow.signature,
+                model_url=self._model_url(shadow),
+            ),
         )
+
+    def _model_url(self, info: BundleInfo) -> str:
+        return f"{self.base_url}/bundles/{info.name}/{info.version}/model.onnx"
 
     def _rollback_desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
         """The previous manifest with rollback=true, re-signed: devices refuse an older version otherwise."""
@@ -327,7 +421,15 @@ class Rollouts:
         )
         return versions.most_common(1)[0][0] if versions else None
 
-    def _finish(self, row: dict[str, Any], state: str, reason: str, actor: str, action: str) -> None:
+    def _finish(
+        self,
+        row: dict[str, Any],
+        state: str,
+        reason: str,
+        actor: str,
+        action: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         now = time.time()
         with self.store.begin() as conn:
             conn.execute(
@@ -339,7 +441,12 @@ class Rollouts:
                 action,
                 f"{row['model_name']}/{row['model_version']} in group {row['group_name']}",
                 reason,
-                {"rollout_id": row["id"], "previous_version": row["previous_version"], "canary": row["canary"]},
+                {
+                    "rollout_id": row["id"],
+                    "previous_version": row["previous_version"],
+                    "canary": row["canary"],
+                    **(details or {}),
+                },
                 now,
             )
         level = logging.WARNING if state != "promoted" else logging.INFO
@@ -382,4 +489,5 @@ class Rollouts:
             "created_at": audit.iso(row["created_at"]),
             "soak_started_at": audit.iso(row["soak_started_at"]),
             "finished_at": audit.iso(row["finished_at"]),
+            "mode": row.get("mode") or "serving",
         }

@@ -127,6 +127,7 @@ rollouts = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("soak_started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
+    sa.Column("mode", sa.String(16), nullable=False, server_default="serving"),  # serving | shadow
     sa.Index("ix_rollouts_group", "group_name", "created_at"),
 )
 
@@ -227,6 +228,7 @@ class Store:
                 if self.schema and self.dialect == "postgresql":
                     conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                 metadata.create_all(conn)
+                _add_missing_columns(conn, self.schema if self.dialect == "postgresql" else None)
                 if self.dialect == "sqlite":
                     for statement in _SQLITE_APPEND_ONLY:
                         conn.exec_driver_sql(statement)
@@ -280,6 +282,14 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(conn: Connection, schema: str | None) -> None:
+    """Columns appended to a table after its first release (create_all makes only missing tables)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns("rollouts", schema=schema)}
+    if "mode" not in present:
+        table = f'"{schema}".rollouts' if schema else "rollouts"
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN mode VARCHAR(16) NOT NULL DEFAULT 'serving'")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -9,12 +9,34 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DesiredState", "DeviceEvent", "DeviceStatus", "FeedbackRow", "FeedbackRows", "ReportedState"]
+__all__ = [
+    "DesiredState",
+    "DeviceEvent",
+    "DeviceStatus",
+    "FeedbackRow",
+    "FeedbackRows",
+    "ReportedState",
+    "ShadowBundle",
+]
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     schema_version: Literal["v1"] = "v1"
+
+
+class ShadowBundle(BaseModel):
+    """A challenger bundle the device runs in shadow beside the served model (same model name): it predicts
+    every record, never answers. Verified exactly like the main bundle (signature before download, sha256,
+    golden samples)."""
+
+    model_config = ConfigDict(extra="ignore")
+    manifest: dict[str, Any]
+    """The challenger bundle's manifest, exactly as signed."""
+    signature: str
+    """The content of the challenger bundle's manifest.sig."""
+    model_url: str
+    """Where to download the challenger's model.onnx."""
 
 
 class DesiredState(_Message):
@@ -28,6 +50,9 @@ class DesiredState(_Message):
     """Where to download model.onnx (HTTP or HTTPS); checked against the manifest's sha256 and size."""
     rollout_id: str | None = None
     issued_at: str
+    shadow: ShadowBundle | None = None
+    """A challenger to run in shadow beside this model (a shadow canary); None = no shadow (stops one that a
+    previous desired state started)."""
 
 
 class ReportedState(_Message):

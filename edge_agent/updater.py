@@ -90,6 +90,7 @@ class Updater:
         self.public_key = public_key
         self.metrics = metrics
         self.last_error: str | None = None
+        self._shadow_from_desired = False
         self._lock = threading.Lock()  # one update at a time, whatever the source
 
     # -- entry points -------------------------------------------------------------------------------
@@ -120,17 +121,18 @@ class Updater:
         with self._lock:
             ref = f"{desired.manifest.get('name')}/{desired.manifest.get('version')}"
             try:
-                manifest = self._verified_manifest(desired)
+                manifest = self._verified_manifest(desired.manifest, desired.signature)
                 ref = manifest.ref
                 current = self.service.current
                 action = check_version_policy(current.manifest if current else None, manifest)
                 if action == "unchanged":
                     self._report("serving")
-                    return self._count(UpdateOutcome("unchanged", ref))
-                self.last_error = None  # a new attempt; the reported error is the outcome of this one
-                self._report("updating")
-                bundle, fresh = self._fetch(desired, manifest)
-                return self._switch(bundle, action, fresh, {"rollout_id": desired.rollout_id})
+                    outcome = self._count(UpdateOutcome("unchanged", ref))
+                else:
+                    self.last_error = None  # a new attempt; the reported error is the outcome of this one
+                    self._report("updating")
+                    bundle, fresh = self._fetch(desired.model_url, desired.signature, manifest)
+                    outcome = self._switch(bundle, action, fresh, {"rollout_id": desired.rollout_id})
             except DownloadFailed as exc:
                 return self._reject(ref, exc.message, exc.permanent)
             except ServiceUnavailableError as exc:
@@ -140,6 +142,60 @@ class Updater:
             except Exception as exc:  # a bug must not stop the agent serving the old model
                 logger.exception("update failed unexpectedly")
                 return self._reject(ref, f"unexpected {type(exc).__name__}: {exc}", permanent=False)
+            shadow = self._apply_shadow(desired)
+            return shadow if shadow is not None and shadow.status == "rejected" else outcome
+
+    def _apply_shadow(self, desired: DesiredState) -> UpdateOutcome | None:
+        """Run the desired state's challenger in shadow (verified like the main bundle), or stop the shadow a
+        previous desired state started. A shadow set by the `shadow_bundle` setting is left alone when the
+        desired state names none. None when nothing changed."""
+        spec = desired.shadow
+        running = self.service.shadow
+        if spec is None:
+            if running is None or not self._shadow_from_desired:
+                return None
+            self.service.set_shadow(None)
+            self._shadow_from_desired = False
+            self._publish_event("deployed", model_name=running.manifest.name, model_version=running.manifest.version,
+                                details={"shadow": "stopped", "rollout_id": desired.rollout_id})  # fmt: skip
+            return UpdateOutcome("deployed", f"shadow {running.manifest.ref} stopped")
+        ref = f"{spec.manifest.get('name')}/{spec.manifest.get('version')}"
+        try:
+            manifest = self._verified_manifest(spec.manifest, spec.signature)
+            ref = manifest.ref
+            current = self.service.current
+            if current is not None and manifest.name != current.manifest.name:
+                raise ModelRejected(
+                    f"shadow {manifest.ref}: a shadow must be a version of the served model {current.manifest.name}"
+                )
+            if running is not None and (running.manifest.version, running.manifest.onnx.sha256) == (
+                manifest.version,
+                manifest.onnx.sha256,
+            ):
+                self._shadow_from_desired = True
+                return None
+            bundle, fresh = self._fetch(spec.model_url, spec.signature, manifest)
+            try:
+                model = self._load_checked(bundle)
+            except EdgeloopError:
+                if fresh:
+                    self.store.remove(bundle)
+                raise
+        except DownloadFailed as exc:
+            return self._reject(ref, f"shadow: {exc.message}", exc.permanent, shadow=True)
+        except ServiceUnavailableError as exc:
+            return self._reject(ref, f"shadow: {exc.message}", permanent=False, shadow=True)
+        except EdgeloopError as exc:
+            return self._reject(ref, f"shadow: {exc.message}", permanent=True, shadow=True)
+        except Exception as exc:  # a bug must not stop the agent serving the champion
+            logger.exception("shadow update failed unexpectedly")
+            return self._reject(ref, f"shadow: unexpected {type(exc).__name__}: {exc}", permanent=False, shadow=True)
+        self.service.set_shadow(model, bundle)
+        self._shadow_from_desired = True
+        self._publish_event("deployed", model_name=manifest.name, model_version=manifest.version,
+                            details={"shadow": "started", "rollout_id": desired.rollout_id,
+                                     "sha256": manifest.onnx.sha256})  # fmt: skip
+        return UpdateOutcome("deployed", f"shadow {manifest.ref}")
 
     def reported_state(self, state: Literal["serving", "updating", "no_model"] | None = None) -> ReportedState:
         current = self.service.current
@@ -157,11 +213,11 @@ class Updater:
         )
 
     # -- steps --------------------------------------------------------------------------------------
-    def _verified_manifest(self, desired: DesiredState) -> Manifest:
-        manifest = parse_manifest(orjson.dumps(desired.manifest), "desired state manifest")
+    def _verified_manifest(self, raw: dict[str, object], signature: str) -> Manifest:
+        manifest = parse_manifest(orjson.dumps(raw), "desired state manifest")
         if self.public_key is None:
             raise IntegrityError("no public key configured (EDGELOOP_AGENT_PUBLIC_KEY): updates cannot be verified")
-        verify_bytes(canonical_bytes(manifest), desired.signature.encode(), self.public_key)
+        verify_bytes(canonical_bytes(manifest), signature.encode(), self.public_key)
         if manifest.onnx.size > self.settings.download_max_bytes:
             raise ModelRejected(
                 f"{manifest.ref}: model.onnx is {manifest.onnx.size} bytes, over download_max_bytes "
@@ -169,7 +225,7 @@ class Updater:
             )
         return manifest
 
-    def _fetch(self, desired: DesiredState, manifest: Manifest) -> tuple[Bundle, bool]:
+    def _fetch(self, model_url: str, signature: str, manifest: Manifest) -> tuple[Bundle, bool]:
         """The stored copy if there is one (rollback without network), else download and assemble."""
         stored = self.store.find(manifest)
         if stored is not None:
@@ -177,9 +233,9 @@ class Updater:
         part = self.store.new_temp_file()
         try:
             s = self.settings
-            download_model(desired.model_url, part, manifest.onnx.size, manifest.onnx.sha256,
+            download_model(model_url, part, manifest.onnx.size, manifest.onnx.sha256,
                            s.download_timeout_s, s.download_retries, s.download_backoff_s)  # fmt: skip
-            bundle = self.store.install_parts(manifest.to_json_bytes(), desired.signature.encode(), part, manifest)
+            bundle = self.store.install_parts(manifest.to_json_bytes(), signature.encode(), part, manifest)
         finally:
             part.unlink(missing_ok=True)
         return bundle, True
@@ -207,7 +263,7 @@ class Updater:
         self._publish_event(status, model_name=manifest.name, model_version=manifest.version, details=details)
         return self._count(UpdateOutcome(status, manifest.ref))
 
-    def _reject(self, ref: str, reason: str, permanent: bool) -> UpdateOutcome:
+    def _reject(self, ref: str, reason: str, permanent: bool, shadow: bool = False) -> UpdateOutcome:
         self.last_error = reason
         log_event(logger, "update rejected", level=logging.WARNING, model=ref, reason=reason)
         name, _, number = ref.partition("/")
@@ -217,7 +273,7 @@ class Updater:
             model_name=name or None,
             model_version=int(number) if number.isdigit() else None,
             reason=reason,
-            details={"permanent": permanent},
+            details={"permanent": permanent, "shadow": True} if shadow else {"permanent": permanent},
         )
         return self._count(UpdateOutcome("rejected", ref, reason, permanent))
 
@@ -239,7 +295,9 @@ class Updater:
 
 
 def _desired_key(desired: DesiredState) -> str:
-    return hashlib.sha256(f"{desired.signature}\n{desired.model_url}".encode()).hexdigest()
+    shadow = desired.shadow
+    extra = "" if shadow is None else f"\n{shadow.signature}\n{shadow.model_url}"
+    return hashlib.sha256(f"{desired.signature}\n{desired.model_url}{extra}".encode()).hexdigest()
 
 
 class UpdateWorker:

@@ -139,6 +139,12 @@ def deploy(
         "10%", help="Canary: a share of the group (`25%`) or devices (`dev-1,dev-2`); 0 = none."
     ),
     soak: float = typer.Option(10.0, min=0, help="Minutes the canary must stay healthy before the group follows."),
+    shadow: bool = typer.Option(
+        False,
+        "--shadow",
+        help="Shadow canary: the canary keeps serving the group's version with this one in shadow; promoted after "
+        "the soak if its measured accuracy is at least the champion's, else rolled back.",
+    ),
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
     tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in $EDGELOOP_HOME]."),
@@ -165,6 +171,7 @@ def deploy(
         "group": group,
         "canary": canary,
         "soak_minutes": soak,
+        "mode": "shadow" if shadow else "serving",
     }
     rollout = _call("POST", cloud_url, "/v1/rollouts", token, json=body)
     _print_rollout(rollout)

@@ -195,7 +195,9 @@ def retrain(
     `edgeloop train` process, registered as @challenger, tagged with the feedback's lineage, audited.
 
     With `result: {deploy: canary, group: G}` in the policy and --cloud-url, the challenger is converted and
-    rolled out to the group's canary; with `deploy: wait` an operator deploys it.
+    rolled out to the group's canary; `deploy: shadow-canary` runs it there in shadow beside the champion and
+    the cloud promotes it when its measured accuracy is at least the champion's; with `deploy: wait` an
+    operator deploys it.
 
     Example: [cyan]edgeloop retrain machine-failure --policy retrain.yaml --cloud-url http://127.0.0.1:8700[/cyan]
     """
@@ -204,7 +206,7 @@ def retrain(
     loaded = load_policy(policy)
     if loaded.model != name:
         raise InputError(f"policy {policy} is for model {loaded.model!r}, not {name!r}")
-    if loaded.result.deploy == "canary" and (not cloud_url or not loaded.result.group):
+    if loaded.result.deploy != "wait" and (not cloud_url or not loaded.result.group):
         raise InputError("the policy deploys to a canary: give --cloud-url and `result.group` in the policy")
     if loaded.data.feedback_source == "cloud" and not cloud_url:
         raise InputError("the policy takes feedback rows from the cloud (feedback_source: cloud): give --cloud-url")
@@ -228,17 +230,20 @@ def retrain(
         }
         _call("POST", cloud_url, "/v1/retrains", token, json=body)
         console.print("recorded in the audit log (action retrain)")
-    if loaded.result.deploy == "canary" and cloud_url and loaded.result.group:
+    if loaded.result.deploy != "wait" and cloud_url and loaded.result.group:
         reference = f"{result.name}/{result.version}"
         extra = ["--tracking-uri", tracking_uri] if tracking_uri else []
         out = workdir / "bundles" / f"{result.name}-v{result.version}"
         _edgeloop(["convert", reference, "--out", str(out), *extra])
         deploy_args = ["deploy", str(out), "--group", loaded.result.group, "--canary", loaded.result.canary]
         deploy_args += ["--soak", str(loaded.result.soak_minutes), "--cloud-url", cloud_url]
+        if loaded.result.deploy == "shadow-canary":
+            deploy_args.append("--shadow")
         if token:
             deploy_args += ["--token", token]
         _edgeloop(deploy_args)
-        console.print(f"challenger v{result.version} rolled out to the canary of group {loaded.result.group}")
+        how = "in shadow on" if loaded.result.deploy == "shadow-canary" else "rolled out to"
+        console.print(f"challenger v{result.version} {how} the canary of group {loaded.result.group}")
 
 
 def register(app: typer.Typer) -> None:

@@ -60,7 +60,9 @@ class TrainPolicy(_Strict):
 
 
 class ResultPolicy(_Strict):
-    deploy: str = Field(default="wait", pattern="^(wait|canary)$")
+    deploy: str = Field(default="wait", pattern="^(wait|canary|shadow-canary)$")
+    """`canary`: the challenger serves on the canary; `shadow-canary`: it runs in shadow there and is promoted
+    when its measured accuracy is at least the champion's."""
     group: str | None = None
     canary: str = "10%"
     soak_minutes: float = Field(default=10.0, ge=0)
