@@ -134,6 +134,9 @@ def start_mosquitto(directory: Path) -> Broker:
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {directory}/\nmax_queued_messages 100000\n"
+        # As root, Mosquitto drops to user `mosquitto`, which cannot write pytest's 0700 tmp dirs: sessions would
+        # silently not survive a restart. `user root` keeps the starting user (ignored when not root).
+        + ("user root\n" if os.geteuid() == 0 else "")
     )
     process = _spawn_mosquitto(config)
     _wait_port("127.0.0.1", port)
@@ -156,10 +159,6 @@ def durable_broker(tmp_path: Path) -> Iterator[Broker]:
     `broker`'s persistence file is never written there (sessions are lost on a restart); `user root` keeps
     it as the starting user. Mosquitto ignores `user` when it is not started as root.
     """
-    instance = start_mosquitto(tmp_path / "mosquitto-durable")
-    instance.stop()
-    with instance.config.open("a") as config:
-        config.write("user root\n")
-    instance.start()
+    instance = start_mosquitto(tmp_path / "mosquitto-durable")  # `broker` is durable too now; kept as a name
     yield instance
     instance.stop()
