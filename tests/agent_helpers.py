@@ -83,6 +83,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up mid-download is expected in these tests, not a traceback on stderr
+
+
 class BundleServer:
     """Serves files from a directory over HTTP on a free port (the cloud's bundle server stand-in)."""
 
@@ -90,7 +97,7 @@ class BundleServer:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         handler = functools.partial(_QuietHandler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

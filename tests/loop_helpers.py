@@ -75,11 +75,18 @@ class _Slow(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the client gave up before the slow answer (that is the point): no traceback on stderr
+
+
 @contextmanager
 def slow_server(delay: float) -> Iterator[str]:
     """An HTTP server that answers every POST after `delay` seconds; yields its base URL."""
     handler = type("Slow", (_Slow,), {"delay": delay})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
