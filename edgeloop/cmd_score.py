@@ -32,7 +32,8 @@ class _CountColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "rows")
         total = f"/{int(task.total):,}" if task.total is not None else ""
-        return Text(f"{int(task.completed):,}{total} {unit}", style="progress.download")
+        suffix = "" if unit == "rows" else f" {unit}"  # the rate column says rows/s
+        return Text(f"{int(task.completed):,}{total}{suffix}", style="progress.download")
 
 
 class _RateColumn(ProgressColumn):

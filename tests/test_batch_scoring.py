@@ -194,7 +194,12 @@ def _read(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def test_parquet_file_output_layout_passthrough_and_lineage(case: ScoringCase, tmp_path: Path) -> None:
+def test_parquet_file_output_layout_passthrough_and_lineage(
+    case: ScoringCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud_sync.batch.local_engine import _Writer
+
+    monkeypatch.setattr(_Writer, "ROW_GROUP_ROWS", 1000)  # 512-row batches gather into row groups
     out = tmp_path / "scored.parquet"
     progress: list[tuple[int, int | None, str]] = []
     result = score(str(case.trained.bundle), case.parquet, out, case.settings(), lambda *p: progress.append(p))
@@ -220,7 +225,8 @@ def test_parquet_file_output_layout_passthrough_and_lineage(case: ScoringCase, t
     assert set(scored["model_version"]) == {case.manifest.version}
     probabilities = scored[[f"probability_{c}" for c in classes]].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    assert pq.ParquetFile(out).metadata.num_row_groups > 1  # written incrementally, batch by batch
+    groups = pq.ParquetFile(out).metadata
+    assert [groups.row_group(i).num_rows for i in range(groups.num_row_groups)] == [1024, 976]
 
     lineage = orjson.loads(Path(f"{out}.lineage.json").read_bytes())
     assert lineage["model"]["name"] == case.manifest.name

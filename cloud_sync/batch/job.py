@@ -129,9 +129,9 @@ def score(
     duration = time.perf_counter() - started
     record = JobRecord(
         resolved=resolved,
-        input_path=source,
+        input_path=source if _is_remote(source) else str(Path(source.removeprefix("file://")).resolve()),
         input_format=input_format,
-        output_path=target,
+        output_path=target if _is_remote(target) else str(Path(target.removeprefix("file://")).resolve()),
         engine=settings.engine,
         engine_options=options,
         started_at=started_at,

@@ -265,12 +265,21 @@ def score_spark(
         progress = _TaskProgress(spark, group, on_progress) if on_progress else None
         if progress:
             progress.start()
+        # A file of a few large row groups would otherwise become as many tasks as cores: no balance at the
+        # end of the job and a progress bar that moves twice. Four splits per core (while a split stays at
+        # least one row group) fixes both; a value the user set is kept.
+        split_key = "spark.sql.files.minPartitionNum"
+        user_splits = spark.conf.get(split_key, None)
+        if user_splits is None:
+            spark.conf.set(split_key, str(4 * spark.sparkContext.defaultParallelism))
         try:
             # Updates from the tasks of an action are applied once per task, even when a task is retried.
             counter = spark.sparkContext.accumulator(0)
             scored = frame.mapInArrow(_scorer(broadcast, counter), StructType(fields))
             scored.write.mode("overwrite").option("compression", compression).parquet(output_location)
         finally:
+            if user_splits is None:
+                spark.conf.unset(split_key)
             if progress:
                 progress.stopped.set()
                 progress.join()
