@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -113,7 +113,7 @@ def _when(value: str) -> float:
 
 class DeployRequest(BaseModel):
     model_name: str = Field(min_length=1)
-    model_version: int = Field(ge=1)
+    model_version: int = Field(ge=1, le=2**63 - 1)
     group: str = Field(min_length=1)
     canary: str | None = Field(default=None, description="`25%` of the group, or `dev-1,dev-2`; `0` = no canary")
     soak_minutes: float = Field(default=10.0, ge=0)
@@ -239,7 +239,10 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
 
     @app.post("/v1/alerts/{alert_id}/acknowledge", tags=["alerts"])
     def ack(
-        *, principal: Principal = Depends(as_operator), alert_id: int, body: ReasonRequest | None = None
+        *,
+        principal: Principal = Depends(as_operator),
+        alert_id: int = Path(ge=1, le=2**63 - 1),  # a 64-bit row id: larger ones are a 422, not an overflow
+        body: ReasonRequest | None = None,
     ) -> dict[str, Any]:
         return acknowledge(ctx.store, alert_id, principal.name, body.reason if body else None)
 

@@ -22,11 +22,11 @@ __all__ = ["RetrainRecord", "mount"]
 
 class RetrainRecord(BaseModel):
     model: str = Field(min_length=1)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**63 - 1)  # stored as a 64-bit integer: larger is a 422, not a 500
     run_id: str = Field(min_length=1)
     trigger: str = Field(default="manual", description="manual, schedule or alert:<rule name>")
     data_sha256: str
-    feedback_rows: int = Field(default=0, ge=0)
+    feedback_rows: int = Field(default=0, ge=0, le=2**63 - 1)
     feedback_sha256: str | None = None
     deploy: str = "wait"
     reason: str | None = None
@@ -85,7 +85,7 @@ def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operat
         *,
         _p: Any = Depends(as_operator),
         model: str,
-        version: int | None = None,
+        version: int | None = Query(None, ge=1, le=2**63 - 1),
         group: str | None = None,
         limit: int = Query(50_000, ge=1, le=1_000_000),
     ) -> dict[str, Any]:
