@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -53,6 +53,58 @@ class CloudContext:
     """Hybrid inference: model name -> NAME or NAME/VERSION of the bundle POST /v1/score answers with."""
     value_matrices: dict[str, Any] = field(default_factory=dict)
     """Business impact: model name -> `cloud_sync.impact.ValueMatrix` (GET /v1/impact)."""
+    max_body_bytes: int = 256 * 2**20
+    """Largest request body (a bundle upload is the largest); over it -> 413 before it is all read."""
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is over the limit of {limit} bytes (max_body_bytes)")
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a Content-Length over `limit`, and for a chunked body once it passes it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(send, 413 if length.isdigit() else 400, "bad or oversized Content-Length")
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge as exc:
+            if started:
+                raise
+            await self._refuse(send, 413, str(exc.detail))
+
+    async def _refuse(self, send: Any, status: int, detail: str) -> None:
+        body = JSONResponse({"detail": detail}, status_code=status).body
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class _AuthError(Exception):
@@ -135,6 +187,7 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         description="Bundle server, staged rollouts, fleet telemetry, alerts and audit.",
         lifespan=lifespan,
     )
+    app.add_middleware(_BodyLimit, limit=ctx.max_body_bytes)
     as_viewer, as_operator = _auth(ctx, "viewer"), _auth(ctx, "operator")
 
     @app.exception_handler(_AuthError)

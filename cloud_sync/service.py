@@ -161,6 +161,7 @@ class CloudService:
             self.ingest.stats,
             s.score_bundles,
             self.value_matrices,
+            s.max_body_bytes,
         )
         return create_app(context, lifespan)
 

@@ -57,6 +57,8 @@ class CloudSettings(EdgeloopSettings):
     operator_tokens: list[str] = Field(default_factory=list)
     """Bearer tokens allowed to read and to act (upload bundles, deploy, promote, roll back, acknowledge).
     With no token configured at all the API is open to anyone who can reach it (a warning is logged)."""
+    max_body_bytes: int = Field(default=256 * 2**20, ge=1024)
+    """Largest REST request body in bytes (a bundle upload is the largest): over it -> 413, unread."""
     online_timeout_s: float = Field(default=120.0, gt=0)
     """A device that sent nothing for this long is shown offline even without its last will."""
     rollout_tick_s: float = Field(default=1.0, gt=0)
