@@ -34,14 +34,15 @@ train: setup $(DATA)
 convert: setup
 	$(BIN)/edgeloop convert $(MODEL)@champion --out $(BUNDLE)
 
-# The whole loop on this machine (Mosquitto, the cloud and dashboard, three agents, drift, a canary rollout)
-# until Ctrl-C; DURATION=SECONDS ends it by itself. demo-smoke: a 30 s run that stops by itself (as tests/test_demo.py).
+# The whole loop on this machine (Mosquitto, the cloud and dashboard, three agents, drift -> retrain -> shadow canary)
+# until Ctrl-C; DURATION=SECONDS ends it by itself once the loop has closed. demo-smoke: a 30 s run cut before the
+# loop closes (as the fast test in tests/test_demo.py).
 DEMO_PORT ?= 8700
 demo: setup
 	$(BIN)/edgeloop demo --workdir $(EDGELOOP_HOME)/demo --port $(DEMO_PORT) $(if $(DURATION),--duration $(DURATION))
 
 demo-smoke: setup
-	$(BIN)/edgeloop demo --workdir $(EDGELOOP_HOME)/demo-smoke --port $(DEMO_PORT) --duration 30
+	$(BIN)/edgeloop demo --workdir $(EDGELOOP_HOME)/demo-smoke --port $(DEMO_PORT) --duration 30 --loop-timeout 10
 
 lint: setup
 	$(BIN)/ruff check .

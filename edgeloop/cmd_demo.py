@@ -1,6 +1,7 @@
 """`edgeloop demo`: train, convert, start a broker, the cloud and three agents, send traffic (one device
-drifted), roll out a challenger to a canary, and point at the dashboard. The orchestration is in
-`edgeloop.demo`; this module is the command."""
+drifted, with feedback), and follow the loop as it closes by itself: drift alert -> retrain -> shadow canary
+-> promotion on measured accuracy; point at the dashboard. The orchestration is in `edgeloop.demo`; this
+module is the command."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ console = Console()
 
 def demo(
     duration: float | None = typer.Option(
-        None, min=1, help="Seconds to run once the fleet is up, then stop by itself [default: until Ctrl-C]."
+        None,
+        min=1,
+        help="Seconds to run once the fleet is up, then stop by itself, but not before the loop has ended "
+        "(closed, failed, or --loop-timeout) [default: until Ctrl-C].",
     ),
     port: int = typer.Option(8700, min=1, max=65535, help="Port of the cloud API and dashboard."),
     workdir: Path | None = typer.Option(
@@ -26,9 +30,16 @@ def demo(
         None, help="Use this broker instead of starting a private Mosquitto on a free port."
     ),
     telemetry_interval: float = typer.Option(5.0, min=1, help="Seconds per telemetry window on the agents."),
-    soak: float = typer.Option(30.0, min=0, help="Minutes the canary soaks before the group follows."),
+    soak: float = typer.Option(
+        0.25, min=0, help="Minutes the challenger soaks in shadow on the canary before the accuracies are compared."
+    ),
+    min_labels: int = typer.Option(400, min=1, help="Labels each model needs on the canary before the decision."),
+    loop_timeout: float = typer.Option(
+        300.0, min=10, help="With --duration: seconds after the fleet is up to wait at most for the loop to end."
+    ),
 ) -> None:
-    """Run the whole loop on this machine: three agents, the cloud, drift, a canary rollout, the dashboard.
+    """Run the whole loop on this machine: three agents, the cloud, drift on gw-3, then by itself a drift alert,
+    a retrain on the devices' feedback, the challenger in shadow on a canary, promotion on measured accuracy.
 
     Needs Mosquitto (apt-get install mosquitto) unless --mqtt-url names a broker. Ctrl-C stops everything.
 
@@ -51,6 +62,8 @@ def demo(
         mqtt_url=mqtt_url,
         telemetry_interval_s=telemetry_interval,
         soak_minutes=soak,
+        min_labels=min_labels,
+        loop_timeout_s=loop_timeout,
     )
     Demo(options, say=console.print).run()
 

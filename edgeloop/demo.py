@@ -1,12 +1,19 @@
 """`edgeloop demo`: the whole loop on one machine, with nothing to set up.
 
-sample data -> train rf (v1, champion) and gb (v2, challenger) in a private MLflow store -> convert both to
-signed bundles -> a private Mosquitto on a free port -> the cloud service (API, dashboard, ingest, rollouts,
-alerts; SQLite store) in this process -> three `edgeloop agent` subprocesses in group `plant-a` on v1 ->
-traffic to each agent's REST API (gw-3 gets the drifted readings of `make_machines(drift=True)` and true
-labels as feedback when the agent has `/v1/feedback`) -> v2 rolled out with gw-1 as the canary (the soak
-keeps it in progress) -> the dashboard URL. Ctrl-C (or `--duration`) stops the traffic, the agents, the cloud
-and the broker, in that order. Everything lives under the work directory (wiped at start).
+sample data -> train rf (v1, champion) in a private MLflow store -> convert it to a signed bundle -> a
+retraining policy (trigger: the feature-drift alert; data: the original rows plus the feedback rows devices
+sent to the cloud; result: a shadow canary on gw-3 with a short soak) -> a private Mosquitto on a free port
+-> the cloud service (API, dashboard, ingest, rollouts, alerts, retrain triggers; SQLite store) in this
+process -> three `edgeloop agent` subprocesses in group `plant-a` on v1, feedback rows on -> traffic to each
+agent's REST API; gw-3 gets the drifted readings of `make_machines(drift=True)` and their true labels as
+feedback. Then the loop closes by itself, and the demo follows it through the cloud's API: the drift alert
+fires on gw-3, the cloud starts `edgeloop retrain` (a challenger trained on the original rows plus gw-3's
+feedback rows), the challenger runs in shadow beside the champion on gw-3, and after the soak the rollout
+controller compares their accuracy on the same feedback and promotes the challenger to the group (or rolls
+it back). The demo prints each step, then the audit log. It stops at Ctrl-C, or once `--duration` has
+passed and the loop has ended (closed, failed, or `loop_timeout_s` after the fleet came up): the traffic,
+the agents, the cloud and the broker, in that order. Everything lives under the work directory (wiped at
+start).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ NAME = "machine-failure"
 GROUP = "plant-a"
 DEVICES = ("gw-1", "gw-2", "gw-3")
 DRIFTED = "gw-3"
-CANARY = "gw-1"
+CANARY = DRIFTED
+"""The shadow canary is the device whose feedback measures both models."""
 _MARKER = ".edgeloop-demo"
 
 
@@ -51,7 +59,14 @@ class DemoOptions:
     mqtt_url: str | None = None
     """An existing broker; default: a private Mosquitto on a free port."""
     telemetry_interval_s: float = 5.0
-    soak_minutes: float = 30.0
+    soak_minutes: float = 0.25
+    """Soak of the shadow canary before the accuracies are compared."""
+    min_labels: int = 400
+    """Labels each model needs on the canary before the controller decides (cloud `rollout_min_samples`)."""
+    challenger_model: str = "logreg"
+    """Estimator family of the retrained challenger (the policy's `train.model`)."""
+    loop_timeout_s: float = 300.0
+    """With a duration: how long after the fleet is up the demo waits at most for the loop to end."""
     rows: int = 3000
 
 
@@ -94,6 +109,9 @@ class Demo:
     _server_thread: threading.Thread | None = None
     service: Any = None
     summary: dict[str, Any] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)
+    """What the demo saw of the loop: alert, retrain, rollout, outcome (`closed`, `failed` or absent)."""
+    _audit_seen: int = 0
 
     # -- the steps ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -101,22 +119,29 @@ class Demo:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in previous:  # SIGINT too: a shell may have started us with it ignored
             signal.signal(sig, _raise_interrupt)
+        home = os.environ.get("EDGELOOP_HOME")
         try:
             self._prepare_workdir()
-            v1, v2 = self._train_and_convert()
+            # The retraining job the cloud starts signs with the fleet's key and writes under the work directory.
+            os.environ["EDGELOOP_HOME"] = str(self.options.workdir)
+            v1 = self._train_and_convert()
+            policy = self._write_policy()
             mqtt_url = self._start_broker()
-            self._start_cloud(mqtt_url, v1)
+            self._start_cloud(mqtt_url, v1, policy)
             self._start_agents(mqtt_url, v1)
             self._start_traffic()
             self._wait_for_fleet()
-            rollout = self._roll_out(v2)
-            self._explain(rollout)
+            self._explain()
             self._wait()
         except KeyboardInterrupt:
             self.say("\n[bold]stopping[/bold] (Ctrl-C)")
         finally:
             self.summary = self._summarize()
             self.stop()
+            if home is None:
+                os.environ.pop("EDGELOOP_HOME", None)
+            else:
+                os.environ["EDGELOOP_HOME"] = home
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.summary
@@ -132,7 +157,7 @@ class Demo:
         (work / "logs").mkdir()
         self.say(f"work directory [bold]{work}[/bold] (wiped at the next run)")
 
-    def _train_and_convert(self) -> tuple[Path, Path]:
+    def _train_and_convert(self) -> Path:
         from converter.convert import convert_model
         from converter.settings import ConvertSettings
         from trainer.sample_data import write_machines
@@ -145,15 +170,39 @@ class Demo:
         tracking = f"sqlite:///{work / 'mlflow.db'}"
         train = TrainSettings(tracking_uri=tracking, artifact_root=work / "mlartifacts", keys_dir=work / "keys")
         convert = ConvertSettings(tracking_uri=tracking, keys_dir=work / "keys")
-        bundles = []
-        for step, kind in (("2/6", "rf"), ("3/6", "gb")):
-            result = train_model(data, "failure_24h", NAME, kind, ["reading_id"], train)
-            out = work / "bundles" / f"{NAME}-v{result.version}"
-            convert_model(f"{NAME}/{result.version}", out, convert)
-            metrics = " ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k in ("accuracy", "f1", "roc_auc"))
-            self.say(f"{step} trained {kind}: {NAME} v{result.version} @{result.alias} ({metrics}), bundle {out}")
-            bundles.append(out)
-        return bundles[0], bundles[1]
+        result = train_model(data, "failure_24h", NAME, "rf", ["reading_id"], train)
+        out = work / "bundles" / f"{NAME}-v{result.version}"
+        convert_model(f"{NAME}/{result.version}", out, convert)
+        metrics = " ".join(f"{k}={v:.3f}" for k, v in result.metrics.items() if k in ("accuracy", "f1", "roc_auc"))
+        self.say(f"2/6 trained rf: {NAME} v{result.version} @{result.alias} ({metrics}), bundle {out}")
+        return out
+
+    def _write_policy(self) -> Path:
+        """The retraining policy `edgeloop cloud` runs on its own (docs/loop.md, "Retraining")."""
+        import yaml
+
+        work, opts = self.options.workdir, self.options
+        policy = {
+            "model": NAME,
+            "triggers": ["manual", {"alert": "feature-drift"}],
+            "data": {
+                "original": str(work / "machines.csv"),
+                "target": "failure_24h",
+                "ignore": ["reading_id"],
+                "feedback_source": "cloud",
+                "feedback_max_rows": 20000,
+            },
+            "train": {"model": opts.challenger_model},
+            "result": {"deploy": "shadow-canary", "group": GROUP, "canary": CANARY, "soak_minutes": opts.soak_minutes},
+        }
+        path = work / "retrain.yaml"
+        path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        self.say(
+            f"3/6 retraining policy {path}: on the feature-drift alert, train {opts.challenger_model} on the original "
+            f"rows + the devices' feedback rows, shadow canary on {CANARY} (soak {opts.soak_minutes:g} min, "
+            f"{opts.min_labels} labels), promoted if at least as accurate"
+        )
+        return path
 
     def _start_broker(self) -> str:
         if self.options.mqtt_url:
@@ -178,7 +227,7 @@ class Demo:
         self.say(f"4/6 broker: private Mosquitto ({binary}) on 127.0.0.1:{port}")
         return f"mqtt://127.0.0.1:{port}"
 
-    def _start_cloud(self, mqtt_url: str, v1: Path) -> None:
+    def _start_cloud(self, mqtt_url: str, v1: Path, policy: Path) -> None:
         import uvicorn
 
         from cloud_sync.service import CloudService
@@ -194,6 +243,11 @@ class Demo:
             online_timeout_s=30,
             alert_tick_s=2,
             rollout_tick_s=1,
+            rollout_min_samples=self.options.min_labels,
+            retrain_policies=[policy],
+            retrain_tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+            retrain_workdir=work / "retrain",
+            retrain_tick_s=1,
             ingest_client_id=f"edgeloop-demo-ingest-{os.getpid()}",
             viewer_tokens=[],
             operator_tokens=[],
@@ -218,7 +272,10 @@ class Demo:
             if time.monotonic() > deadline or not self._server_thread.is_alive():
                 raise ServiceUnavailableError(f"the cloud did not start on port {self.options.port} (is it in use?)")
             time.sleep(0.05)
-        self.say(f"5/6 cloud: API, dashboard, ingest, rollouts and alerts on {self.url} (SQLite {work / 'cloud.db'})")
+        self.say(
+            f"5/6 cloud: API, dashboard, ingest, rollouts, alerts and retrain triggers on {self.url} "
+            f"(SQLite {work / 'cloud.db'})"
+        )
 
     @property
     def url(self) -> str:
@@ -230,6 +287,8 @@ class Demo:
         interval = f"{self.options.telemetry_interval_s:g}"
         env = {**os.environ, "EDGELOOP_HOME": str(work)}
         env.update({f"EDGELOOP_AGENT_TELEMETRY_INTERVAL{suffix}": interval for suffix in ("", "_S")})
+        # Labelled predictions go to the cloud with their features, for retraining (opt-in on a real fleet).
+        env.update({"EDGELOOP_AGENT_FEEDBACK_ROWS": "true", "EDGELOOP_AGENT_FEEDBACK_ROWS_MAX_PER_HOUR": "100000"})
         for device in DEVICES:
             port = free_port()
             command = [
@@ -264,7 +323,7 @@ class Demo:
                     raise ServiceUnavailableError(f"agent {agent.device_id} not ready in 30s; see {agent.log}")
                 time.sleep(0.1)
         ports = ", ".join(f"{a.device_id} :{a.port}" for a in self.agents)
-        note = f"telemetry every {interval}s"
+        note = f"telemetry every {interval}s, feedback rows on"
         self.say(f"6/6 agents: {ports} in group {GROUP}, serving {NAME} v1 ({note}; logs in {work / 'logs'})")
         if not telemetry:
             self.say(
@@ -276,7 +335,8 @@ class Demo:
         from trainer.sample_data import make_machines
 
         normal = make_machines(rows=4000, seed=11)
-        drifted = make_machines(rows=4000, seed=11, drift=True)
+        # Never the same reading twice in a run: the challenger is judged on readings it was not trained on.
+        drifted = make_machines(rows=40000, seed=11, drift=True)
         for index, agent in enumerate(self.agents):
             frame = drifted if agent.device_id == DRIFTED else normal.iloc[index * 1000 :]
             thread = threading.Thread(
@@ -284,17 +344,17 @@ class Demo:
             )
             thread.start()
             self._threads.append(thread)
-        self.say(f"traffic: batches of 8 readings to each agent's POST /v1/predict; {DRIFTED} gets drifted readings")
+        self.say(
+            f"traffic: batches of 8 readings to each agent's POST /v1/predict; {DRIFTED} gets drifted readings "
+            "and their true labels on POST /v1/feedback"
+        )
 
     def _traffic(self, agent: Agent, frame: Any) -> None:
-        import numpy as np
-
         features = frame.drop(columns=["failure_24h", "reading_id"], errors="ignore")
         records = json.loads(features.to_json(orient="records"))
         labels = frame["failure_24h"].tolist()
         base = f"http://127.0.0.1:{agent.port}"
-        feedback_field = _feedback_field(base) if agent.device_id == DRIFTED else None
-        rng = np.random.default_rng(len(agent.device_id))
+        feedback = agent.device_id == DRIFTED
         position = 0
         with httpx.Client(timeout=5) as client:
             while not self._stop.is_set():
@@ -306,12 +366,16 @@ class Demo:
                     agent.sent += len(batch)
                     if response.status_code != 200:
                         agent.errors += 1
-                    elif feedback_field is not None:
-                        for prediction, label in zip(response.json()["predictions"], truth, strict=False):
-                            if rng.random() < 0.5:
-                                body = {"prediction_id": prediction["prediction_id"], feedback_field: label}
-                                if client.post(f"{base}/v1/feedback", json=body).status_code < 300:
-                                    agent.feedback += 1
+                    elif feedback:  # every reading's true label, in one feedback batch
+                        items = [
+                            {"prediction_id": prediction["prediction_id"], "label": label}
+                            for prediction, label in zip(response.json()["predictions"], truth, strict=True)
+                        ]
+                        answer = client.post(f"{base}/v1/feedback", json={"feedback": items})
+                        if answer.status_code != 200:
+                            agent.errors += 1
+                        else:
+                            agent.feedback += int(answer.json()["accepted"])
                 except httpx.HTTPError:
                     agent.errors += 1
                 self._stop.wait(0.1)
@@ -325,49 +389,113 @@ class Demo:
                 raise ServiceUnavailableError("the agents did not report to the cloud within 30s (see the logs)")
             time.sleep(0.2)
 
-    def _roll_out(self, v2: Path) -> dict[str, Any]:
-        info = self.service.registry.add(v2)
-        body = {
-            "model_name": info.name,
-            "model_version": info.version,
-            "group": GROUP,
-            "canary": CANARY,
-            "soak_minutes": self.options.soak_minutes,
-        }
-        response = httpx.post(f"{self.url}/v1/rollouts", json=body, timeout=30)
-        if response.status_code >= 300:
-            raise ServiceUnavailableError(f"the rollout was refused: HTTP {response.status_code} {response.text}")
-        rollout: dict[str, Any] = response.json()
-        self.say(
-            f"rollout [bold]{rollout['id']}[/bold]: {NAME} v{info.version} (gb) to {CANARY} first, "
-            f"soak {self.options.soak_minutes:g} min, then the whole group (or an automatic rollback)"
-        )
-        return rollout
-
-    def _explain(self, rollout: dict[str, Any]) -> None:
+    def _explain(self) -> None:
         self.say(
             f"\n[bold green]dashboard: {self.url}/[/bold green]\n"
             f"  Fleet     three live devices; {DRIFTED} turns red/amber once its first windows land (PSI > 0.25 on "
             "temperature_c and vibration_mm_s: a heat wave and worn bearings)\n"
             f"  Device    click {DRIFTED}: reference vs current histograms, PSI per feature over time, events\n"
-            f"  Rollouts  {rollout['id']} in progress: {CANARY} on v2 while it soaks; Promote or Roll back there\n"
-            "  Models    v1 (rf) and v2 (gb): held-out metrics, lineage, model card, where each runs\n"
-            "  Alerts    the drift alert on gw-3; Acknowledge it\n"
+            "  Alerts    the drift alert on gw-3 (it starts the retrain); Acknowledge it\n"
+            f"  Rollouts  the shadow canary: {CANARY} serves v1 with the challenger in shadow, then promoted or rolled "
+            "back on measured accuracy\n"
+            "  Models    v1 (rf) and the challenger: held-out metrics, lineage (with the feedback data), model card\n"
+            "  Audit     retrain triggered -> retrain -> deploy -> promote, with both accuracies\n"
             f"  API docs  {self.url}/docs\n"
             + (
-                f"runs for {self.options.duration:g}s"
+                f"runs for {self.options.duration:g}s and until the loop has ended "
+                f"(at most {self.options.loop_timeout_s:g}s)"
                 if self.options.duration
                 else "Ctrl-C stops everything (agents, cloud, broker)"
             )
+            + "\n\nthe loop:"
         )
 
     def _wait(self) -> None:
-        end = None if self.options.duration is None else time.monotonic() + self.options.duration
-        while end is None or time.monotonic() < end:
-            time.sleep(0.5 if end is None else max(0.0, min(0.5, end - time.monotonic())))
+        started = time.monotonic()
+        end = None if self.options.duration is None else started + self.options.duration
+        give_up = started + self.options.loop_timeout_s
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            if end is not None and now >= end and ("outcome" in self.loop or now >= give_up):
+                break
+            time.sleep(0.5)
             for agent in self.agents:
                 if agent.process.poll() is not None:
                     raise ServiceUnavailableError(f"agent {agent.device_id} stopped; see {agent.log}")
+            if "outcome" not in self.loop and time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    self._follow_loop()
+        if "outcome" not in self.loop:
+            self.say(
+                f"[yellow]loop not closed[/yellow] after {time.monotonic() - started:.0f}s: "
+                f"{self.loop.get('step', 'waiting for the drift alert')}"
+            )
+
+    def _follow_loop(self) -> None:
+        """One look at the cloud's API (what the dashboard shows): say each new step of the loop."""
+        loop = self.loop
+        if "alert" not in loop:
+            firing = httpx.get(f"{self.url}/v1/alerts", params={"state": "firing"}, timeout=10).json()
+            drift = [a for a in firing if a["rule"] == "feature-drift" and a["subject"].startswith(DRIFTED)]
+            if drift:
+                loop["alert"] = drift[0]
+                loop["step"] = "drift alert fired, waiting for the retrain"
+                self.say(f"  drift alert: feature-drift fired on {drift[0]['subject']} ({drift[0]['message']})")
+        entries = httpx.get(f"{self.url}/v1/audit", timeout=10).json()
+        for entry in entries[self._audit_seen :]:
+            self._audit_step(entry)
+            if "outcome" in loop:
+                self._print_audit()
+                break
+        self._audit_seen = len(entries)
+
+    def _audit_step(self, entry: dict[str, Any]) -> None:
+        loop, action, details = self.loop, entry["action"], entry.get("details") or {}
+        if action == "retrain triggered":
+            loop["retrain_triggered"] = entry
+            loop["step"] = "retrain running"
+            self.say(f"  retrain started by the cloud ({details.get('trigger')}): log {details.get('log')}")
+        elif action == "retrain":
+            loop["retrain"] = entry
+            loop["step"] = "challenger registered, converting and deploying"
+            self.say(
+                f"  retrain recorded: {entry['target']} trained on the original rows + "
+                f"{details.get('feedback_rows')} feedback rows from the devices (deploy: {details.get('deploy')})"
+            )
+        elif action == "deploy" and loop.get("retrain"):
+            loop["deploy"] = entry
+            loop["step"] = "challenger in shadow on the canary, soaking"
+            self.say(f"  shadow canary: {entry['reason'] or entry['target']}")
+        elif action == "retrain failed":
+            loop["outcome"] = "failed"
+            self.say(f"  [red]retrain failed[/red]: {entry['reason']} (log {details.get('log')})")
+        elif action in ("promote", "rollback", "rollback failed") and loop.get("deploy"):
+            challenger, champion = details.get("challenger_accuracy"), details.get("champion_accuracy")
+            version = entry["target"].split()[0].rsplit("/", 1)[-1]
+            loop.update(decision=entry, challenger_accuracy=challenger, champion_accuracy=champion)
+            if action == "promote" and challenger is not None and champion is not None:
+                loop["outcome"] = "closed"
+                self.say(
+                    f"[bold green]loop closed:[/bold green] challenger v{version} promoted after shadow accuracy "
+                    f"{challenger:.3f} vs champion {champion:.3f} ({details.get('challenger_labels')} and "
+                    f"{details.get('labels')} labels on {', '.join(details.get('canary') or [])}); "
+                    f"{GROUP} now serves v{version}"
+                )
+            elif action == "promote":
+                loop["outcome"] = "closed"
+                self.say(f"[bold green]loop closed:[/bold green] challenger v{version} promoted by {entry['actor']}")
+            else:
+                loop["outcome"] = "failed"
+                self.say(f"  [yellow]challenger v{version} rolled back[/yellow]: {entry['reason']}")
+
+    def _print_audit(self) -> None:
+        entries = httpx.get(f"{self.url}/v1/audit", timeout=10).json()
+        self.say(f"audit log ({self.url}/v1/audit):")
+        for entry in entries:
+            reason = f": {entry['reason']}" if entry.get("reason") else ""
+            self.say(f"  {entry['at']}  {entry['actor']:<10} {entry['action']:<17} {entry['target']}{reason}")
 
     # -- the end ------------------------------------------------------------------------------------
     def _summarize(self) -> dict[str, Any]:
@@ -379,6 +507,8 @@ class Demo:
             summary["devices"] = overview["devices"]
             summary["rollouts"] = httpx.get(f"{self.url}/v1/rollouts", timeout=10).json()
             summary["alerts"] = httpx.get(f"{self.url}/v1/alerts?state=firing", timeout=10).json()
+            summary["audit"] = httpx.get(f"{self.url}/v1/audit", timeout=10).json()
+        summary["loop"] = {key: value for key, value in self.loop.items() if key != "step"}
         summary["agents"] = {
             a.device_id: {"port": a.port, "records": a.sent, "errors": a.errors, "feedback": a.feedback}
             for a in self.agents
@@ -392,7 +522,7 @@ class Demo:
                 + (f"{drift['psi']:.3f} on {drift['feature']} ({drift['band']})" if drift else "-")
             )
         for rollout in summary.get("rollouts", [])[:1]:
-            self.say(f"  rollout {rollout['id']}: {rollout['model']} {rollout['state']}")
+            self.say(f"  rollout {rollout['id']}: {rollout['model']} ({rollout['mode']}) {rollout['state']}")
         return summary
 
     def stop(self) -> None:
@@ -400,6 +530,7 @@ class Demo:
         self._stop.set()
         for thread in self._threads:
             thread.join(5)
+        self._stop_jobs()
         for agent in self.agents:
             if agent.process.poll() is None:
                 agent.process.terminate()
@@ -422,6 +553,25 @@ class Demo:
         log_event(logger, "demo stopped", workdir=str(self.options.workdir))
         self.say("stopped: agents, cloud and broker")
 
+    def _stop_jobs(self) -> None:
+        """A retraining job the cloud started that is still running (Ctrl-C, or the loop cut short): the job and
+        the trainer or converter it runs, so nothing outlives the demo."""
+        import psutil
+
+        ours = {agent.process.pid for agent in self.agents} | ({self._broker.pid} if self._broker else set())
+        with contextlib.suppress(psutil.Error):
+            jobs = [child for child in psutil.Process().children() if child.pid not in ours]
+            processes = [grandchild for job in jobs for grandchild in job.children(recursive=True)] + jobs
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.terminate()
+            _, alive = psutil.wait_procs(processes, timeout=10)
+            for process in alive:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            if jobs:
+                self.say(f"stopped {len(jobs)} retraining job(s) still running")
+
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
@@ -440,22 +590,3 @@ def _agent_telemetry_flag() -> str | None:
         if flag + " " in result.stdout:
             return flag
     return None
-
-
-def _feedback_field(base: str) -> str | None:
-    """The agent's feedback route, if it has one: the name of the true-label field in its request body."""
-    try:
-        spec = httpx.get(f"{base}/openapi.json", timeout=5).json()
-    except (httpx.HTTPError, ValueError):
-        return None
-    operation = spec.get("paths", {}).get("/v1/feedback", {}).get("post")
-    if operation is None:
-        return None
-    schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
-    if "$ref" in schema:
-        schema = spec.get("components", {}).get("schemas", {}).get(schema["$ref"].rsplit("/", 1)[-1], {})
-    fields = [name for name in schema.get("properties", {}) if name != "prediction_id"]
-    for name in ("actual", "label", "true_label", "outcome", "value"):
-        if name in fields:
-            return name
-    return fields[0] if len(fields) == 1 else None
