@@ -1,0 +1,218 @@
+"""Rollout reach: how long from `deploy` until every device of a large group runs the new version, and until
+the cloud has seen every device report it. The real `edgeloop cloud` (SQLite store) and a private Mosquitto;
+the fleet is `cloud_sync.simulator.SimDevice` (one MQTT connection each, the agent's wire behaviour: desired
+state, version policy, retained reported state, `deployed` events), split over worker processes.
+
+    .venv/bin/python bench/bench_rollout.py                      # 2,000, 5,000 and 10,000 devices
+    .venv/bin/python bench/bench_rollout.py --devices 2000 --per-worker 250
+
+One paho client per simulated device uses three file descriptors (its socket and a wake-up socket pair) and
+paho waits on them with select(), which cannot watch descriptors above 1024: a process runs at most ~330
+devices (beyond that their network threads die silently and the devices never report). Hence the workers.
+
+For each fleet size, two rollouts through the REST API that `edgeloop deploy` calls (POST /v1/rollouts):
+- `--canary 0`: published to the group at once;
+- `--canary 1%`, soak 0: the canary first, then the group (one controller tick, rollout_tick_s = 0.2 s).
+Columns: `deploy call` = the POST's duration (for a promotion it includes clearing every device-level desired
+topic of the group), `devices switched` = until the last simulated device applied it, `cloud sees all` = until
+GET /v1/rollouts/{id} counts every device on target (their reported state ingested). Not a test: numbers depend
+on the machine and its load. The model is trained once into a temp dir; v2 and v3 are its manifest re-signed
+with a higher version (the simulated devices do not download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from bench.bench_ingest import free_port, start_broker
+
+CTX = mp.get_context("spawn")
+GROUP = "bench-fleet"
+NAME = "bench-model"
+
+
+def make_bundles(tmp: Path) -> tuple[Path, list[Path]]:
+    """A trained, converted bundle (v1) and the same model re-signed as v2 and v3; returns (keys_dir, bundles)."""
+    from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, canonical_bytes
+    from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
+    from converter.convert import convert_model
+    from converter.settings import ConvertSettings
+    from trainer.sample_data import write_machines
+    from trainer.settings import TrainSettings
+    from trainer.train import train_model
+
+    tracking, keys = f"sqlite:///{tmp / 'mlflow.db'}", tmp / "keys"
+    data = write_machines(tmp / "machines.csv", rows=1000)
+    result = train_model(data, "failure_24h", NAME, "logreg", ["reading_id"],
+                         TrainSettings(tracking_uri=tracking, artifact_root=tmp / "artifacts"))  # fmt: skip
+    v1 = tmp / f"{NAME}-v1"
+    convert_model(f"{NAME}/{result.version}", v1, ConvertSettings(tracking_uri=tracking, keys_dir=keys))
+    manifest = Manifest.model_validate_json((v1 / MANIFEST_FILE).read_bytes())
+    bundles = [v1]
+    for version in (2, 3):
+        edited = manifest.model_copy(update={"version": version})
+        target = tmp / f"{NAME}-v{version}"
+        target.mkdir()
+        shutil.copyfile(v1 / MODEL_FILE, target / MODEL_FILE)
+        (target / MANIFEST_FILE).write_bytes(edited.to_json_bytes())
+        signature = sign_bytes(canonical_bytes(edited), load_private_key(keys / PRIVATE_KEY_FILE))
+        (target / SIGNATURE_FILE).write_bytes(signature)
+        bundles.append(target)
+    return keys, bundles
+
+
+def fleet_worker(port: int, ids: list[str], ready: Any, stop: Any, out: Any) -> None:
+    """Runs `ids` as SimDevices on v1; reports ("ready", n) once connected, then (version, when) each time all of
+    them run a new version."""
+    from cloud_sync.simulator import SimDevice
+
+    devices = []
+    for index, device_id in enumerate(ids):
+        devices.append(SimDevice(device_id, GROUP, "127.0.0.1", port, model=(NAME, 1)).start())
+        if index % 200 == 199:
+            time.sleep(0.05)  # do not overrun the broker's listen backlog
+    out.put(("ready", len(devices)))
+    ready.wait()
+    seen = 1
+    while not stop.is_set():
+        versions = {d.model[1] if d.model else None for d in devices}
+        if len(versions) == 1 and (version := versions.pop()) is not None and version > seen:
+            out.put((version, time.time()))
+            seen = version
+        time.sleep(0.01)
+    for device in devices:
+        device.client.disconnect()
+        device.client.loop_stop()
+
+
+def start_cloud(tmp: Path, port: int, keys: Path) -> tuple[subprocess.Popen[bytes], str]:
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "EDGELOOP_HOME": str(tmp / "home"),
+        "EDGELOOP_LOG_LEVEL": "WARNING",
+        "EDGELOOP_CLOUD_KEYS_DIR": str(keys),
+        "EDGELOOP_CLOUD_ROLLOUT_TICK_S": "0.2",
+        "EDGELOOP_CLOUD_ALERT_TICK_S": "3600",
+        "EDGELOOP_CLOUD_ONLINE_TIMEOUT_S": "3600",
+    }
+    executable = Path(sys.executable).with_name("edgeloop")
+    args = [str(executable), "cloud", "--port", str(api_port), "--mqtt-url", f"mqtt://127.0.0.1:{port}",
+            "--store-url", f"sqlite:///{tmp / 'cloud.db'}", "--bundles-dir", str(tmp / "bundles")]  # fmt: skip
+    log = open(tmp / "cloud.log", "ab")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(args, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{api_port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"edgeloop cloud did not start; see {tmp / 'cloud.log'}")
+
+
+def upload(url: str, bundle: Path) -> None:
+    from cloud_sync.bundles import bundle_tar
+
+    httpx.put(f"{url}/v1/bundles", content=bundle_tar(bundle), timeout=60).raise_for_status()
+
+
+def rollout(url: str, out: Any, workers: int, devices: int, version: int, canary: str) -> dict[str, float]:
+    body = {"model_name": NAME, "model_version": version, "group": GROUP, "canary": canary, "soak_minutes": 0}
+    start = time.time()
+    response = httpx.post(f"{url}/v1/rollouts", json=body, timeout=600)
+    response.raise_for_status()
+    posted = time.time()
+    rollout_id = response.json()["id"]
+    done = 0
+    switched = start
+    while done < workers:
+        got_version, when = out.get(timeout=600)
+        if got_version == version:
+            done += 1
+            switched = max(switched, when)
+    while True:
+        status = httpx.get(f"{url}/v1/rollouts/{rollout_id}", timeout=120).json()
+        if status["on_target"] == devices and status["state"] == "promoted":
+            break
+        if time.time() - start > 600:
+            raise RuntimeError(f"rollout {rollout_id} stuck: {status['state']}, {status['on_target']}/{devices}")
+        time.sleep(0.2)
+    seen = time.time()
+    return {"post": posted - start, "switched": switched - start, "seen": seen - start}
+
+
+def run(devices: int, workers: int, keys: Path, bundles: list[Path]) -> list[tuple[str, dict[str, float]]]:
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-rollout-") as name:
+        tmp = Path(name)
+        broker, port = start_broker(tmp)
+        cloud, url = start_cloud(tmp, port, keys)
+        ready, stop, out = CTX.Event(), CTX.Event(), CTX.Queue()
+        ids = [f"sim-{i:05d}" for i in range(devices)]
+        procs = [
+            CTX.Process(target=fleet_worker, args=(port, ids[w::workers], ready, stop, out)) for w in range(workers)
+        ]
+        try:
+            for bundle in bundles:
+                upload(url, bundle)
+            began = time.time()
+            for proc in procs:
+                proc.start()
+            for _ in procs:
+                assert out.get(timeout=600)[0] == "ready"
+            print(f"  {devices:,} devices connected in {time.time() - began:.1f}s", flush=True)
+            while (known := len(httpx.get(f"{url}/v1/devices?group={GROUP}", timeout=120).json())) < devices:
+                if time.time() - began > 300:
+                    raise RuntimeError(f"only {known} of {devices} devices known to the cloud; see {tmp}/cloud.log")
+                time.sleep(0.5)
+            print(f"  {devices:,} devices connected and known to the cloud in {time.time() - began:.1f}s", flush=True)
+            ready.set()
+            rows = [("canary 0 (group at once)", rollout(url, out, workers, devices, 2, "0"))]
+            print(f"  canary 0: {rows[0][1]}", flush=True)
+            rows.append(("canary 1%, soak 0", rollout(url, out, workers, devices, 3, "1%")))
+            return rows
+        finally:
+            stop.set()
+            for proc in procs:
+                proc.join(60)
+                if proc.is_alive():
+                    proc.kill()
+            cloud.terminate()
+            cloud.wait(30)
+            broker.terminate()
+            broker.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000, 5000], help="fleet sizes")
+    parser.add_argument("--per-worker", type=int, default=250, help="devices per simulator process")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-bundles-") as name:
+        keys, bundles = make_bundles(Path(name))
+        table = []
+        for devices in args.devices:
+            print(f"{devices:,} devices ...", flush=True)
+            for label, result in run(devices, -(-devices // args.per_worker), keys, bundles):
+                table.append((f"{devices:,} devices, {label}", result))
+                print(f"  {label}: {result}", flush=True)
+    print(f"\n{'rollout':<44}{'deploy call s':>14}{'devices switched s':>20}{'cloud sees all s':>18}")
+    for label, result in table:
+        print(f"{label:<44}{result['post']:>14.2f}{result['switched']:>20.2f}{result['seen']:>18.2f}")
+
+
+if __name__ == "__main__":
+    main()
