@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from contracts.bundle import atomic_directory, load_bundle, parse_manifest
-from contracts.errors import InputError, NotFoundError
+from contracts.errors import ConflictError, InputError, NotFoundError
 from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, sha256_file
 
 __all__ = ["BundleInfo", "BundleRegistry", "bundle_router", "bundle_tar"]
@@ -128,6 +128,13 @@ class BundleRegistry:
             existing = self._read(target)
             if existing.manifest == bundle.manifest:
                 return existing
+            if existing.manifest.onnx.sha256 != bundle.manifest.onnx.sha256:
+                # "v2" must always mean one model: devices and the audit log identify versions by number.
+                raise ConflictError(
+                    f"{bundle.manifest.ref} is already stored with another model (onnx sha256 "
+                    f"{existing.manifest.onnx.sha256[:12]}…, this one {bundle.manifest.onnx.sha256[:12]}…); "
+                    "register a new version instead of reusing the number"
+                )
         with atomic_directory(target) as tmp:
             for name in _FILES:
                 shutil.copyfile(bundle.path / name, tmp / name)

@@ -12,12 +12,14 @@ that the mapping lives in one place. Messages say what went wrong and what to do
     │   ├── UnsupportedModelError  an estimator or transformer the converter cannot handle
     │   └── ParityCheckFailed      ONNX and sklearn disagree beyond the tolerance
     ├── ServiceUnavailableError    tracking server, broker or bundle server unreachable   (exit 6, HTTP 503)
+    ├── ConflictError              the request contradicts stored state (e.g. a version reused) (exit 8, HTTP 409)
     └── ModelRejected              an update was refused by the device (reason attached)  (exit 7, HTTP 409)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ConflictError",
     "ConversionError",
     "EdgeloopError",
     "InputError",
@@ -88,6 +90,11 @@ class ParityCheckFailed(ConversionError):
 class ServiceUnavailableError(EdgeloopError):
     exit_code = 6
     http_status = 503
+
+
+class ConflictError(EdgeloopError):
+    exit_code = 8
+    http_status = 409
 
 
 class ModelRejected(EdgeloopError):

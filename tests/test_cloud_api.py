@@ -99,3 +99,27 @@ def test_bundle_download_has_sha256_etag_and_ranges(client: TestClient, rf_bundl
     assert part.headers["content-range"].startswith("bytes 100-")
     assert client.get("/bundles/machine-failure/1/secret.key").status_code == 404
     assert client.get("/bundles/machine-failure/9/model.onnx").status_code == 404
+
+
+def test_a_version_number_cannot_be_reused_for_another_model(tmp_path, rf_bundle, logreg_bundle_v2) -> None:
+    """Uploading v2 again is a no-op; uploading a different model under an existing name/version is a 409."""
+    import shutil
+
+    from cloud_sync.bundles import BundleRegistry
+    from contracts.errors import ConflictError
+    from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+    from contracts.signing import load_public_key
+    from tests.agent_helpers import manifest_of, resign
+
+    registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
+    first = registry.add(logreg_bundle_v2.bundle)
+    assert registry.add(logreg_bundle_v2.bundle).manifest == first.manifest  # idempotent
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    shutil.copyfile(rf_bundle.bundle / MODEL_FILE, impostor / MODEL_FILE)  # rf's model, numbered as v2
+    manifest, signature = resign(manifest_of(rf_bundle.bundle), rf_bundle.keys_dir, version=2)
+    (impostor / MANIFEST_FILE).write_bytes(manifest.to_json_bytes())
+    (impostor / SIGNATURE_FILE).write_text(signature)
+    with pytest.raises(ConflictError, match="already stored with another model"):
+        registry.add(impostor)
+    assert registry.add(logreg_bundle_v2.bundle).manifest == first.manifest
