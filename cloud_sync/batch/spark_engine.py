@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from cloud_sync.batch.columns import ScoringPlan, check_schema, score_batch
+from cloud_sync.batch.local_engine import load_model
 from contracts.bundle import Bundle, load_bundle
 from contracts.errors import EdgeloopError, InputError, IntegrityError, ServiceUnavailableError
 from contracts.logs import log_event
@@ -130,7 +131,7 @@ def executor_model(payload: dict[str, Any]) -> OnnxModel:
                     (folder / "signing.pub").write_bytes(payload["public_key"])
                     public_key = load_public_key(folder / "signing.pub")
                 bundle = load_bundle(folder, public_key)
-                model = OnnxModel.load(bundle, intra_op_threads=payload["threads"], inter_op_threads=1)
+                model = load_model(bundle, payload["threads"])
             _MODELS[key] = model
     return model
 
