@@ -187,6 +187,7 @@ def gap_list(store: Store, device: str | None = None, open_only: bool = True) ->
             {
                 "device_id": row["device_id"],
                 "stream": row["stream"],
+                "epoch": row["epoch"],
                 "first_missing": row["first_missing"],
                 "last_missing": row["last_missing"],
                 "still_missing": missing,

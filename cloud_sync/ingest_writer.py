@@ -1,7 +1,7 @@
 """Turning device messages into rows: parse and validate (anything wrong goes to `dead_letters` with the
 reason), then write a whole batch in one transaction.
 
-Idempotent on (device_id, seq) per stream: a redelivered window or event inserts nothing and changes
+Idempotent on (device_id, epoch, seq) per stream: a redelivered window or event inserts nothing and changes
 nothing. A jump in a device's sequence is recorded in `gaps` (first and last missing number); a late
 message that falls inside a recorded gap counts as `filled`, so several ingest workers splitting one
 device's messages never leave a false gap behind. Device accepted/rejected/rolled back events also go to
@@ -171,24 +171,24 @@ class IngestWriter:
         if not items:
             return
         table = windows if stream == "telemetry" else events
-        unique: dict[tuple[str, int], Parsed] = {}
+        unique: dict[tuple[str, int, int], Parsed] = {}
         for item in items:
-            unique.setdefault((item.device_id, item.message.seq), item)
+            unique.setdefault((item.device_id, item.message.epoch, item.message.seq), item)
         keys = list(unique)
-        existing: set[tuple[str, int]] = set()
+        existing: set[tuple[str, int, int]] = set()
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            query = sa.select(table.c.device_id, table.c.seq).where(
-                sa.tuple_(table.c.device_id, table.c.seq).in_(chunk)
+            query = sa.select(table.c.device_id, table.c.epoch, table.c.seq).where(
+                sa.tuple_(table.c.device_id, table.c.epoch, table.c.seq).in_(chunk)
             )
-            existing.update((row.device_id, row.seq) for row in conn.execute(query))
+            existing.update((row.device_id, row.epoch, row.seq) for row in conn.execute(query))
         new = [unique[key] for key in keys if key not in existing]
         result.duplicates += len(items) - len(new)
         if not new:
             return
         self._track_gaps(conn, table, stream, new, result)
         rows = [_window_row(p) if stream == "telemetry" else _event_row(p) for p in new]
-        conn.execute(self.store.insert_ignore(table, ["device_id", "seq"]), rows)
+        conn.execute(self.store.insert_ignore(table, ["device_id", "epoch", "seq"]), rows)
         if stream == "telemetry":
             result.windows += len(rows)
         else:
@@ -211,28 +211,30 @@ class IngestWriter:
     def _track_gaps(
         self, conn: Connection, table: sa.Table, stream: str, new: list[Parsed], result: BatchResult
     ) -> None:
-        by_device: dict[str, list[int]] = {}
+        """Sequence numbers are contiguous per (device, epoch): a jump is a gap, a late arrival fills one."""
+        by_source: dict[tuple[str, int], list[int]] = {}
         for item in new:
-            by_device.setdefault(item.device_id, []).append(item.message.seq)
-        highest: dict[str, int] = {}
-        names = list(by_device)
-        for start in range(0, len(names), 500):
+            by_source.setdefault((item.device_id, item.message.epoch), []).append(item.message.seq)
+        highest: dict[tuple[str, int], int] = {}
+        sources = list(by_source)
+        for start in range(0, len(sources), 500):
             query = (
-                sa.select(table.c.device_id, sa.func.max(table.c.seq).label("top"))
-                .where(table.c.device_id.in_(names[start : start + 500]))
-                .group_by(table.c.device_id)
+                sa.select(table.c.device_id, table.c.epoch, sa.func.max(table.c.seq).label("top"))
+                .where(sa.tuple_(table.c.device_id, table.c.epoch).in_(sources[start : start + 500]))
+                .group_by(table.c.device_id, table.c.epoch)
             )
-            highest.update({row.device_id: int(row.top) for row in conn.execute(query)})
+            highest.update({(row.device_id, row.epoch): int(row.top) for row in conn.execute(query)})
         now = new[0].incoming.received_at
         found: list[dict[str, Any]] = []
-        for device, seqs in by_device.items():
-            top = highest.get(device, 0)
+        for (device, outbox_epoch), seqs in by_source.items():
+            top = highest.get((device, outbox_epoch), 0)
             for seq in sorted(seqs):
                 if seq > top + 1:
                     found.append(
                         {
                             "device_id": device,
                             "stream": stream,
+                            "epoch": outbox_epoch,
                             "first_missing": top + 1,
                             "last_missing": seq - 1,
                             "filled": 0,
@@ -242,7 +244,7 @@ class IngestWriter:
                 elif seq <= top:
                     conn.execute(
                         gaps.update()
-                        .where(gaps.c.device_id == device, gaps.c.stream == stream)
+                        .where(gaps.c.device_id == device, gaps.c.stream == stream, gaps.c.epoch == outbox_epoch)
                         .where(gaps.c.first_missing <= seq, gaps.c.last_missing >= seq)
                         .values(filled=gaps.c.filled + 1)
                     )
@@ -312,6 +314,7 @@ def _window_row(item: Parsed) -> dict[str, Any]:
     window: TelemetryWindow = item.message
     return {
         "device_id": window.device_id,
+        "epoch": window.epoch,
         "seq": window.seq,
         "group_name": window.group,
         "model_name": window.model_name,
@@ -329,6 +332,7 @@ def _event_row(item: Parsed) -> dict[str, Any]:
     event: DeviceEvent = item.message
     return {
         "device_id": event.device_id,
+        "epoch": event.epoch,
         "seq": event.seq,
         "kind": event.kind,
         "model_name": event.model_name,

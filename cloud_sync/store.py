@@ -2,12 +2,13 @@
 
 Times are UTC epoch seconds (float) everywhere: portable, index-friendly, rendered as ISO by the API.
 Telemetry windows keep their raw JSON payload (the counts are merged at query time, never averaged) and
-are unique on (device_id, seq), like events: a redelivered message inserts nothing. `audit_log` is
-append-only, enforced by a trigger on both engines.
+are unique on (device_id, epoch, seq), like events (epoch: when the device's outbox was created): a
+redelivered message inserts nothing. `audit_log` is append-only, enforced by a trigger on both engines.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from contracts.errors import InputError, ServiceUnavailableError
+from contracts.logs import log_event
 
 __all__ = [
     "Store",
@@ -32,6 +34,7 @@ __all__ = [
     "windows",
 ]
 
+logger = logging.getLogger("edgeloop.cloud.store")
 metadata = sa.MetaData()
 
 devices = sa.Table(
@@ -57,6 +60,7 @@ windows = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("group_name", sa.String(64), nullable=False),
     sa.Column("model_name", sa.String(200)),
@@ -67,7 +71,7 @@ windows = sa.Table(
     sa.Column("requests", sa.Integer, nullable=False),
     sa.Column("errors", sa.Integer, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
-    sa.UniqueConstraint("device_id", "seq", name="uq_windows_device_seq"),
+    sa.UniqueConstraint("device_id", "epoch", "seq", name="uq_windows_device_epoch_seq"),
     sa.Index("ix_windows_end", "window_end"),
     sa.Index("ix_windows_group_end", "group_name", "window_end"),
 )
@@ -77,6 +81,7 @@ events = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("model_name", sa.String(200)),
@@ -85,7 +90,7 @@ events = sa.Table(
     sa.Column("details", sa.JSON, nullable=False),
     sa.Column("at", sa.String(40), nullable=False),
     sa.Column("received_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("device_id", "seq", name="uq_events_device_seq"),
+    sa.UniqueConstraint("device_id", "epoch", "seq", name="uq_events_device_epoch_seq"),
     sa.Index("ix_events_received", "received_at"),
 )
 
@@ -95,6 +100,7 @@ gaps = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("device_id", sa.String(64), nullable=False),
     sa.Column("stream", sa.String(16), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("first_missing", sa.BigInteger, nullable=False),
     sa.Column("last_missing", sa.BigInteger, nullable=False),
     sa.Column("filled", sa.BigInteger, nullable=False, default=0),
@@ -286,10 +292,39 @@ class Store:
 
 def _add_missing_columns(conn: Connection, schema: str | None) -> None:
     """Columns appended to a table after its first release (create_all makes only missing tables)."""
-    present = {column["name"] for column in sa.inspect(conn).get_columns("rollouts", schema=schema)}
+    inspector = sa.inspect(conn)
+    present = {column["name"] for column in inspector.get_columns("rollouts", schema=schema)}
     if "mode" not in present:
         table = f'"{schema}".rollouts' if schema else "rollouts"
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN mode VARCHAR(16) NOT NULL DEFAULT 'serving'")
+    if "epoch" not in {column["name"] for column in inspector.get_columns("gaps", schema=schema)}:
+        table = f'"{schema}".gaps' if schema else "gaps"
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
+    for keyed in (windows, events):
+        if "epoch" not in {column["name"] for column in inspector.get_columns(keyed.name, schema=schema)}:
+            _rekey_on_epoch(conn, keyed, schema)
+
+
+def _rekey_on_epoch(conn: Connection, table: sa.Table, schema: str | None) -> None:
+    """A store from before outbox epochs: add `epoch` (0 for every stored row) and key on (device, epoch, seq).
+    PostgreSQL changes the table in place; SQLite cannot drop a constraint, so the table is copied."""
+    name = f'"{schema}".{table.name}' if schema else table.name
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
+        conn.exec_driver_sql(f"ALTER TABLE {name} DROP CONSTRAINT IF EXISTS uq_{table.name}_device_seq")
+        conn.exec_driver_sql(
+            f"ALTER TABLE {name} ADD CONSTRAINT uq_{table.name}_device_epoch_seq UNIQUE (device_id, epoch, seq)"
+        )
+        return
+    old = f"{table.name}_before_epoch"
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")
+    for index in table.indexes:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+    table.create(conn)
+    columns = ", ".join(column.name for column in table.columns if column.name != "epoch")
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {old}")
+    conn.exec_driver_sql(f"DROP TABLE {old}")
+    log_event(logger, "store migrated: keyed on (device, epoch, seq)", table=table.name)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -74,8 +74,12 @@ class DeviceStatus(_Message):
 
 
 class DeviceEvent(_Message):
+    """Published at QoS 1 on edgeloop/v1/devices/{device}/events; (device_id, epoch, seq) is unique."""
+
     device_id: str
     seq: int
+    epoch: int = 0
+    """When the device's outbox was created (Unix ms; 0 = before epochs existed): see TelemetryWindow.epoch."""
     kind: Literal["deployed", "rejected", "rolled_back", "error", "started"]
     model_name: str | None = None
     model_version: int | None = None
@@ -100,11 +104,13 @@ class FeedbackRow(BaseModel):
 
 class FeedbackRows(_Message):
     """Opt-in (`feedback_rows`): published at QoS 1 on edgeloop/v1/devices/{device}/feedback; (device_id, seq)
-    is unique per device. Labelled rows for retraining, all made by one model version."""
+    is unique per device and outbox epoch. Labelled rows for retraining, all made by one model version."""
 
     device_id: str
     group: str
     seq: int
+    epoch: int = 0
+    """When the device's outbox was created (Unix ms): see TelemetryWindow.epoch."""
     model_name: str
     model_version: int
     rows: list[FeedbackRow]

@@ -124,12 +124,15 @@ class Resources(BaseModel):
 
 
 class TelemetryWindow(WindowCounts):
-    """Published at QoS 1 on edgeloop/v1/devices/{device}/telemetry; (device_id, seq) is unique."""
+    """Published at QoS 1 on edgeloop/v1/devices/{device}/telemetry; (device_id, epoch, seq) is unique."""
 
     schema_version: Literal["v1"] = "v1"
     device_id: str
     group: str
     seq: int
+    epoch: int = 0
+    """When the device's outbox was created (Unix ms): sequence numbers restart at 1 with a new state directory,
+    so the cloud keys windows on (device_id, epoch, seq). 0 = an outbox from before epochs existed."""
     window_start: str
     window_end: str
     agent_version: str

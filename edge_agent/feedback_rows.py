@@ -115,8 +115,8 @@ class FeedbackRowSink:
 
                 def build(seq: int, name: str = name, version: int = version, rows: list = rows) -> bytes:
                     message = FeedbackRows(
-                        device_id=self.device_id, group=self.group, seq=seq, model_name=name, model_version=version,
-                        rows=rows, dropped=dropped, sent_at=_iso(time.time()),
+                        device_id=self.device_id, group=self.group, seq=seq, epoch=self.outbox.epoch, model_name=name,
+                        model_version=version, rows=rows, dropped=dropped, sent_at=_iso(time.time()),
                     )  # fmt: skip
                     return orjson.dumps(message.model_dump(mode="json"))
 

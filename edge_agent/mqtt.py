@@ -116,13 +116,14 @@ class MqttSync:
             self.client.publish(self._topic("events"), event.model_dump_json(), qos=QOS)
             return event
         made: list[DeviceEvent] = []
+        outbox = self.outbox
 
         def build(seq: int) -> bytes:
-            made.append(make_event(self.device_id, seq, kind, **fields))
+            made.append(make_event(self.device_id, seq, kind, epoch=outbox.epoch, **fields))
             return made[-1].model_dump_json().encode()
 
         # Durable first (the outbox), delivered by the publisher; sequence numbers come from the outbox.
-        self.outbox.append("events", self._topic("events"), build)
+        outbox.append("events", self._topic("events"), build)
         if self.publisher is not None:
             self.publisher.wake()
         return made[-1]

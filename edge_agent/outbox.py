@@ -6,12 +6,18 @@ Each stream (`telemetry`, `events`) has its own per-device sequence number, allo
 transaction that stores the message, so numbers are contiguous and survive restarts. The outbox is
 bounded: past `max_messages`, the oldest telemetry windows are dropped (events are kept) and the loss is
 counted in `dropped` so the next window reports it; never silent.
+
+A new outbox (a new or wiped state directory) gets an `epoch`, its creation time in Unix milliseconds, that
+every message carries: sequence numbers restart at 1 with it, and the cloud keys messages on (device, epoch,
+seq), so a reinstalled device's windows are not mistaken for duplicates. An outbox made before epochs existed
+keeps epoch 0.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +58,21 @@ class Outbox:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        existed = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'counters'").fetchone() is not None
         self._db.executescript(_SCHEMA)
+        self.epoch = self._load_epoch(existed)
+        """Creation time of this outbox (Unix ms), carried by every message; 0 for a pre-epoch outbox."""
+
+    def _load_epoch(self, existed: bool) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = 'epoch'").fetchone()
+        if row is not None:
+            return int(row[0])
+        epoch = 0 if existed else time.time_ns() // 1_000_000
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._set_counter("epoch", epoch)
+            self._db.execute("COMMIT")
+        return epoch
 
     def append(self, stream: str, topic: str, build: Callable[[int], bytes]) -> int:
         """Allocate the next sequence number of `stream`, build the payload with it and store it durably."""

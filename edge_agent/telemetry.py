@@ -146,6 +146,7 @@ class TelemetryReporter:
                 device_id=self.device_id,
                 group=self.group,
                 seq=seq,
+                epoch=self.outbox.epoch,
                 window_start=start,
                 window_end=end,
                 agent_version=self.agent_version,

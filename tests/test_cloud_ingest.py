@@ -83,6 +83,38 @@ def test_redelivery_changes_nothing_and_a_gap_is_recorded(store: Store, broker: 
         ingest.stop()
 
 
+def test_a_wiped_device_restarting_its_numbers_under_a_new_epoch_loses_nothing(store: Store, broker: Broker) -> None:
+    """A device whose state directory was recreated counts from 1 again with a new outbox epoch: its windows
+    and events are new messages, not duplicates of the old ones, and no false gap is recorded."""
+    ingest = _ingest(store, broker)
+    pub = Publisher(broker.host, broker.port)
+    topic = device_topic("dev-w", "telemetry")
+    end = time.time()
+    old_epoch, new_epoch = 1_700_000_000_000, 1_700_000_999_000
+    try:
+        for epoch_ms, requests in ((old_epoch, 10), (new_epoch, 20)):
+            for seq in (1, 2, 3):
+                window = make_window("dev-w", "line-1", seq, end + seq, requests=requests)
+                window.epoch = epoch_ms
+                pub.send(topic, window.model_dump_json())
+            event = DeviceEvent(device_id="dev-w", seq=1, epoch=epoch_ms, kind="started", at=iso_utc(end))
+            pub.send(device_topic("dev-w", "events"), event.model_dump_json())
+        # A redelivery of the old epoch's window 2 is still a duplicate.
+        window = make_window("dev-w", "line-1", 2, end + 2, requests=999)
+        window.epoch = old_epoch
+        pub.send(topic, window.model_dump_json())
+        wait_until(lambda: count(store, windows) == 6 and count(store, events) == 2, what="6 windows, 2 events")
+        wait_until(lambda: ingest.stats.duplicates == 1, what="the redelivery counted as a duplicate")
+        assert ingest.wait_idle(5)
+        with store.engine.connect() as conn:
+            stored = sorted(conn.execute(sa.select(windows.c.epoch, windows.c.seq, windows.c.requests)).all())
+        assert stored == [(old_epoch, s, 10) for s in (1, 2, 3)] + [(new_epoch, s, 20) for s in (1, 2, 3)]
+        assert gap_list(store) == []
+    finally:
+        pub.close()
+        ingest.stop()
+
+
 def test_malformed_and_wrong_schema_messages_go_to_dead_letters(store: Store, broker: Broker) -> None:
     ingest = _ingest(store, broker)
     pub = Publisher(broker.host, broker.port)

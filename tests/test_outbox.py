@@ -75,6 +75,41 @@ def test_sequence_numbers_are_contiguous_and_survive_reopening(tmp_path: Path) -
     assert reopened.last_seq("telemetry") == 5 and reopened.last_seq("events") == 0
 
 
+def test_a_new_outbox_gets_an_epoch_that_survives_reopening_and_a_wiped_one_gets_a_later_one(tmp_path: Path) -> None:
+    before = time.time_ns() // 1_000_000
+    outbox = Outbox(tmp_path / "outbox.db")
+    first = outbox.epoch
+    assert before <= first <= time.time_ns() // 1_000_000
+    _append(outbox, 2)
+    outbox.close()
+    reopened = Outbox(tmp_path / "outbox.db")
+    assert reopened.epoch == first
+    reopened.close()
+    time.sleep(0.01)
+    for path in tmp_path.glob("outbox.db*"):
+        path.unlink()  # the state directory wiped: numbers restart, under a new epoch
+    wiped = Outbox(tmp_path / "outbox.db")
+    _append(wiped, 1)
+    assert wiped.epoch > first and [m.seq for m in wiped.pending(10)] == [1]
+
+
+def test_an_outbox_from_before_epochs_keeps_epoch_zero_and_its_numbers(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "outbox.db")
+    db.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " topic TEXT NOT NULL, payload BLOB NOT NULL, UNIQUE (stream, seq));"
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "INSERT INTO counters VALUES ('seq:telemetry', 41);"
+    )
+    db.commit()
+    db.close()
+    outbox = Outbox(tmp_path / "outbox.db")
+    _append(outbox, 1)
+    assert outbox.epoch == 0 and [m.seq for m in outbox.pending(10)] == [42]
+
+
 def test_a_full_outbox_drops_oldest_windows_and_counts_them(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "outbox.db", max_messages=10)
     _append(outbox, 2, stream="events")

@@ -1,0 +1,82 @@
+"""A cloud store made before outbox epochs is migrated in place on start: every row kept (epoch 0), keyed on
+(device, epoch, seq) afterwards, on SQLite (table copied) and PostgreSQL (constraint replaced)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateTable
+
+from cloud_sync.store import Store, events, gaps, metadata, windows
+from tests.cloud_support import postgres_url
+
+_WINDOW = {
+    "device_id": "dev-1", "group_name": "g", "window_start": 1.0, "window_end": 2.0, "received_at": 2.0,
+    "requests": 5, "errors": 0, "payload": "{}",
+}  # fmt: skip
+_EVENT = {"device_id": "dev-1", "kind": "started", "details": "{}", "at": "2026-01-01T00:00:00Z", "received_at": 2.0}
+
+
+def _pre_epoch_ddl(table: sa.Table, engine: sa.Engine, schema: str | None) -> str:
+    """The table as the release before epochs created it: no epoch column, unique on (device_id, seq)."""
+    ddl = str(CreateTable(table).compile(engine))
+    ddl = "\n".join(line for line in ddl.splitlines() if "epoch" not in line or "UNIQUE" in line)
+    ddl = ddl.replace(f"uq_{table.name}_device_epoch_seq UNIQUE (device_id, epoch, seq)",
+                      f"uq_{table.name}_device_seq UNIQUE (device_id, seq)")  # fmt: skip
+    return ddl.replace(f"CREATE TABLE {table.name}", f"CREATE TABLE {schema}.{table.name}") if schema else ddl
+
+
+def _make_pre_epoch_store(url: str, schema: str | None) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        if schema:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        for table in metadata.sorted_tables:
+            if table is gaps:
+                continue
+            if table in (windows, events):
+                conn.exec_driver_sql(_pre_epoch_ddl(table, engine, schema))
+            else:
+                table.to_metadata(sa.MetaData(), schema=schema).create(conn)
+        prefix = f"{schema}." if schema else ""
+        conn.exec_driver_sql(
+            f"CREATE TABLE {prefix}gaps (id INTEGER PRIMARY KEY, device_id VARCHAR(64) NOT NULL, stream VARCHAR(16) "
+            "NOT NULL, first_missing BIGINT NOT NULL, last_missing BIGINT NOT NULL, filled BIGINT NOT NULL, "
+            "detected_at FLOAT NOT NULL)"
+        )
+        for seq in (1, 2):
+            conn.execute(sa.text(f"INSERT INTO {prefix}windows (device_id, seq, group_name, window_start, window_end, "
+                                 "received_at, requests, errors, payload) VALUES (:device_id, :seq, :group_name, "
+                                 ":window_start, :window_end, :received_at, :requests, :errors, :payload)"),
+                         {**_WINDOW, "seq": seq})  # fmt: skip
+        conn.execute(sa.text(f"INSERT INTO {prefix}events (device_id, seq, kind, details, at, received_at) VALUES "
+                             "(:device_id, 1, :kind, :details, :at, :received_at)"), _EVENT)  # fmt: skip
+    engine.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_pre_epoch_store_keeps_its_rows_and_accepts_a_new_epoch(engine: str, tmp_path: Path) -> None:
+    if engine == "sqlite":
+        url, schema = f"sqlite:///{tmp_path / 'cloud.db'}", None
+    else:
+        url, schema = postgres_url(), f"edgeloop_mig_{uuid.uuid4().hex[:10]}"
+    _make_pre_epoch_store(url, schema)
+    store = Store(url, schema=schema).create()
+    try:
+        Store(url, schema=schema).create().dispose()  # a second start changes nothing
+        with store.begin() as conn:
+            kept = conn.execute(sa.select(windows.c.epoch, windows.c.seq).order_by(windows.c.seq)).all()
+            assert [tuple(row) for row in kept] == [(0, 1), (0, 2)]
+            assert conn.execute(sa.select(events.c.epoch, events.c.seq)).all() == [(0, 1)]
+            assert "epoch" in {column["name"] for column in sa.inspect(conn).get_columns("gaps", schema=schema)}
+            # The same seq under a new epoch is a new row; the same (epoch, seq) is still refused.
+            rows = [{**_WINDOW, "seq": 1, "epoch": 1_700_000_000_000}, {**_WINDOW, "seq": 2, "epoch": 0}]
+            conn.execute(store.insert_ignore(windows, ["device_id", "epoch", "seq"]), rows)
+            assert conn.execute(sa.select(sa.func.count()).select_from(windows)).scalar() == 3
+    finally:
+        if engine == "postgresql":
+            store.drop_all()
+        store.dispose()
