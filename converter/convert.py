@@ -3,10 +3,11 @@
     bundle = convert_model("machine-failure@champion", Path("bundles/machine-failure"))
 
 Steps, each a gate that fails the conversion with a report naming the cause: resolve the reference ->
-load the sklearn pipeline and edgeloop's run artifacts -> skl2onnx + onnx.checker -> parity on held-out
-rows -> golden samples replayed through onnxruntime from the written, signed bundle. The bundle is built
-in a temporary directory and renamed into place only when every gate passed. Then the ONNX flavour is
-logged back to the run and the model version is tagged with the bundle's digests.
+held-out metric floors (`min_metrics`, converter/gates.py) -> load the sklearn pipeline and edgeloop's run
+artifacts -> skl2onnx + onnx.checker -> parity on held-out rows -> golden samples replayed through onnxruntime
+from the written, signed bundle. The bundle is built in a temporary directory and renamed into place only
+when every gate passed. Then the ONNX flavour is logged back to the run and the model version is tagged
+with the bundle's digests.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from contracts.runtime import OnnxModel
 from contracts.signing import PRIVATE_KEY_FILE, generate_keypair, load_private_key, sign_bytes
 from contracts.tracking import ensure_tracking_reachable
 from converter.export import to_onnx
+from converter.gates import check_metric_floors
 from converter.parity import check_parity, golden_rows, records_of
 from converter.resolve import ResolvedModel, resolve_reference
 from converter.settings import ConvertSettings
@@ -99,6 +101,8 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
     resolved = resolve_reference(client, reference)
     private_key = load_private_key(ensure_signing_key(settings.keys_dir))
     run = client.get_run(resolved.run_id)
+    metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
+    check_metric_floors(metrics, settings.min_metrics)  # before the slow steps
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = _download_artifacts(client, resolved.run_id, Path(scratch))
         schema = orjson.loads(artifacts["feature_schema.json"].read_bytes())
@@ -111,7 +115,6 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
     onnx_model = to_onnx(sklearn_model, inputs, settings.target_opset)
     log_event(logger, "converted to onnx", model=reference, opset=settings.target_opset)
 
-    metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
     tags = run.data.tags
     lineage = Lineage(
         run_id=resolved.run_id,

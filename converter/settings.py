@@ -25,6 +25,9 @@ class ConvertSettings(EdgeloopSettings):
     """Max abs probability difference allowed between sklearn and ONNX on held-out rows. float32 inference
     differs from float64 by about 1e-7 on these models; 1e-5 leaves 100x headroom and still catches any real
     divergence (a flipped split moves a probability by 1e-3 or more)."""
+    min_metrics: dict[str, float] = Field(default_factory=dict)
+    """Metric gate: lowest accepted held-out metric per name, e.g. {"roc_auc": 0.8} (`--min-metric roc_auc=0.8`;
+    env as JSON). A model below a floor, or without that metric, is not converted. Empty = no gate."""
     golden_samples: int = 12
     """How many held-out rows become golden samples in the manifest (each class represented)."""
     target_opset: int = 17

@@ -65,12 +65,17 @@ def convert(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: sqlite in .edgeloop/]."),
     keys_dir: Path | None = typer.Option(None, help="Directory of the signing key [default: .edgeloop/keys]."),
     tolerance: float | None = typer.Option(None, help="Parity tolerance on probabilities [default: 1e-5]."),
+    min_metric: list[str] = typer.Option(
+        [], help="Metric gate NAME=FLOOR on held-out metrics (accuracy, precision, recall, f1, roc_auc); repeatable."
+    ),
 ) -> None:
-    """Convert a registered model to a signed ONNX bundle, gated by onnx.checker, parity and golden samples.
+    """Convert a registered model to a signed ONNX bundle, gated by held-out metric floors, onnx.checker, parity
+    and golden samples.
 
-    Example: [cyan]edgeloop convert machine-failure@champion --out bundles/machine-failure[/cyan]
+    Example: [cyan]edgeloop convert machine-failure@champion --out bundles/mf --min-metric roc_auc=0.8[/cyan]
     """
     from converter.convert import convert_model
+    from converter.gates import parse_metric_floors
     from converter.settings import ConvertSettings
 
     overrides: dict[str, object] = {}
@@ -80,6 +85,8 @@ def convert(
         overrides["keys_dir"] = keys_dir
     if tolerance is not None:
         overrides["parity_tolerance"] = tolerance
+    if min_metric:
+        overrides["min_metrics"] = parse_metric_floors(min_metric)
     with console.status(f"converting {reference}"):
         bundle = convert_model(reference, out, ConvertSettings(**overrides))  # type: ignore[arg-type]
     m = bundle.manifest

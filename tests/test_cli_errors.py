@@ -159,6 +159,40 @@ def test_parity_gate_failure_leaves_no_bundle(cli: Cli, rf_bundle: TrainedBundle
     assert_one_line_error(result, CONVERSION, "parity gate failed", "label mismatches", "tolerance 0e+00")
 
 
+def _holdout(rf_bundle: TrainedBundle, name: str) -> float:
+    from mlflow.tracking import MlflowClient
+
+    return float(MlflowClient(rf_bundle.tracking_uri).get_run(rf_bundle.run_id).data.metrics[f"holdout_{name}"])
+
+
+def test_metric_gate_failure_leaves_no_bundle(cli: Cli, rf_bundle: TrainedBundle, tmp_path: Path) -> None:
+    """--min-metric: a model below a floor is not converted (exit 5, one line naming the metric and values)."""
+    auc = _holdout(rf_bundle, "roc_auc")
+    floor = round(auc + 0.001, 4)
+    result = _convert(cli, rf_bundle, tmp_path, f"{rf_bundle.name}/1", "--min-metric", f"roc_auc={floor}")
+    assert_one_line_error(result, CONVERSION, "metric gate failed", f"roc_auc {auc:.4f} < {floor:g}", "no bundle")
+    # Several floors: every miss is named, a metric the run lacks too; the metrics it passes are not.
+    args = ["--min-metric", "accuracy=0", "--min-metric", "f1=1.01", "--min-metric", "auc=0.5"]
+    result = _convert(cli, rf_bundle, tmp_path, f"{rf_bundle.name}/1", *args)
+    assert_one_line_error(result, CONVERSION, "f1 ", "< 1.01", "auc is not a held-out metric", "roc_auc")
+    assert "accuracy" not in result.errors[0].split("(it has")[0]
+
+
+@pytest.mark.parametrize("spec", ["roc_auc", "roc_auc=", "=0.8", "roc_auc=high", "roc_auc=nan"])
+def test_metric_gate_malformed_floor(cli: Cli, rf_bundle: TrainedBundle, tmp_path: Path, spec: str) -> None:
+    result = _convert(cli, rf_bundle, tmp_path, f"{rf_bundle.name}/1", "--min-metric", spec)
+    assert_one_line_error(result, INPUT, f"--min-metric {spec!r}", "NAME=NUMBER")
+
+
+def test_metric_gate_met_converts(cli: Cli, rf_bundle: TrainedBundle, tmp_path: Path) -> None:
+    floor = round(_holdout(rf_bundle, "roc_auc") - 0.001, 4)
+    out = tmp_path / "met"
+    args = ["convert", f"{rf_bundle.name}/1", "--out", str(out), "--tracking-uri", rf_bundle.tracking_uri]
+    result = cli(*args, "--keys-dir", str(rf_bundle.keys_dir), "--min-metric", f"roc_auc={floor}")
+    assert result.exit_code == 0, result.stderr
+    assert (out / MANIFEST_FILE).is_file() and (out / SIGNATURE_FILE).is_file()
+
+
 def test_out_that_is_a_project_directory(cli: Cli, rf_bundle: TrainedBundle, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
