@@ -75,15 +75,18 @@ def make_bundles(tmp: Path) -> tuple[Path, list[Path]]:
 
 
 def fleet_worker(port: int, ids: list[str], ready: Any, stop: Any, out: Any) -> None:
-    """Runs `ids` as SimDevices on v1; reports ("ready", n) once connected, then (version, when) each time all of
-    them run a new version."""
+    """Runs `ids` as SimDevices on v1 in one `SimFleet` (one network thread); reports ("ready", n) once connected,
+    then (version, when) each time all of them run a new version."""
+    from cloud_sync.sim_fleet import SimFleet
     from cloud_sync.simulator import SimDevice
 
-    devices = []
+    fleet = SimFleet()
     for index, device_id in enumerate(ids):
-        devices.append(SimDevice(device_id, GROUP, "127.0.0.1", port, model=(NAME, 1)).start())
+        fleet.add(SimDevice(device_id, GROUP, "127.0.0.1", port, model=(NAME, 1)))
         if index % 200 == 199:
             time.sleep(0.05)  # do not overrun the broker's listen backlog
+    fleet.start()
+    devices = fleet.devices
     out.put(("ready", len(devices)))
     ready.wait()
     seen = 1
@@ -92,10 +95,8 @@ def fleet_worker(port: int, ids: list[str], ready: Any, stop: Any, out: Any) -> 
         if len(versions) == 1 and (version := versions.pop()) is not None and version > seen:
             out.put((version, time.time()))
             seen = version
-        time.sleep(0.01)
-    for device in devices:
-        device.client.disconnect()
-        device.client.loop_stop()
+        time.sleep(0.02)
+    fleet.stop()
 
 
 def start_cloud(tmp: Path, port: int, keys: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -199,7 +200,7 @@ def run(devices: int, workers: int, keys: Path, bundles: list[Path]) -> list[tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000, 5000], help="fleet sizes")
-    parser.add_argument("--per-worker", type=int, default=250, help="devices per simulator process")
+    parser.add_argument("--per-worker", type=int, default=1000, help="devices per simulator process")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-bundles-") as name:
         keys, bundles = make_bundles(Path(name))

@@ -1,13 +1,16 @@
 """The cloud's outgoing MQTT connection: desired states and alerts, QoS 1, waiting for the broker's PUBACK.
 
 `publish` raises ServiceUnavailableError when the broker does not acknowledge in time, so a rollout never
-records a step the devices could not have seen.
+records a step the devices could not have seen. `publish_many` sends a batch (e.g. clearing thousands of
+device-level desired topics) without a round trip per message: everything is queued, paho keeps up to
+`max_inflight` unacknowledged, and every PUBACK is awaited at the end within one timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,9 +31,11 @@ class MqttPublisher:
         client_id: str = "edgeloop-cloud-control",
         username: str | None = None,
         password: str | None = None,
+        max_inflight: int = 1000,
     ) -> None:
         self.url = url
         self.client, self.host, self.port = make_client(url, client_id, username, password)
+        self.client.max_inflight_messages_set(max_inflight)  # the broker's receive maximum still applies
         self.connected = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -56,6 +61,27 @@ class MqttPublisher:
         if not info.is_published():
             raise ServiceUnavailableError(
                 f"MQTT broker {self.host}:{self.port} did not acknowledge {topic} in {timeout}s"
+            )
+
+    def publish_many(self, messages: list[tuple[str, bytes | str]], retain: bool = True, timeout: float = 30.0) -> None:
+        """QoS 1 publishes of (topic, payload) pairs, all queued at once; returns when the broker acknowledged
+        every one, else raises ServiceUnavailableError saying how many were not (they may still arrive)."""
+        if not messages:
+            return
+        if not self.connected.wait(timeout):
+            raise ServiceUnavailableError(f"MQTT broker {self.host}:{self.port} is unreachable; nothing was published")
+        deadline = time.monotonic() + timeout
+        sent = [(topic, self.client.publish(topic, payload, qos=1, retain=retain)) for topic, payload in messages]
+        for topic, info in sent:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise ServiceUnavailableError(f"MQTT broker refused the publish on {topic}: {exc}") from None
+        missing = [topic for topic, info in sent if not info.is_published()]
+        if missing:
+            raise ServiceUnavailableError(
+                f"MQTT broker {self.host}:{self.port} did not acknowledge {len(missing)} of {len(sent)} "
+                f"publishes in {timeout:g}s (first: {missing[0]})"
             )
 
     def _on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:

@@ -32,18 +32,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync import audit
+from cloud_sync import audit, overrides
 from cloud_sync.bundles import BundleInfo, BundleRegistry
 from cloud_sync.fleet import device_list
 from cloud_sync.publisher import MqttPublisher
 from cloud_sync.rollout_checks import Limits, check_canary, shadow_comparison
-from cloud_sync.store import Store, rollouts
+from cloud_sync.store import Store, devices, rollouts
 from contracts.errors import EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.manifest import canonical_bytes
 from contracts.messages import DesiredState, ShadowBundle
 from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
-from contracts.topics import device_topic, group_desired, validate_id
+from contracts.topics import group_desired, validate_id
 
 __all__ = ["ACTIVE", "MODES", "Rollouts", "parse_canary"]
 
@@ -148,8 +148,7 @@ class Rollouts:
                 desired = self._desired(champion, rollout_id, shadow=info).model_dump_json()
             else:
                 desired = self._desired(info, rollout_id).model_dump_json()
-            for device in chosen:
-                self.publisher.publish(device_topic(device, "desired"), desired)
+            overrides.publish(self.store, self.publisher, group, chosen, desired, rollout_id)
             with self.store.begin() as conn:
                 conn.execute(rollouts.insert().values(**row))
                 why = f"canary {', '.join(chosen)} then group, soak {soak_s:g}s" if chosen else "no canary"
@@ -206,8 +205,7 @@ class Rollouts:
             if row["mode"] == "shadow" and not promoted:
                 # The canary served the champion all along: the same version without a shadow stops it.
                 desired = self._desired(self.registry.get(name, previous), rollout_id).model_dump_json()
-                for device in row["canary"]:
-                    self.publisher.publish(device_topic(device, "desired"), desired)
+                overrides.publish(self.store, self.publisher, row["group_name"], row["canary"], desired, rollout_id)
                 self._finish(row, "rolled_back", reason, actor, "rollback", details)
                 return self.status(rollout_id)
             if previous is None:
@@ -224,8 +222,7 @@ class Rollouts:
                 self.publisher.publish(group_desired(row["group_name"]), desired)
                 self._clear_overrides(row["group_name"], [])
             else:
-                for device in row["canary"]:
-                    self.publisher.publish(device_topic(device, "desired"), desired)
+                overrides.publish(self.store, self.publisher, row["group_name"], row["canary"], desired, rollout_id)
             self._finish(row, "rolled_back", reason, actor, "rollback", details)
             return self.status(rollout_id)
 
@@ -273,11 +270,11 @@ class Rollouts:
                 self._advance_shadow(current, now)
                 return
             if current["state"] == "canary":
-                devices = {d["device_id"]: d for d in device_list(self.store, group)}
+                reported = self._reported(canary)
                 waiting = [
                     d
                     for d in canary
-                    if (devices.get(d, {}).get("model_name"), devices.get(d, {}).get("model_version"))
+                    if (reported.get(d, {}).get("model_name"), reported.get(d, {}).get("model_version"))
                     != (name, version)
                 ]
                 if not waiting:
@@ -401,10 +398,17 @@ class Rollouts:
         return desired
 
     def _clear_overrides(self, group: str, extra: list[str]) -> None:
-        """Empty retained payloads on the device-level desired topics, so each device follows its group."""
-        names = {d["device_id"] for d in device_list(self.store, group)} | set(extra)
-        for name in sorted(names):
-            self.publisher.publish(device_topic(name, "desired"), b"")
+        """Empty retained payloads on the device-level desired topics that hold one (recorded when published),
+        so each device follows its group; one batch, not a round trip per device."""
+        cleared = overrides.clear(self.store, self.publisher, group, extra)
+        log_event(logger, "device overrides cleared", group=group, devices=cleared)
+
+    def _reported(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The model each of `names` reports (one query over those devices, not the whole group)."""
+        query = sa.select(devices.c.device_id, devices.c.model_name, devices.c.model_version)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query.where(devices.c.device_id.in_(names))).mappings().all() if names else []
+        return {row["device_id"]: dict(row) for row in rows}
 
     def _previous_version(self, group: str, name: str) -> int | None:
         """What the group runs: the last promoted rollout of `name`, else the version most of its devices report."""

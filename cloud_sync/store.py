@@ -25,6 +25,7 @@ __all__ = [
     "alerts",
     "audit_log",
     "dead_letters",
+    "desired_overrides",
     "devices",
     "events",
     "feedback_rows",
@@ -137,6 +138,16 @@ rollouts = sa.Table(
     sa.Index("ix_rollouts_group", "group_name", "created_at"),
 )
 
+desired_overrides = sa.Table(  # device-level desired topics holding a retained payload (cleared on promotion)
+    "desired_overrides",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("group_name", sa.String(64), nullable=False),
+    sa.Column("rollout_id", sa.String(32)),
+    sa.Column("published_at", sa.Float, nullable=False),
+    sa.Index("ix_desired_overrides_group", "group_name"),
+)
+
 audit_log = sa.Table(
     "audit_log",
     metadata,
@@ -233,8 +244,12 @@ class Store:
             with self.engine.begin() as conn:
                 if self.schema and self.dialect == "postgresql":
                     conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                schema = self.schema if self.dialect == "postgresql" else None
+                overrides_known = sa.inspect(conn).has_table("desired_overrides", schema=schema)
                 metadata.create_all(conn)
-                _add_missing_columns(conn, self.schema if self.dialect == "postgresql" else None)
+                _add_missing_columns(conn, schema)
+                if not overrides_known:
+                    _seed_overrides(conn)
                 if self.dialect == "sqlite":
                     for statement in _SQLITE_APPEND_ONLY:
                         conn.exec_driver_sql(statement)
@@ -325,6 +340,20 @@ def _rekey_on_epoch(conn: Connection, table: sa.Table, schema: str | None) -> No
     conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {old}")
     conn.exec_driver_sql(f"DROP TABLE {old}")
     log_event(logger, "store migrated: keyed on (device, epoch, seq)", table=table.name)
+
+
+def _seed_overrides(conn: Connection) -> None:
+    """A store older than `desired_overrides`: every canary device of a past rollout may hold a retained
+    device-level desired state, so each is recorded once (clearing one that holds none is harmless)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for rollout in conn.execute(
+        sa.select(rollouts.c.id, rollouts.c.group_name, rollouts.c.canary, rollouts.c.created_at)
+    ):
+        for device in rollout.canary or []:
+            rows[device] = {"device_id": device, "group_name": rollout.group_name, "rollout_id": rollout.id,
+                            "published_at": rollout.created_at}  # fmt: skip
+    if rows:
+        conn.execute(desired_overrides.insert(), list(rows.values()))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
