@@ -215,7 +215,7 @@ class Agent:
 
 
 def run_agent(settings: AgentSettings) -> None:
-    """Load, then serve with uvicorn (one worker, uvloop + httptools) until SIGTERM or SIGINT."""
+    """Load, then serve with uvicorn (one worker, httptools; uvloop when installed) until SIGTERM or SIGINT."""
     import uvicorn
 
     agent = Agent(settings)
@@ -229,6 +229,7 @@ def run_agent(settings: AgentSettings) -> None:
         log_config=None,
         log_level="warning",
         server_header=False,
+        ws="none",  # no WebSocket route: not importing a WebSocket library saves start time and memory
         timeout_graceful_shutdown=10,
     )
     log_event(logger, "listening", url=f"http://{settings.host}:{settings.port}", docs="/docs")

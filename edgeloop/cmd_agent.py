@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 
-from contracts.errors import InputError
 from edge_agent.settings import AgentSettings
+from edgeloop.agent_args import serve
 
-__all__ = ["agent", "register", "settings_epilog"]
+__all__ = ["agent", "register", "settings_epilog", "typer_app"]
 
 
 def settings_epilog() -> str:
@@ -45,30 +43,29 @@ def agent(
 
     Example: [cyan]edgeloop agent --bundle bundles/machine-failure --port 8080 --token s3cret[/cyan]
     """
-    from contracts.logs import configure_logging
-    from edge_agent.app import run_agent
-
-    given: dict[str, Any] = {
-        "bundle": bundle,
-        "state_dir": state_dir,
-        "port": port,
-        "host": host,
-        "token": token,
-        "device_id": device_id,
-        "group": group,
-        "mqtt_url": mqtt_url,
-        "public_key": public_key,
-        "telemetry_interval_s": telemetry_interval,
-    }
-    try:
-        settings = AgentSettings(**{key: value for key, value in given.items() if value is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InputError(f"agent setting {where}: {first['msg']}") from None
-    configure_logging()
-    run_agent(settings)
+    # The same flags as edgeloop/agent_args.py's AGENT_OPTIONS (the light path of `python -m edge_agent`).
+    serve(
+        {
+            "bundle": bundle,
+            "state_dir": state_dir,
+            "port": port,
+            "host": host,
+            "token": token,
+            "device_id": device_id,
+            "group": group,
+            "mqtt_url": mqtt_url,
+            "public_key": public_key,
+            "telemetry_interval_s": telemetry_interval,
+        }
+    )
 
 
 def register(app: typer.Typer) -> None:
     app.command("agent", epilog=settings_epilog())(agent)
+
+
+def typer_app(name: str) -> typer.Typer:
+    """A Typer app whose only command is `agent` (`python -m edge_agent --help` and its usage errors)."""
+    app = typer.Typer(name=name, pretty_exceptions_enable=False, rich_markup_mode="rich", add_completion=False)
+    register(app)
+    return app

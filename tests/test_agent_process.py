@@ -1,5 +1,6 @@
 """The agent as a process: `edgeloop agent` / `python -m edge_agent` serve, shut down cleanly on SIGTERM
-(offline status published), leave a last will when killed, and import nothing heavy."""
+(offline status published), leave a last will when killed, and import nothing heavy; `python -m edge_agent`
+starts without the CLI's libraries (Typer, Rich, Pygments) and accepts the same flags as `edgeloop agent`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Iterator
+from inspect import signature
 from pathlib import Path
 
 import httpx
@@ -17,11 +20,16 @@ import pytest
 from typer.testing import CliRunner
 
 from contracts.topics import device_topic
+from edge_agent.settings import AgentSettings
+from edgeloop.agent_args import AGENT_OPTIONS, parse_agent_args
 from edgeloop.cli import app
+from edgeloop.cmd_agent import agent
 from tests.agent_helpers import MqttProbe, free_port, record_of
 from tests.conftest import Broker, TrainedBundle
 
 HEAVY = ("mlflow", "sklearn", "skl2onnx", "onnx", "pandas", "scipy")
+# Not needed to serve: the CLI's libraries, and a WebSocket library (the agent has no WebSocket route).
+NOT_AT_START = ("typer", "rich", "pygments", "markdown_it", "shellingham", "websockets", "wsproto")
 
 
 @pytest.fixture()
@@ -143,6 +151,67 @@ def test_running_the_agent_imports_nothing_heavy(tmp_path: Path, env: dict[str, 
     assert report["heavy"] == [], f"the agent imported {report['heavy']}"
 
 
+_RUN_MODULE = """
+import atexit, json, runpy, sys
+
+report = sys.argv.pop(1)
+atexit.register(lambda: open(report, "w").write(json.dumps(sorted({name.split(".")[0] for name in sys.modules}))))
+runpy.run_module("edge_agent", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_python_m_edge_agent_serves_without_the_cli_libraries(
+    tmp_path: Path, env: dict[str, str], rf_bundle: TrainedBundle
+) -> None:
+    """The real `python -m edge_agent` start (flags, settings, model, uvicorn, a prediction, SIGTERM) never imports
+    Typer, Rich or Pygments: sys.modules is read at the process's exit."""
+    port, report = free_port(), tmp_path / "modules.json"
+    args = [sys.executable, "-c", _RUN_MODULE, str(report), "--bundle", str(rf_bundle.bundle), f"--port={port}",
+            "--state-dir", str(tmp_path / "state"), "--token", "s3cret", "--device-id", "gw-3", "--group", "line-4",
+            "--public-key", str(rf_bundle.public_key), "--telemetry-interval", "30"]  # fmt: skip
+    process = _start(args, env, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(process, url)
+        headers = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{url}/v1/predict", json=record_of(rf_bundle.bundle), headers=headers).status_code == 200
+        model = httpx.get(f"{url}/v1/model", headers=headers).json()
+        assert (model["device_id"], model["group"]) == ("gw-3", "line-4")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    loaded = set(json.loads(report.read_text()))
+    assert {"edge_agent", "uvicorn", "onnxruntime"} <= loaded
+    assert loaded.isdisjoint(NOT_AT_START + HEAVY), sorted(loaded & set(NOT_AT_START + HEAVY))
+
+
+def test_both_entry_points_take_the_same_flags() -> None:
+    """`edgeloop agent` (Typer) and the light parser of `python -m edge_agent` know the same flags and types."""
+    hints = typing.get_type_hints(agent)  # `X | None` for every option
+    names = signature(agent).parameters
+    typer_flags = {f"--{name.replace('_', '-')}": typing.get_args(hints[name])[0] for name in names}
+    assert typer_flags == {flag: convert for flag, (_, convert) in AGENT_OPTIONS.items()}
+    assert {field for field, _ in AGENT_OPTIONS.values()} <= set(AgentSettings.model_fields)
+    assert parse_agent_args([]) == {}
+    assert parse_agent_args(["--port=8081", "--bundle", "b", "--telemetry-interval", "2.5"]) == {
+        "port": 8081, "bundle": Path("b"), "telemetry_interval_s": 2.5}  # fmt: skip
+    # Everything else goes to Typer, which prints the help or the usage error.
+    for argv in (["--help"], ["--port", "x"], ["--port"], ["--bundle", "--port", "1"], ["--nope", "1"], ["b"]):
+        assert parse_agent_args(argv) is None, argv
+
+
+def test_python_m_edge_agent_help_and_usage_errors_come_from_typer(tmp_path: Path, env: dict[str, str]) -> None:
+    env = {**env, "COLUMNS": "200", "NO_COLOR": "1"}
+    run = [sys.executable, "-m", "edge_agent"]
+    result = subprocess.run([*run, "--help"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Example:" in result.stdout and "EDGELOOP_AGENT_TOKEN" in result.stdout
+    result = subprocess.run([*run, "--port", "x"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Invalid value for '--port'" in result.stderr
+
+
 def test_agent_help_lists_settings_and_an_example() -> None:
     result = CliRunner().invoke(app, ["agent", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
@@ -151,8 +220,9 @@ def test_agent_help_lists_settings_and_an_example() -> None:
         assert name in result.output
 
 
-def test_bad_settings_are_one_line_errors(tmp_path: Path, env: dict[str, str]) -> None:
-    args = [sys.executable, "-m", "edgeloop", "agent", "--state-dir", str(tmp_path / "s"), "--mqtt-url", "http://x"]
+@pytest.mark.parametrize("entry", [["edgeloop", "agent"], ["edge_agent"]], ids=" ".join)
+def test_bad_settings_are_one_line_errors(tmp_path: Path, env: dict[str, str], entry: list[str]) -> None:
+    args = [sys.executable, "-m", *entry, "--state-dir", str(tmp_path / "s"), "--mqtt-url", "http://x"]
     result = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
