@@ -109,14 +109,13 @@ def _bundle_from_registry(reference: str, tracking_uri: str | None) -> Path:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from contracts.registry import find_model_version, parse_reference
+
+    parsed = parse_reference(reference)
+    name = str(parsed.name)
     client = MlflowClient(tracking_uri=uri)
-    name, _, alias = reference.partition("@")
     try:
-        if alias:
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, number = reference.partition("/")
-            version = client.get_model_version(name, number)
+        version = find_model_version(client, parsed)
     except MlflowException as exc:
         raise NotFoundError(f"{reference} is not in the registry at {uri}: {str(exc).splitlines()[0]}") from None
     target = Path(tempfile.mkdtemp(prefix="edgeloop-deploy-"))

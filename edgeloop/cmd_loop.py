@@ -119,16 +119,13 @@ def model_card_markdown(reference: str, tracking_uri: str | None) -> tuple[str, 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from contracts.registry import find_model_version, parse_reference
+
+    parsed = parse_reference(reference)
+    name = str(parsed.name)
     client = MlflowClient(tracking_uri=uri)
     try:
-        if "@" in reference:
-            name, _, alias = reference.partition("@")
-            version = client.get_model_version_by_alias(name, alias)
-        elif "/" in reference:
-            name, _, number = reference.partition("/")
-            version = client.get_model_version(name, number)
-        else:
-            raise InputError(f"{reference!r}: give NAME@ALIAS or NAME/VERSION")
+        version = find_model_version(client, parsed)
     except MlflowException as exc:
         raise NotFoundError(f"{reference} is not in the registry at {uri}: {str(exc).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory(prefix="edgeloop-card-") as tmp:

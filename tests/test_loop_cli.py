@@ -71,5 +71,24 @@ def test_model_card_export_markdown_and_html(cli: Cli, logreg_bundle_v2: Trained
     parser.feed(page)
     assert {"html", "h1", "h2", "table", "td"} <= set(parser.tags)
     assert "version <strong>1</strong>" in page and "@champion" in page
-    assert_one_line_error(cli("model-card", "machine-failure/99", "--tracking-uri", uri), 3, "not in the registry")
+    assert_one_line_error(cli("model-card", "machine-failure/99", "--tracking-uri", uri), 3, "has no version 99")
     assert_one_line_error(cli("model-card", "machine-failure@champion", "--format", "pdf"), 2, "use md or html")
+
+
+def test_deploy_finds_the_converted_bundle_of_any_registry_reference(logreg_bundle_v2: TrainedBundle) -> None:
+    """`edgeloop deploy NAME@ALIAS|NAME@latest|NAME/VERSION` takes the bundle logged on that version's run
+    (contracts.registry resolves references the same way for convert, score, deploy and model-card)."""
+    from contracts.errors import InputError, NotFoundError
+    from contracts.manifest import Manifest
+    from edgeloop.cmd_cloud import _bundle_from_registry
+
+    uri = logreg_bundle_v2.tracking_uri
+    for reference, version in (("machine-failure@latest", 2), ("machine-failure/1", 1), ("machine-failure/2", 2)):
+        path = _bundle_from_registry(reference, uri)
+        assert Manifest.model_validate_json((path / "manifest.json").read_text()).version == version, reference
+    with pytest.raises(NotFoundError, match="has no alias 'nope' \\(aliases: "):
+        _bundle_from_registry("machine-failure@nope", uri)
+    with pytest.raises(NotFoundError, match="registered model 'other' not found \\(known: machine-failure"):
+        _bundle_from_registry("other@champion", uri)
+    with pytest.raises(InputError, match="not a model reference"):
+        _bundle_from_registry("machine failure", uri)

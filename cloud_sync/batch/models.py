@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from contracts.bundle import Bundle, atomic_directory, load_bundle
 from contracts.errors import EdgeloopError, IntegrityError, NotFoundError
 from contracts.logs import log_event
 from contracts.manifest import canonical_bytes
+from contracts.registry import ModelReference, find_model_version, is_reference, parse_reference
 from contracts.signing import load_public_key
 from contracts.tracking import ensure_tracking_reachable
 
@@ -31,8 +31,6 @@ logger = logging.getLogger("edgeloop.batch")
 BUNDLE_ARTIFACT_PATH = "edgeloop/bundle"
 """Where `edgeloop convert` logs the bundle on the model version's run."""
 _DIGEST_TAG = "edgeloop.bundle_sha256"
-_ALIAS = re.compile(r"^(?P<name>[^@/]+)@(?P<alias>[A-Za-z0-9_-]+)$")
-_VERSION = re.compile(r"^(?P<name>[^@/]+)/(?P<version>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -60,9 +58,7 @@ def resolve_bundle(model: str, settings: ScoreSettings) -> ResolvedBundle:
     path = Path(model)
     if path.is_dir():
         return ResolvedBundle(load_bundle(path, public_key), model, None)
-    alias = _ALIAS.match(model)
-    version = _VERSION.match(model)
-    if not alias and not version:
+    if not is_reference(model):
         raise NotFoundError(
             f"bundle directory {model} not found (and '{model}' is not a NAME@ALIAS or NAME/VERSION reference)"
         )
@@ -73,55 +69,21 @@ def resolve_bundle(model: str, settings: ScoreSettings) -> ResolvedBundle:
             "train a model first or pass --tracking-uri"
         )
     ensure_tracking_reachable(uri)
-    if alias:
-        name, selector = alias["name"], ("alias", alias["alias"])
-    else:
-        assert version is not None
-        name, selector = version["name"], ("version", version["version"])
-    return _from_registry(model, name, selector, uri, settings.cache_dir, public_key)
+    return _from_registry(parse_reference(model), uri, settings.cache_dir, public_key)
 
 
-def _model_version(client: object, name: str, selector: tuple[str, str]) -> object:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)  # type: ignore[attr-defined]
-    except MlflowException:
-        known = [m.name for m in client.search_registered_models(max_results=20)]  # type: ignore[attr-defined]
-        raise NotFoundError(
-            f"registered model '{name}' not found (known: {', '.join(known) or 'none'}); train it first"
-        ) from None
-    kind, value = selector
-    try:
-        if kind == "alias" and value == "latest":
-            versions = client.search_model_versions(f"name='{name}'")  # type: ignore[attr-defined]
-            if not versions:
-                raise NotFoundError(f"model '{name}' has no versions")
-            return max(versions, key=lambda v: int(v.version))
-        if kind == "alias":
-            return client.get_model_version_by_alias(name, value)  # type: ignore[attr-defined]
-        return client.get_model_version(name, value)  # type: ignore[attr-defined]
-    except MlflowException:
-        if kind == "alias":
-            aliases = sorted(client.get_registered_model(name).aliases)  # type: ignore[attr-defined]
-            raise NotFoundError(
-                f"model '{name}' has no alias '{value}' (aliases: {', '.join(aliases) or 'none'})"
-            ) from None
-        raise NotFoundError(f"model '{name}' has no version {value}") from None
-
-
-def _from_registry(
-    reference: str, name: str, selector: tuple[str, str], uri: str, cache_dir: Path, public_key: Ed25519PublicKey
-) -> ResolvedBundle:
+def _from_registry(parsed: ModelReference, uri: str, cache_dir: Path, public_key: Ed25519PublicKey) -> ResolvedBundle:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
+    reference = parsed.text
+    name = str(parsed.name)
     try:
-        mv = _model_version(client, name, selector)
-        run_id: str = mv.run_id  # type: ignore[attr-defined]
-        number = int(mv.version)  # type: ignore[attr-defined]
-        expected_digest = (mv.tags or {}).get(_DIGEST_TAG)  # type: ignore[attr-defined]
+        mv = find_model_version(client, parsed)
+        run_id: str = mv.run_id
+        number = int(mv.version)
+        expected_digest = (mv.tags or {}).get(_DIGEST_TAG)
         cached = cache_dir / name / f"v{number}"
         bundle = _cached(cached, public_key, expected_digest, run_id)
         if bundle is None:
