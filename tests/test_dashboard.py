@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,15 @@ class RunningCloud:
 def cloud(
     broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
 ) -> Iterator[RunningCloud]:
+    with running_cloud(broker, tmp_path, rf_bundle, logreg_bundle_v2) as running:
+        yield running
+
+
+@contextmanager
+def running_cloud(
+    broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle, **overrides: Any
+) -> Iterator[RunningCloud]:
+    """The whole cloud service (v1 = rf, v2 = logreg registered) on a free port; `overrides` are CloudSettings."""
     import uvicorn
 
     port = free_port()
@@ -82,6 +92,7 @@ def cloud(
         ingest_client_id=f"dash-ingest-{uuid.uuid4().hex[:6]}",
         alert_tick_s=0.5,
         rollout_tick_s=0.5,
+        **overrides,
     )
     service = CloudService(settings)
     v1 = service.registry.add(rf_bundle.bundle).manifest
@@ -95,9 +106,33 @@ def cloud(
     thread.start()
     wait_until(lambda: server.started, timeout=20, what="cloud listening")
     wait_until(service.ingest.connected.is_set, what="ingest connected")
-    yield RunningCloud(f"http://127.0.0.1:{port}", service, broker, v1, v2)
-    server.should_exit = True
-    thread.join(20)
+    try:
+        yield RunningCloud(f"http://127.0.0.1:{port}", service, broker, v1, v2)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@contextmanager
+def dashboard_page(cloud: RunningCloud) -> Iterator[tuple[Any, list[str], list[str]]]:
+    """(page, problems, external requests): headless Chromium on a 1400x900 page; console errors, page errors and
+    failed requests are collected in `problems`, requests leaving the cloud in `external`."""
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    external: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+        page.on("request", lambda r: None if r.url.startswith((cloud.url, "data:")) else external.append(r.url))
+        try:
+            yield page, problems, external
+        finally:
+            browser.close()
 
 
 def _fleet(cloud: RunningCloud) -> list[SimDevice]:
@@ -126,8 +161,6 @@ def _fleet(cloud: RunningCloud) -> list[SimDevice]:
 
 
 def test_dashboard_shows_the_fleet_updates_live_and_operator_actions_work(cloud: RunningCloud) -> None:
-    from playwright.sync_api import sync_playwright
-
     devices = _fleet(cloud)
     try:
         wait_until(
@@ -140,23 +173,11 @@ def test_dashboard_shows_the_fleet_updates_live_and_operator_actions_work(cloud:
             timeout=15,
             what="the drift alert on gw-3",
         )
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        problems: list[str] = []
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
-            external: list[str] = []
-            page.on("request", lambda r: None if r.url.startswith((cloud.url, "data:")) else external.append(r.url))
-            try:
-                _check_fleet_page(page, cloud, devices)
-                _check_device_and_model_pages(page, cloud)
-                _check_alert_acknowledgement(page, cloud)
-                _check_rollout_promotion(page, cloud, devices)
-            finally:
-                browser.close()
+        with dashboard_page(cloud) as (page, problems, external):
+            _check_fleet_page(page, cloud, devices)
+            _check_device_and_model_pages(page, cloud)
+            _check_alert_acknowledgement(page, cloud)
+            _check_rollout_promotion(page, cloud, devices)
         assert not external, f"the page fetched from outside the cloud: {external}"
         assert not problems, "\n".join(problems)
     finally:
