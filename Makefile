@@ -9,12 +9,12 @@ BUNDLE := bundles/$(MODEL)
 export EDGELOOP_HOME ?= $(CURDIR)/.edgeloop
 export MLFLOW_ALLOW_FILE_STORE ?= false
 
-.PHONY: setup train convert demo demo-smoke test lint format bench check-edge test-faults clean help
+.PHONY: setup train convert demo demo-smoke test lint format bench check-edge test-faults cd-check clean help
 
 help:
 	@echo "make demo   - set up, then the whole loop: cloud + dashboard, three agents, drift, a canary rollout"
 	@echo "make test   - set up, lint, type-check and run the test suite"
-	@echo "make setup | train | convert | lint | bench | check-edge | test-faults | clean"
+	@echo "make setup | train | convert | lint | bench | check-edge | test-faults | cd-check | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
@@ -58,6 +58,11 @@ test: setup lint
 
 test-faults: setup
 	$(BIN)/pytest -q -m faults
+
+# The GitHub Actions CD template (deploy/ci/github-actions/): YAML, job order, platforms, documented secrets,
+# every edgeloop command line against the real CLI, the train and convert scripts run in bash (about 40 s).
+cd-check: setup
+	$(BIN)/pytest -q tests/test_cd_template.py
 
 bench: setup
 	$(BIN)/python bench/run_all.py
