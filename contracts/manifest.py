@@ -7,6 +7,11 @@ signature covers the model too.
 Input convention: the ONNX graph has one input per feature, named after it, shape `[None, 1]`;
 numeric features are float32 (missing = NaN), categorical features are strings (missing = "").
 Outputs are plain tensors: `label` and `probabilities` (columns in the order of `classes`).
+
+Explanations (optional, appended fields): `importance` is the trainer's global permutation importance on
+held-out rows; `explainer` holds what the edge agent needs to split a linear model's logit into per-feature
+contributions without scikit-learn. Both are omitted from the signed bytes when absent, so bundles written
+before these fields existed still verify.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ __all__ = [
     "SCHEMA_VERSION",
     "SIGNATURE_FILE",
     "CategoricalProfile",
+    "CategoricalTerm",
+    "FeatureImportance",
     "FeatureProfile",
     "FeatureSpec",
+    "GlobalImportance",
     "GoldenSample",
     "Lineage",
+    "LinearExplainer",
     "Manifest",
     "NumericProfile",
+    "NumericTerm",
     "OnnxInfo",
     "ParityReport",
     "canonical_bytes",
@@ -126,6 +136,69 @@ class ParityReport(_Strict):
     tolerance: float
 
 
+class FeatureImportance(_Strict):
+    feature: str
+    """An original input feature (not a transformed column)."""
+    mean: float
+    """Mean drop of the metric over the repeats when this feature's values are shuffled."""
+    std: float
+
+
+class GlobalImportance(_Strict):
+    """Permutation importance of each input feature on held-out rows (sklearn.inspection), most important first."""
+
+    method: Literal["permutation"] = "permutation"
+    metric: str
+    """The score whose drop is measured: roc_auc (binary) or accuracy."""
+    rows: int
+    """Held-out rows used (capped to keep training fast)."""
+    n_repeats: int
+    random_state: int
+    baseline: float
+    """The metric on those rows before any shuffling."""
+    features: list[FeatureImportance]
+
+
+class NumericTerm(_Strict):
+    """A numeric feature of a linear model: contribution = coef * (x - mean) / scale, x missing -> impute."""
+
+    feature: str
+    impute: float
+    """The value a missing input takes (the training median)."""
+    mean: float
+    scale: float
+    coef: list[float]
+    """One coefficient per logit (one logit for a binary model, one per class otherwise)."""
+
+
+class CategoricalTerm(_Strict):
+    """A categorical feature of a linear model: contribution = coef[category] - average."""
+
+    feature: str
+    missing_as: str
+    """The category a missing input ("" or null) becomes inside the pipeline."""
+    coefs: dict[str, list[float]]
+    """Coefficients per training category, one per logit; an unseen category has coefficients 0."""
+    average: list[float]
+    """Training-frequency-weighted average of the coefficients: the contribution of an average record."""
+
+
+class LinearExplainer(_Strict):
+    """Everything needed to compute a linear model's per-feature contributions to its logit with numpy only.
+
+    logit[k] = base[k] + sum of the numeric and categorical contributions; base = intercept + sum of the
+    categorical averages (numeric terms are centred on the training mean already).
+    """
+
+    kind: Literal["linear"] = "linear"
+    link: Literal["logistic", "softmax"]
+    """logistic: one logit, toward classes[1] (binary); softmax: one logit per class (multinomial)."""
+    intercept: list[float]
+    base: list[float]
+    numeric: list[NumericTerm]
+    categorical: list[CategoricalTerm]
+
+
 class Manifest(_Strict):
     """The signed description of a bundle. Fields are append-only within `schema_version` v1."""
 
@@ -146,6 +219,10 @@ class Manifest(_Strict):
     lineage: Lineage
     rollback: bool = False
     """Set on a manifest re-signed to roll a device back to an older version on purpose."""
+    importance: GlobalImportance | None = None
+    """Global permutation importance from the trainer (absent in bundles made before it existed)."""
+    explainer: LinearExplainer | None = None
+    """Per-prediction explanations for linear models; absent for tree ensembles (not cheap or exact there)."""
 
     @property
     def feature_names(self) -> list[str]:
@@ -156,12 +233,25 @@ class Manifest(_Strict):
         return f"{self.name}/{self.version}"
 
     def to_json_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        return orjson.dumps(_plain(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
+_OMIT_WHEN_ABSENT = ("importance", "explainer")
+"""Fields appended after bundles were already signed: left out of the JSON when None so that the signed
+bytes of an older manifest (which never had them) are unchanged."""
+
+
+def _plain(manifest: Manifest) -> dict:
+    data = manifest.model_dump(mode="json")
+    for key in _OMIT_WHEN_ABSENT:
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
 
 
 def canonical_bytes(manifest: Manifest) -> bytes:
     """The exact bytes that are signed: compact JSON with sorted keys (stable across writers)."""
-    return orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(_plain(manifest), option=orjson.OPT_SORT_KEYS)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -30,6 +30,7 @@ from contracts.manifest import (
     MODEL_FILE,
     SIGNATURE_FILE,
     FeatureSpec,
+    GlobalImportance,
     GoldenSample,
     Lineage,
     Manifest,
@@ -41,6 +42,7 @@ from contracts.manifest import (
 from contracts.runtime import OnnxModel
 from contracts.signing import PRIVATE_KEY_FILE, generate_keypair, load_private_key, sign_bytes
 from contracts.tracking import ensure_tracking_reachable
+from converter.explain import checked_explainer
 from converter.export import to_onnx
 from converter.gates import check_metric_floors
 from converter.parity import check_parity, golden_rows, records_of
@@ -51,6 +53,7 @@ __all__ = ["check_output_directory", "convert_model", "ensure_signing_key"]
 
 logger = logging.getLogger("edgeloop.converter")
 _ARTIFACTS = ("feature_schema.json", "reference_profile.json", "prediction_profile.json", "holdout.parquet")
+_OPTIONAL = ("model_card.md", "permutation_importance.json")  # runs of older trainers lack them
 
 
 def ensure_signing_key(keys_dir: Path) -> Path:
@@ -65,11 +68,11 @@ def _download_artifacts(client: object, run_id: str, into: Path) -> dict[str, Pa
     from mlflow.exceptions import MlflowException
 
     paths = {}
-    for name in (*_ARTIFACTS, "model_card.md"):
+    for name in (*_ARTIFACTS, *_OPTIONAL):
         try:
             local = client.download_artifacts(run_id, f"edgeloop/{name}", str(into))  # type: ignore[attr-defined]
         except (MlflowException, OSError):
-            if name == "model_card.md":
+            if name in _OPTIONAL:
                 continue
             raise ConversionError(f"run {run_id} has no edgeloop/{name}: it was not made by `edgeloop train`") from None
         paths[name] = Path(local)
@@ -110,6 +113,8 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
         holdout = pd.read_parquet(artifacts["holdout.parquet"])
         profile = orjson.loads(artifacts["reference_profile.json"].read_bytes())
         predicted_share = orjson.loads(artifacts["prediction_profile.json"].read_bytes())
+        importance_file = artifacts.get("permutation_importance.json")
+        importance = GlobalImportance.model_validate_json(importance_file.read_bytes()) if importance_file else None
     sklearn_model = mlflow.sklearn.load_model(resolved.model_uri)
     features = holdout[[spec.name for spec in inputs]]
     onnx_model = to_onnx(sklearn_model, inputs, settings.target_opset)
@@ -142,6 +147,8 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
         (building / MODEL_FILE).write_bytes(model_bytes)
         opsets = {entry.domain: entry.version for entry in onnx_model.opset_import}  # type: ignore[attr-defined]
         draft = _manifest(resolved, inputs, schema, profile, predicted_share, samples, lineage, settings)
+        explainer = checked_explainer(sklearn_model, inputs, profile, features)  # logistic regression only
+        draft = draft.model_copy(update={"importance": importance, "explainer": explainer})
         draft = draft.model_copy(
             update={
                 "onnx": OnnxInfo(

@@ -38,7 +38,7 @@ def train(
     name: str = typer.Option("machine-failure", help="Registered model name."),
     model: str = typer.Option("rf", help="Estimator family: logreg, rf or gb."),
     ignore: list[str] = typer.Option([], help="Columns to leave out (ids, timestamps); repeatable."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: sqlite in .edgeloop/]."),
+    tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in .edgeloop/]."),
 ) -> None:
     """Train a pipeline, evaluate it on a held-out split, log it to MLflow and register a new version.
 
@@ -62,9 +62,9 @@ def train(
 def convert(
     reference: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or runs:/RUN_ID/model."),
     out: Path = typer.Option(..., help="Bundle directory to write (replaced atomically)."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI [default: sqlite in .edgeloop/]."),
-    keys_dir: Path | None = typer.Option(None, help="Directory of the signing key [default: .edgeloop/keys]."),
-    tolerance: float | None = typer.Option(None, help="Parity tolerance on probabilities [default: 1e-5]."),
+    tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in .edgeloop/]."),
+    keys_dir: Path | None = typer.Option(None, help="Directory of the signing key \\[default: .edgeloop/keys]."),
+    tolerance: float | None = typer.Option(None, help="Parity tolerance on probabilities \\[default: 1e-5]."),
     min_metric: list[str] = typer.Option(
         [], help="Metric gate NAME=FLOOR on held-out metrics (accuracy, precision, recall, f1, roc_auc); repeatable."
     ),
@@ -133,7 +133,7 @@ def sample_data(
 
 @keys_app.command("generate")
 def keys_generate(
-    out: Path | None = typer.Option(None, help="Directory for the key pair [default: $EDGELOOP_HOME/keys]."),
+    out: Path | None = typer.Option(None, help="Directory for the key pair \\[default: $EDGELOOP_HOME/keys]."),
     overwrite: bool = typer.Option(False, help="Replace an existing key pair."),
 ) -> None:
     """Create an Ed25519 key pair: the private key signs bundles, devices get the public key.

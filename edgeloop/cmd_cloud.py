@@ -205,7 +205,7 @@ def _rollout_path(rollout_id: str | None, group: str | None) -> str:
 
 @rollout_app.command("status")
 def rollout_status(
-    rollout_id: str | None = typer.Argument(None, help="Rollout id [default: the latest]."),
+    rollout_id: str | None = typer.Argument(None, help="Rollout id \\[default: the latest]."),
     group: str | None = typer.Option(None, help="Latest rollout of this group."),
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
@@ -219,7 +219,7 @@ def rollout_status(
 
 @rollout_app.command("promote")
 def rollout_promote(
-    rollout_id: str | None = typer.Argument(None, help="Rollout id [default: the latest]."),
+    rollout_id: str | None = typer.Argument(None, help="Rollout id \\[default: the latest]."),
     group: str | None = typer.Option(None, help="Latest rollout of this group."),
     reason: str | None = typer.Option(None, help="Why (kept in the audit log)."),
     cloud_url: str = _URL,
@@ -235,7 +235,7 @@ def rollout_promote(
 
 @rollout_app.command("rollback")
 def rollout_rollback(
-    rollout_id: str | None = typer.Argument(None, help="Rollout id [default: the latest]."),
+    rollout_id: str | None = typer.Argument(None, help="Rollout id \\[default: the latest]."),
     group: str | None = typer.Option(None, help="Latest rollout of this group."),
     reason: str | None = typer.Option(None, help="Why (kept in the audit log)."),
     cloud_url: str = _URL,

@@ -20,7 +20,7 @@ def demo(
         None,
         min=1,
         help="Seconds to run once the fleet is up, then stop by itself, but not before the loop has ended "
-        "(closed, failed, or --loop-timeout) [default: until Ctrl-C].",
+        "(closed, failed, or --loop-timeout) \\[default: until Ctrl-C].",
     ),
     port: int = typer.Option(8700, min=1, max=65535, help="Port of the cloud API and dashboard."),
     workdir: Path | None = typer.Option(

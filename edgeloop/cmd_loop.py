@@ -154,7 +154,7 @@ def model_card_markdown(reference: str, tracking_uri: str | None) -> tuple[str, 
 def model_card(
     reference: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION in the MLflow registry."),
     format: str = typer.Option("md", "--format", help="md or html."),
-    out: Path | None = typer.Option(None, help="Write to this file [default: print]."),
+    out: Path | None = typer.Option(None, help="Write to this file \\[default: print]."),
     tracking_uri: str | None = _TRACKING,
 ) -> None:
     """Export the model card of a registered version (intended use, data, held-out metrics, limitations).

@@ -86,3 +86,21 @@ def test_sample_data_is_deterministic(
         digests.append(pd.read_parquet(tmp_path / name))
     assert len(digests[0]) == 50 and digests[0].equals(digests[1])
     assert digests[0]["failure_24h"].nunique() == 2 and digests[0].isna().any().any()
+
+
+def _params(path: tuple[str, ...]) -> list[Any]:
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return list(command.params)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "edgeloop")
+def test_bracketed_help_text_is_shown_not_eaten_as_markup(path: tuple[str, ...]) -> None:
+    """Rich markup treats `[default: x]` as a tag and drops it unless escaped (`\\[`): every bracketed note
+    written in an option's help must reach the screen."""
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    shown = " ".join(result.output.split())
+    for param in _params(path):
+        for note in re.findall(r"\\?\[(default: [^\]]*\]?)\]", getattr(param, "help", None) or ""):
+            assert f"[{note}]" in shown, f"`edgeloop {' '.join(path)} --help` lost '[{note}]' of {param.name}"

@@ -4,7 +4,8 @@
 
 MLflow gets params, held-out metrics, the model (signature + input example), the data set (source, hash,
 rows), the code version, and edgeloop's own artifacts under `edgeloop/`: the feature schema, the reference
-profile for drift, the held-out rows (used by the converter's parity gate) and a model card. The first
+profile for drift, the held-out rows (used by the converter's parity gate), the permutation importance of
+each input feature on held-out rows (`permutation_importance.json`, carried into the bundle) and a model card. The first
 version of a name gets alias `champion`, later versions `challenger`.
 """
 
@@ -28,10 +29,11 @@ from sklearn.model_selection import train_test_split
 from contracts.drift import categorical_profile, numeric_profile
 from contracts.errors import InputError
 from contracts.logs import log_event
-from contracts.manifest import MISSING_CATEGORY, FeatureSpec
+from contracts.manifest import MISSING_CATEGORY, FeatureSpec, GlobalImportance
 from contracts.tracking import ensure_tracking_reachable
 from trainer.data import TrainingData, load_training_data
 from trainer.evaluate import evaluate
+from trainer.importance import permutation_importance_of
 from trainer.model_card import render_model_card
 from trainer.pipeline import build_pipeline
 from trainer.settings import TrainSettings
@@ -170,8 +172,9 @@ def train_model(
     rounded: dict[str, Any] = {key: round(value, 4) for key, value in metrics.items()}
     log_event(logger, "model fitted", estimator=kind, seconds=round(fit_seconds, 2), **rounded)
     predicted_share = {str(c): float(np.mean(labels == c)) for c in classes}
+    importance = permutation_importance_of(pipeline, test_x, test_y, classes, settings.seed)
     return _log_to_mlflow(
-        settings, data, pipeline, kind, name, train_x, test_x, test_y, classes, metrics, predicted_share
+        settings, data, pipeline, kind, name, train_x, test_x, test_y, classes, metrics, predicted_share, importance
     )
 
 
@@ -187,6 +190,7 @@ def _log_to_mlflow(
     classes: list,
     metrics: dict[str, float],
     predicted_share: dict[str, float],
+    importance: GlobalImportance,
 ) -> TrainResult:
     import mlflow
     from mlflow.models import infer_signature
@@ -251,7 +255,10 @@ def _log_to_mlflow(
             holdout = test_x.copy()
             holdout[str(data.target.name)] = test_y
             holdout.to_parquet(folder / "holdout.parquet", index=False)
-            card = render_model_card(name, kind, data, metrics, classes, version_of_code, run.info.run_id)
+            (folder / "permutation_importance.json").write_bytes(
+                orjson.dumps(importance.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+            )
+            card = render_model_card(name, kind, data, metrics, classes, version_of_code, run.info.run_id, importance)
             (folder / "model_card.md").write_text(card)
             mlflow.log_artifacts(str(folder), artifact_path=ARTIFACT_DIR)
         example = train_x.head(5)
