@@ -146,7 +146,7 @@ def rollout(url: str, out: Any, workers: int, devices: int, version: int, canary
             done += 1
             switched = max(switched, when)
     while True:
-        status = httpx.get(f"{url}/v1/rollouts/{rollout_id}", timeout=120).json()
+        status = httpx.get(f"{url}/v1/rollouts/{rollout_id}?devices=false", timeout=120).json()
         if status["on_target"] == devices and status["state"] == "promoted":
             break
         if time.time() - start > 600:

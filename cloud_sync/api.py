@@ -257,8 +257,9 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         return ctx.rollouts.latest(group)
 
     @app.get("/v1/rollouts/{rollout_id}", tags=["rollouts"])
-    def rollout_status(*, _p: Principal = Depends(as_viewer), rollout_id: str) -> dict[str, Any]:
-        return ctx.rollouts.status(rollout_id)
+    def rollout_status(*, _p: Principal = Depends(as_viewer), rollout_id: str, devices: bool = True) -> dict[str, Any]:
+        """`devices=false`: counts only (`group_devices`, `on_target`), for polling a large group."""
+        return ctx.rollouts.status(rollout_id, per_device=devices)
 
     @app.post("/v1/rollouts", tags=["rollouts"], status_code=201)
     def deploy(*, principal: Principal = Depends(as_operator), body: DeployRequest) -> dict[str, Any]:

@@ -51,6 +51,16 @@ def record(
     )
 
 
+def record_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Several entries (keys as `record`'s arguments, `at` required) in one executemany: the ingest audits
+    every device's `deployed` event of a rollout, thousands in a batch."""
+    if rows:
+        conn.execute(
+            audit_log.insert(),
+            [{"reason": None, **row, "details": row.get("details") or {}} for row in rows],
+        )
+
+
 def entries(
     store: Store, since: float | None = None, action: str | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:

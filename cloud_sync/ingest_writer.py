@@ -193,20 +193,21 @@ class IngestWriter:
             result.windows += len(rows)
         else:
             result.events += len(rows)
+            audited = []
             for item in new:
                 event: DeviceEvent = item.message
                 if event.kind in _AUDITED_EVENTS:
-                    target = f"{event.model_name}/{event.model_version} on {event.device_id}"
-                    details = {"seq": event.seq, "event_at": event.at, **event.details}
-                    audit.record(
-                        conn,
-                        f"device:{event.device_id}",
-                        _AUDITED_EVENTS[event.kind],
-                        target,
-                        event.reason,
-                        details,
-                        item.incoming.received_at,
+                    audited.append(
+                        {
+                            "at": item.incoming.received_at,
+                            "actor": f"device:{event.device_id}",
+                            "action": _AUDITED_EVENTS[event.kind],
+                            "target": f"{event.model_name}/{event.model_version} on {event.device_id}",
+                            "reason": event.reason,
+                            "details": {"seq": event.seq, "event_at": event.at, **event.details},
+                        }
                     )
+            audit.record_many(conn, audited)  # one executemany: a rollout's events arrive by the thousand
 
     def _track_gaps(
         self, conn: Connection, table: sa.Table, stream: str, new: list[Parsed], result: BatchResult

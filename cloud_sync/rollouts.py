@@ -348,9 +348,14 @@ class Rollouts:
             raise NotFoundError("no rollout yet" + (f" in group {group}" if group else ""))
         return self.status(rows[0]["id"])
 
-    def status(self, rollout_id: str) -> dict[str, Any]:
+    def status(self, rollout_id: str, per_device: bool = True) -> dict[str, Any]:
+        """The rollout and each device of its group; `per_device=False`: only the counts `group_devices` and
+        `on_target`, by one aggregate query (for polling a group of thousands)."""
         row = self._get(rollout_id)
         result = self._public(row)
+        if not per_device:
+            result["group_devices"], result["on_target"] = self._on_target(row)
+            return result
         members = device_list(self.store, row["group_name"])
         target = (row["model_name"], row["model_version"])
         result["devices"] = [
@@ -402,6 +407,17 @@ class Rollouts:
         so each device follows its group; one batch, not a round trip per device."""
         cleared = overrides.clear(self.store, self.publisher, group, extra)
         log_event(logger, "device overrides cleared", group=group, devices=cleared)
+
+    def _on_target(self, row: dict[str, Any]) -> tuple[int, int]:
+        """(devices in the group, how many of them report the rollout's version): one query."""
+        c = devices.c
+        hit = sa.case(((c.model_name == row["model_name"]) & (c.model_version == row["model_version"]), 1), else_=0)
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(hit), 0)).where(
+            c.group_name == row["group_name"]
+        )
+        with self.store.engine.connect() as conn:
+            total, on_target = conn.execute(query).one()
+        return int(total), int(on_target)
 
     def _reported(self, names: list[str]) -> dict[str, dict[str, Any]]:
         """The model each of `names` reports (one query over those devices, not the whole group)."""

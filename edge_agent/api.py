@@ -2,6 +2,7 @@
 
     POST /v1/predict   one record {feature: value}, a list of records, or {"records": [...]}   (bearer token)
     POST /v1/feedback  {"prediction_id", "label"}, a list of them, or {"feedback": [...]}       (bearer token)
+    POST /v1/explain   same body as /v1/predict; the answer plus top-k feature contributions      (bearer token)
     GET  /v1/predictions/{id}/lineage   model version, run, data hash, code version of a prediction (bearer token)
     GET  /v1/model     summary of the model being served and of the device                    (bearer token)
     GET  /healthz      the process is alive                                                    (open)
@@ -33,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts.errors import EdgeloopError, InputError, SchemaError
 from contracts.logs import log_event
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady, PayloadTooLarge, Unauthorized
+from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics, error_kind
 from edge_agent.openapi_schema import ERRORS, ErrorBody, install_openapi
 from edge_agent.service import InferenceService, PredictionBatch
@@ -45,6 +47,7 @@ _ROUTES = {
     p: p
     for p in ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 }
+_ROUTES["/v1/explain"] = "/v1/explain"
 _NAN_TOKEN = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
 _INLINE_ROWS = 32  # bigger batches run in the thread pool so they do not stall the event loop
 
@@ -248,6 +251,20 @@ def create_app(
         return _json({"accepted": len(accepted), "rejected": rejected, "results": accepted})
 
     app.add_route("/v1/feedback", feedback, methods=["POST"], include_in_schema=False)
+
+    async def explain(request: Request) -> Response:
+        """The served model's answer plus each record's top-k feature contributions (edge_agent/explain.py)."""
+        check_auth(request)
+        current = service.current
+        if current is None:
+            raise ModelNotReady("no model is loaded yet: install one with --bundle or publish a desired state")
+        top_k = parse_top_k(request.query_params.get("top_k"), settings.explain_top_k, len(current.feature_names))
+        records, batch = parse_records(await _read_body(request, max_body), current.feature_names, max_batch)
+        items = await run_in_threadpool(explain_records, current.model, records, top_k)
+        head = {"model": current.manifest.name, "model_version": current.manifest.version}
+        return _json({**head, "explanations": items} if batch else {**head, **items[0]})
+
+    app.add_route("/v1/explain", explain, methods=["POST"], include_in_schema=False)
 
     @app.get("/v1/predictions/{prediction_id}/lineage", responses={**errors, 404: {"model": ErrorBody}})
     async def lineage(request: Request, prediction_id: str) -> Response:

@@ -152,6 +152,44 @@ def _feedback_operation(auth: bool) -> dict[str, Any]:
     return operation
 
 
+def _explain_operation(auth: bool) -> dict[str, Any]:
+    record = {"$ref": "#/components/schemas/Record"}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    body = {
+        "oneOf": [
+            record,
+            {"type": "array", "items": record},
+            {"type": "object", "properties": {"records": {"type": "array", "items": record}}, "required": ["records"]},
+        ]
+    }
+    operation: dict[str, Any] = {
+        "summary": "Explain",
+        "description": "The served model's answer to each record plus, for logistic regression, the top-k features "
+        "by |contribution| to the log-odds of classes[1] (binary) or the predicted class's logit, with the base "
+        "(an average record), the logit (base + every contribution) and a check against the model's probability. "
+        "Tree ensembles answer `available: false`, the reason and the global permutation importance. Same body, "
+        "auth and errors as /v1/predict; not counted as predictions in telemetry. See docs/edge-agent.md.",
+        "operationId": "explain_v1_explain_post",
+        "parameters": [
+            {
+                "name": "top_k",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+                "description": "Features listed per record (default: the agent's explain_top_k, 5).",
+            }
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {"description": "One explanation, or `explanations` (one per record, in order)"},
+            **{str(code): {"description": text, "content": error} for code, text in ERRORS.items()},
+        },
+    }
+    if auth:
+        operation["security"] = [{"bearer": []}]
+    return operation
+
+
 def install_openapi(app: FastAPI, service: InferenceService, auth: bool) -> None:
     """OpenAPI whose request schema and example come from the model being served (rebuilt after a swap)."""
     cache: dict[str, Any] = {}
@@ -166,6 +204,7 @@ def install_openapi(app: FastAPI, service: InferenceService, auth: bool) -> None
             schema["paths"] = {
                 "/v1/predict": {"post": operation},
                 "/v1/feedback": {"post": _feedback_operation(auth)},
+                "/v1/explain": {"post": _explain_operation(auth)},
                 **schema.get("paths", {}),
             }
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})

@@ -70,6 +70,8 @@ class AgentSettings(EdgeloopSettings):
     """Largest request body accepted by /v1/predict (413 above)."""
     max_batch: int = Field(default=1000, ge=1)
     """Most records in one /v1/predict batch (413 above)."""
+    explain_top_k: int = Field(default=5, ge=1)
+    """Features listed per record by POST /v1/explain (largest |contribution| first); `?top_k=` overrides it."""
     download_timeout_s: float = Field(default=30.0, gt=0)
     """Socket timeout of a bundle download (connect and each read)."""
     download_max_bytes: int = Field(default=512 << 20, ge=1)

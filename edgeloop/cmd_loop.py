@@ -1,8 +1,10 @@
-"""Closing the loop (issue 8): `edgeloop lineage`, `edgeloop model-card`, `edgeloop retrain`, `edgeloop impact`.
+"""Closing the loop (issue 8): `edgeloop lineage`, `edgeloop model-card`, `edgeloop explain`, `edgeloop retrain`,
+`edgeloop impact`.
 
 `lineage` asks an agent's REST API (--agent-url, --token) where a prediction came from; `model-card` exports
-the card the trainer logged for a registry version as Markdown or HTML; `retrain` runs a model's retraining
-policy by hand (the trainer runs as a separate `edgeloop train` process); `impact` asks the cloud for the
+the card the trainer logged for a registry version as Markdown or HTML; `explain` explains a bundle's predictions
+on records from a JSON file (edge_agent/explain.py, numpy only, as POST /v1/explain); `retrain` runs a model's
+retraining policy by hand (the trainer runs as a separate `edgeloop train` process); `impact` asks the cloud for the
 estimated business value per version from the feedback confusion counts.
 """
 
@@ -172,6 +174,72 @@ def model_card(
     console.print(f"wrote {out}")
 
 
+def _read_records(path: Path) -> list[Any]:
+    import orjson
+
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise NotFoundError(f"input file {path} not found") from None
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("records"), list):
+        data = data["records"]
+    records = data if isinstance(data, list) else [data]
+    if not records:
+        raise InputError(f"{path} has no records")
+    return records
+
+
+def explain(
+    bundle: Path = typer.Option(..., help="Bundle directory."),
+    input: Path = typer.Option(..., "--input", help='JSON file: one record, a list of records or {"records": [...]}.'),
+    top_k: int = typer.Option(5, min=1, help="Features listed per record, largest |contribution| first."),
+    public_key: Path | None = typer.Option(None, help="Verify the signature with this public key."),
+    json_out: bool = typer.Option(False, "--json", help="Print the raw JSON answer (as POST /v1/explain)."),
+) -> None:
+    """Explain a bundle's predictions: each feature's signed contribution to the logit (logistic regression);
+    tree ensembles get the reason and the global permutation importance from the model card instead.
+
+    Example: [cyan]edgeloop explain --bundle bundles/machine-failure --input records.json --top-k 3[/cyan]
+    """
+    from contracts.bundle import load_bundle
+    from contracts.runtime import OnnxModel
+    from contracts.signing import load_public_key
+    from edge_agent.explain import explain_records
+
+    loaded = load_bundle(bundle, load_public_key(public_key) if public_key else None)
+    model = OnnxModel.load(loaded)
+    items = explain_records(model, _read_records(input), min(top_k, len(loaded.manifest.inputs)))
+    if json_out:
+        import orjson
+
+        console.print_json(orjson.dumps(items).decode())
+        return
+    m = loaded.manifest
+    for index, item in enumerate(items):
+        probability = max(item["probabilities"].values())
+        console.print(f"[bold]record {index}[/bold]: {m.ref} predicts {item['label']} (p={probability:.3f})")
+        if not item["available"]:
+            console.print(escape(item["reason"]))
+            continue
+        table = Table("feature", "value", "contribution", title=f"{item['output']} of {item['toward']}")
+        table.add_row("(base: average record)", "", f"{item['base']:+.4f}")
+        for entry in item["contributions"]:
+            table.add_row(escape(entry["feature"]), escape(str(entry["value"])), f"{entry['contribution']:+.4f}")
+        table.add_row("(other features)", "", f"{item['rest']:+.4f}")
+        table.add_row("= logit", "", f"{item['logit']:+.4f}")
+        console.print(table)
+        check = item["check"]
+        verdict = "ok" if check["ok"] else "MISMATCH"
+        console.print(f"check: |p explained - p model| = {check['abs_diff']:.1e} ({verdict})")
+    if m.importance is not None and not items[0]["available"]:
+        table = Table("feature", "mean drop", "std", title=f"permutation importance ({m.importance.metric})")
+        for feature in m.importance.features:
+            table.add_row(escape(feature.feature), f"{feature.mean:.4f}", f"{feature.std:.4f}")
+        console.print(table)
+
+
 def retrain(
     name: str = typer.Argument(..., help="Registered model name (the policy's `model`)."),
     policy: Path = typer.Option(..., help="Retraining policy (YAML; see docs/loop.md)."),
@@ -246,4 +314,5 @@ def retrain(
 def register(app: typer.Typer) -> None:
     app.command("lineage")(lineage)
     app.command("model-card")(model_card)
+    app.command("explain")(explain)
     app.command("retrain")(retrain)

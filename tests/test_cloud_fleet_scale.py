@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from cloud_sync import overrides
+from cloud_sync.audit import entries
 from cloud_sync.bundles import BundleRegistry
 from cloud_sync.fleet import device_list
 from cloud_sync.ingest import Ingest
@@ -63,6 +64,10 @@ def test_a_sim_fleet_thread_runs_many_devices_through_a_canary_rollout(
             wait_until(lambda: all("device" not in d._desired for d in fleet.devices[:4]), what="overrides cleared")
             assert overrides.recorded(store, "line-1") == []
             wait_until(lambda: cloud.status(rollout["id"])["on_target"] == count, 30, "the cloud sees all")
+            summary = cloud.status(rollout["id"], per_device=False)  # one aggregate query, no device list
+            assert (summary["group_devices"], summary["on_target"], "devices" in summary) == (count, count, False)
+            accepted = [e for e in entries(store) if e["action"] == "device accepted"]
+            assert len(accepted) == count  # every deployed event audited once (one executemany per batch)
             assert all(d.history == [(NAME, 2)] for d in fleet.devices)
         finally:
             fleet.stop()
