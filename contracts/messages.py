@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ABSplit",
     "DesiredState",
     "DeviceEvent",
     "DeviceStatus",
@@ -39,6 +40,20 @@ class ShadowBundle(BaseModel):
     """Where to download the challenger's model.onnx."""
 
 
+class ABSplit(ShadowBundle):
+    """An A/B challenger (same model name as the served one): it answers the requests whose key hashes
+    below `fraction` (`contracts.ab.arm_of`: BLAKE2b of the key, stable across restarts and devices), the
+    served model (the champion) answers the rest and every request without a key. Verified exactly like a
+    shadow bundle."""
+
+    fraction: float = Field(ge=0.0, le=1.0)
+    """Share of request keys the challenger answers, in [0, 1]."""
+    key_field: str | None = None
+    """A record field whose value is the record's request key (e.g. `machine_id`; it need not be a model
+    input). None = only the `X-Request-Key` header of the request is a key. A record with the field set uses
+    it, else the header; with neither the champion answers."""
+
+
 class DesiredState(_Message):
     """What a device should run. Carries the signed manifest so the device can verify before downloading."""
 
@@ -53,6 +68,9 @@ class DesiredState(_Message):
     shadow: ShadowBundle | None = None
     """A challenger to run in shadow beside this model (a shadow canary); None = no shadow (stops one that a
     previous desired state started)."""
+    ab: ABSplit | None = None
+    """An A/B challenger that answers a stable share of request keys beside this model (the champion);
+    None = no split (stops one that a previous desired state started)."""
 
 
 class ReportedState(_Message):

@@ -22,6 +22,7 @@ from contracts.manifest import MISSING_CATEGORY, CategoricalProfile, Manifest, N
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "ArmCounts",
     "CategoricalCounts",
     "DriftScore",
     "NumericCounts",
@@ -56,6 +57,31 @@ class CategoricalCounts(BaseModel):
     missing: int = 0
 
 
+def _accuracy(confusion: Mapping[str, Mapping[str, int]]) -> float | None:
+    total = sum(sum(row.values()) for row in confusion.values())
+    if not total:
+        return None
+    return sum(row.get(actual, 0) for actual, row in confusion.items()) / total
+
+
+class ArmCounts(BaseModel):
+    """One arm of an A/B split in a window: the records it answered and the feedback on its answers."""
+
+    model_config = ConfigDict(extra="ignore")
+    records: int = 0
+    predicted: dict[str, int] = Field(default_factory=dict)
+    confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """Feedback on this arm's answers: confusion[actual][predicted] = count."""
+
+    @property
+    def feedback_count(self) -> int:
+        return sum(sum(row.values()) for row in self.confusion.values())
+
+    @property
+    def accuracy(self) -> float | None:
+        return _accuracy(self.confusion)
+
+
 class WindowCounts(BaseModel):
     """The mergeable part of a window."""
 
@@ -77,6 +103,9 @@ class WindowCounts(BaseModel):
     (`disagree`)."""
     shadow_confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
     """Feedback on the shadow challenger's predictions: shadow_confusion[actual][predicted] = count."""
+    arms: dict[str, ArmCounts] = Field(default_factory=dict)
+    """A/B split (only while one runs): records, predicted classes and feedback per arm (`champion`,
+    `challenger`). The other counts of the window are the champion arm's traffic only."""
 
     @property
     def shadow_accuracy(self) -> float | None:
@@ -148,6 +177,8 @@ class TelemetryWindow(WindowCounts):
     """Windows dropped on this device since it started because the outbox was full (never silent)."""
     shadow_model_version: int | None = None
     """Version (same model name) of the challenger running in shadow during this window, if any."""
+    ab_model_version: int | None = None
+    """Version (same model name) of the A/B challenger whose arm is counted in `arms`, if any."""
 
 
 def _add(into: dict[str, int], key: str, value: int) -> None:
@@ -178,6 +209,15 @@ def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
             target = total.shadow_confusion.setdefault(actual, {})
             for predicted, value in row.items():
                 _add(target, predicted, value)
+        for arm, part in window.arms.items():
+            into = total.arms.setdefault(arm, ArmCounts())
+            into.records += part.records
+            for key, value in part.predicted.items():
+                _add(into.predicted, key, value)
+            for actual, row in part.confusion.items():
+                target = into.confusion.setdefault(actual, {})
+                for predicted, value in row.items():
+                    _add(target, predicted, value)
         for name, counts in window.features.items():
             current = total.features.get(name)
             if isinstance(counts, NumericCounts):
@@ -276,6 +316,7 @@ class WindowCounter:
         self._answered: dict[str, int] = {}
         self._agreement: dict[str, int] = {}
         self._shadow_confusion: dict[str, dict[str, int]] = {}
+        self._arms: dict[str, tuple[list[int], dict[str, int], dict[str, dict[str, int]]]] = {}
 
     def observe(self, feed: Mapping[str, np.ndarray], labels: np.ndarray, seconds: float) -> None:
         """Count one request: its encoded inputs (the ONNX feed), predicted labels and latency."""
@@ -344,6 +385,26 @@ class WindowCounter:
             row = self._shadow_confusion.setdefault(str(actual), {})
             row[str(predicted)] = row.get(str(predicted), 0) + 1
 
+    def _arm(self, arm: str) -> tuple[list[int], dict[str, int], dict[str, dict[str, int]]]:
+        found = self._arms.get(arm)
+        if found is None:
+            found = self._arms[arm] = ([0], {}, {})
+        return found
+
+    def observe_arm(self, arm: str, labels: Iterable[Any]) -> None:
+        """A/B split: count the records an arm answered and their labels."""
+        with self._lock:
+            records, predicted, _ = self._arm(arm)
+            for label in labels:
+                records[0] += 1
+                predicted[str(label)] = predicted.get(str(label), 0) + 1
+
+    def observe_arm_feedback(self, arm: str, actual: Any, predicted: Any) -> None:
+        """A/B split: feedback on an answer of `arm`."""
+        with self._lock:
+            row = self._arm(arm)[2].setdefault(str(actual), {})
+            row[str(predicted)] = row.get(str(predicted), 0) + 1
+
     def snapshot(self) -> WindowCounts:
         """Return the counts since the last snapshot and start a new window."""
         with self._lock:
@@ -366,6 +427,14 @@ class WindowCounter:
                 answered_by=dict(self._answered),
                 shadow_agreement=dict(self._agreement),
                 shadow_confusion={actual: dict(row) for actual, row in self._shadow_confusion.items()},
+                arms={
+                    arm: ArmCounts(
+                        records=records[0],
+                        predicted=dict(predicted),
+                        confusion={actual: dict(row) for actual, row in confusion.items()},
+                    )
+                    for arm, (records, predicted, confusion) in self._arms.items()
+                },
             )
             self._reset()
         return counts

@@ -1,6 +1,7 @@
 """The agent's local REST API (FastAPI): a thin transport over `InferenceService`.
 
     POST /v1/predict   one record {feature: value}, a list of records, or {"records": [...]}   (bearer token)
+                       optional header X-Request-Key: the request's key for an A/B split
     POST /v1/feedback  {"prediction_id", "label"}, a list of them, or {"feedback": [...]}       (bearer token)
     POST /v1/explain   same body as /v1/predict; the answer plus top-k feature contributions      (bearer token)
     GET  /v1/predictions/{id}/lineage   model version, run, data hash, code version of a prediction (bearer token)
@@ -214,11 +215,12 @@ def create_app(
             raise ModelNotReady("no model is loaded yet: install one with --bundle or publish a desired state")
         body = await _read_body(request, max_body)
         records, batch = parse_records(body, current.feature_names, max_batch)
+        key = request.headers.get("x-request-key")  # the A/B split's request key (ignored without a split)
         result: PredictionBatch
         if len(records) <= _INLINE_ROWS:
-            result = service.predict(records)
+            result = service.predict(records, key)
         else:
-            result = await run_in_threadpool(service.predict, records)
+            result = await run_in_threadpool(service.predict, records, key)
         if service.hybrid is not None:
             result = await service.resolve_hybrid(result, records)
         manifest = result.model.manifest

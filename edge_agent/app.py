@@ -191,6 +191,13 @@ class Agent:
             "outbox_pending": None if self.outbox is None else self.outbox.size(),
             "telemetry_dropped_windows": None if self.outbox is None else self.outbox.dropped,
             "shadow": None if self.service.shadow is None else self.service.shadow.manifest.ref,
+            "ab": None
+            if self.service.ab is None
+            else {
+                "model": self.service.ab.model.manifest.ref,
+                "fraction": self.service.ab.fraction,
+                "key_field": self.service.ab.key_field,
+            },
             "hybrid_threshold": self.settings.hybrid_threshold,
             "feedback_rows": None
             if self.service.row_sink is None

@@ -7,11 +7,11 @@ accepted and predicted (the pipeline ignores it) and later counted as unseen for
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts.manifest import Manifest
@@ -32,6 +32,10 @@ class Prediction(BaseModel):
     prediction_id: str
     label: int | str
     probabilities: dict[str, float]
+    model_version: int | None = Field(default=None, description="A/B split only: the version that answered.")
+    arm: Literal["champion", "challenger"] | None = Field(
+        default=None, description="A/B split only: the arm that answered this record."
+    )
 
 
 class SinglePrediction(Prediction):
@@ -106,6 +110,16 @@ def _predict_operation(example: dict[str, Any] | None, auth: bool) -> tuple[dict
         "description": "Predict one record (answers one prediction) or a batch: a list of records or "
         '`{"records": [...]}` (answers `predictions`, in order). Categories not seen in training are accepted.',
         "operationId": "predict_v1_predict_post",
+        "parameters": [
+            {
+                "name": "X-Request-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The request's key for an A/B split (the same key always gets the same arm); "
+                "records carrying the split's key field use that instead; ignored without a split.",
+            }
+        ],
         "requestBody": {"required": True, "content": {"application/json": body}},
         "responses": {
             "200": {

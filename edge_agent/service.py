@@ -3,6 +3,9 @@
 It holds the model being served and swaps it atomically: `predict` takes one reference to the current
 `LoadedModel` and uses only that, so a request that started on the old session finishes on it while new
 requests see the new one; the old session is freed when its last request is done. No lock on the hot path.
+
+With an A/B split (`set_ab`) each record's request key (a record field, else the request's key) picks its
+arm with `contracts.ab.arm_of`; a batch is answered per arm and the answers keep the order of the records.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from contracts.ab import Arm, arm_of, key_text
 from contracts.bundle import Bundle
 from contracts.errors import EdgeloopError, NotFoundError, SchemaError
 from contracts.logs import log_event
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     from edge_agent.feedback_rows import FeedbackRowSink, RowPolicy
     from edge_agent.hybrid import HybridClient
 
-__all__ = ["InferenceService", "LoadedModel", "PredictionBatch"]
+__all__ = ["ABChallenger", "InferenceService", "LoadedModel", "PredictionBatch"]
 
 logger = logging.getLogger("edgeloop.agent.service")
 
@@ -41,7 +45,8 @@ class LoadedModel:
     model: OnnxModel
     bundle: Bundle
     counter: WindowCounter | None = None
-    """Telemetry counter of this model's traffic (None when telemetry is off)."""
+    """Telemetry counter of this model's traffic (None when telemetry is off); for an A/B challenger, the
+    champion's counter, whose window counts the challenger's arm."""
     class_keys: tuple[str, ...] = field(init=False)
     """str(class) for each class: the keys of the probabilities in an answer."""
     feature_names: frozenset[str] = field(init=False)
@@ -53,6 +58,26 @@ class LoadedModel:
     @property
     def manifest(self) -> Manifest:
         return self.model.manifest
+
+
+@dataclass(frozen=True)
+class ABChallenger:
+    """An A/B challenger and its split (see contracts.messages.ABSplit)."""
+
+    model: LoadedModel
+    fraction: float
+    key_field: str | None = None
+
+    def arms(self, records: Sequence[Mapping[str, Any]], request_key: str | None) -> list[Arm]:
+        """The arm of each record: its key field's value when set, else the request's key, else champion."""
+        field, fraction = self.key_field, self.fraction
+        if field is None:
+            return [arm_of(request_key, fraction)] * len(records)
+        arms: list[Arm] = []
+        for record in records:
+            own = key_text(record.get(field)) if isinstance(record, Mapping) else None
+            arms.append(arm_of(own if own is not None else request_key, fraction))
+        return arms
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,8 @@ class InferenceService:
         self._counter: tuple[LoadedModel, Any] | None = None
         self._shadow: LoadedModel | None = None
         self.shadow_failures = 0
+        self._ab: ABChallenger | None = None
+        self.ab_failures = 0
         self.hybrid: HybridClient | None = None
         """Set when hybrid inference is on: low-confidence records are sent to the cloud (resolve_hybrid)."""
         self.row_policy: RowPolicy | None = None
@@ -99,6 +126,8 @@ class InferenceService:
                 counter = self._telemetry.set_model(model.manifest, bundle.manifest.onnx.sha256)
             loaded = LoadedModel(model, bundle, counter)
             previous, self._current = self._current, loaded
+            if self._ab is not None:  # the challenger's arm is counted in the new champion's windows
+                self._ab = replace(self._ab, model=replace(self._ab.model, counter=counter))
         if self._metrics is not None:
             self._metrics.set_model(loaded.manifest)
         return previous
@@ -116,6 +145,26 @@ class InferenceService:
             self._shadow = None if model is None or bundle is None else LoadedModel(model, bundle)
         log_event(logger, "shadow model", model=None if model is None else model.manifest.ref)
 
+    @property
+    def ab(self) -> ABChallenger | None:
+        """The A/B challenger answering a share of the request keys, if a split runs."""
+        return self._ab
+
+    def set_ab(
+        self, model: OnnxModel | None, bundle: Bundle | None = None, fraction: float = 0.0, key_field: str | None = None
+    ) -> None:
+        """Split traffic with `model` (a verified bundle) from now on; None stops the split."""
+        with self._swap_lock:
+            if model is None or bundle is None:
+                self._ab = None
+            else:
+                counter = self._current.counter if self._current is not None else None
+                self._ab = ABChallenger(LoadedModel(model, bundle, counter), fraction, key_field)
+            if self._telemetry is not None:
+                self._telemetry.set_ab(None if self._ab is None else self._ab.model.manifest.version)
+        log_event(logger, "A/B challenger", model=None if model is None else model.manifest.ref,
+                  fraction=fraction if model is not None else None, key_field=key_field)  # fmt: skip
+
     def _shadow_labels(self, shadow: LoadedModel, loaded: LoadedModel, records: Any, feed: Any, labels: list) -> Any:
         try:
             if shadow.manifest.inputs != loaded.manifest.inputs:
@@ -132,13 +181,92 @@ class InferenceService:
             loaded.counter.observe_shadow(agree, len(labels) - agree)
         return shadow_labels
 
-    def predict(self, records: Sequence[Mapping[str, Any]]) -> PredictionBatch:
-        """Check records against the model's schema and predict them (SchemaError names the bad field)."""
+    def predict(self, records: Sequence[Mapping[str, Any]], request_key: str | None = None) -> PredictionBatch:
+        """Check records against the model's schema and predict them (SchemaError names the bad field).
+
+        With an A/B split, `request_key` (the X-Request-Key header) or each record's key field picks the
+        arm; every answer then says its `arm` and `model_version`."""
         loaded = self._current
         if loaded is None:
             raise ModelNotReady("no model is loaded yet: install one with --bundle or publish a desired state")
         started = time.perf_counter()
-        feed = encode_records(records, loaded.manifest.inputs)
+        ab = self._ab
+        if ab is None:
+            return PredictionBatch(loaded, self._answer(loaded, records, None, started))
+        arms = ab.arms(records, request_key)
+        field = ab.key_field
+        if field is not None and field not in loaded.feature_names:  # the key is not a model input: not encoded
+            records = [
+                {k: v for k, v in record.items() if k != field} if isinstance(record, Mapping) else record
+                for record in records
+            ]
+        feed = encode_records(records, loaded.manifest.inputs)  # every record is checked against the champion
+        chosen = [i for i, arm in enumerate(arms) if arm == "challenger"]
+        answers: list[dict[str, Any]] | None = None
+        if chosen:
+            answers = self._answer_challenger(ab, loaded, [records[i] for i in chosen], _rows(feed, chosen))
+        if answers is None:  # no challenger record, or it failed: the champion answers all
+            return PredictionBatch(loaded, self._answer(loaded, records, feed, started, "champion"))
+        if len(chosen) == len(records):
+            return PredictionBatch(loaded, answers)
+        taken = set(chosen)
+        rest = [i for i in range(len(records)) if i not in taken]
+        served = self._answer(loaded, [records[i] for i in rest], _rows(feed, rest), started, "champion")
+        merged: list[dict[str, Any]] = [{}] * len(records)
+        for index, answer in zip(chosen, answers, strict=True):
+            merged[index] = answer
+        for index, answer in zip(rest, served, strict=True):
+            merged[index] = answer
+        return PredictionBatch(loaded, merged)
+
+    def _answer_challenger(
+        self, ab: ABChallenger, loaded: LoadedModel, records: Sequence[Mapping[str, Any]], feed: Any
+    ) -> list[dict[str, Any]] | None:
+        """The challenger's answers to its arm's records; None when it fails (the champion answers them)."""
+        challenger = ab.model
+        try:
+            if challenger.manifest.inputs != loaded.manifest.inputs:
+                feed = encode_records(records, challenger.manifest.inputs, allow_extra=True)
+            result = challenger.model.predict_feed(feed)
+        except (EdgeloopError, ValueError, RuntimeError) as exc:  # the challenger must never fail a request
+            self.ab_failures += 1
+            if self.ab_failures == 1 or self.ab_failures % 1000 == 0:
+                log_event(logger, "A/B challenger failed, the champion answered", level=logging.WARNING,
+                          error=str(exc), failures=self.ab_failures)  # fmt: skip
+            return None
+        labels = result.labels.tolist()
+        ids = [uuid.uuid4().hex for _ in labels]
+        keys, version = challenger.class_keys, challenger.manifest.version
+        predictions = [
+            {
+                "prediction_id": pid,
+                "label": label,
+                "probabilities": dict(zip(keys, row, strict=True)),
+                "model_version": version,
+                "arm": "challenger",
+            }
+            for pid, label, row in zip(ids, labels, result.probabilities.tolist(), strict=True)
+        ]
+        if challenger.counter is not None:
+            challenger.counter.observe_arm("challenger", labels)
+        kept = None if self.row_policy is None else self.row_policy.select(records, challenger.manifest.feature_names)
+        self.feedback.remember(ids, labels, challenger, features=kept, arm="challenger")
+        if self._metrics is not None:
+            manifest = challenger.manifest
+            self._metrics.predictions.labels(manifest.name, str(manifest.version)).inc(len(labels))
+        return predictions
+
+    def _answer(
+        self,
+        loaded: LoadedModel,
+        records: Sequence[Mapping[str, Any]],
+        feed: Any,
+        started: float,
+        arm: Arm | None = None,
+    ) -> list[dict[str, Any]]:
+        """The served model's answers (`arm` = "champion" while an A/B split runs)."""
+        if feed is None:
+            feed = encode_records(records, loaded.manifest.inputs)
         result = loaded.model.predict_feed(feed)
         keys = loaded.class_keys
         labels = result.labels.tolist()
@@ -149,15 +277,22 @@ class InferenceService:
         ]
         if loaded.counter is not None:
             loaded.counter.observe(feed, result.labels, time.perf_counter() - started)
+            if arm is not None:
+                loaded.counter.observe_arm(arm, labels)
+        if arm is not None:
+            version = loaded.manifest.version
+            for prediction in predictions:
+                prediction["model_version"] = version
+                prediction["arm"] = arm
         shadow = self._shadow
         kept = None if self.row_policy is None else self.row_policy.select(records, loaded.manifest.feature_names)
         if shadow is None:
-            self.feedback.remember(ids, labels, loaded, features=kept)
+            self.feedback.remember(ids, labels, loaded, features=kept, arm=arm)
         else:
             shadow_labels = self._shadow_labels(shadow, loaded, records, feed, labels)
-            self.feedback.remember(ids, labels, loaded, shadow_labels, shadow if shadow_labels else None, kept)
+            self.feedback.remember(ids, labels, loaded, shadow_labels, shadow if shadow_labels else None, kept, arm)
         self._count(loaded, len(predictions))
-        return PredictionBatch(loaded, predictions)
+        return predictions
 
     def record_error(self, kind: str, loaded: LoadedModel | None = None) -> None:
         """Count a refused or failed request in the current telemetry window."""
@@ -179,14 +314,17 @@ class InferenceService:
             self.feedback.restore(prediction_id, remembered)
             raise SchemaError(f"label {actual!r} is not a class of the model (classes: {', '.join(classes)})", "label")
         if loaded.counter is not None:
-            loaded.counter.observe_feedback(actual, remembered.label)
+            if remembered.arm is not None:
+                loaded.counter.observe_arm_feedback(remembered.arm, actual, remembered.label)
+            if remembered.arm != "challenger":  # the window's own confusion is the champion's
+                loaded.counter.observe_feedback(actual, remembered.label)
             if remembered.shadow is not None:
                 loaded.counter.observe_shadow_feedback(actual, remembered.shadow_label)
         self.feedback.answered(prediction_id, remembered, actual)
         if self.row_sink is not None:
             self.row_sink.add(prediction_id, remembered, actual)
         manifest = loaded.manifest
-        return {
+        answer = {
             "prediction_id": prediction_id,
             "predicted": remembered.label,
             "actual": actual,
@@ -194,6 +332,9 @@ class InferenceService:
             "model": manifest.name,
             "model_version": manifest.version,
         }
+        if remembered.arm is not None:
+            answer["arm"] = remembered.arm
+        return answer
 
     def flush_feedback_rows(self) -> None:
         """Send the feedback rows collected by the last feedback request (opt-in; never fails the request)."""
@@ -212,7 +353,11 @@ class InferenceService:
         if hybrid is None:
             return batch
         predictions = batch.predictions
-        low = [i for i, p in enumerate(predictions) if max(p["probabilities"].values()) < hybrid.threshold]
+        low = [  # an A/B challenger's answers stay its own: the cloud runs the champion's version
+            i
+            for i, p in enumerate(predictions)
+            if max(p["probabilities"].values()) < hybrid.threshold and p.get("arm") != "challenger"
+        ]
         counts = {"edge": len(predictions) - len(low)}
         for prediction in predictions:
             prediction["answered_by"] = "edge"
@@ -265,6 +410,7 @@ class InferenceService:
             },
             "lineage": manifest.lineage.model_dump(),
             "shadow": None,
+            "arm": remembered.arm,
         }
         if remembered.shadow is not None:
             shadow = remembered.shadow.manifest
@@ -280,3 +426,8 @@ class InferenceService:
             cached = (loaded, self._metrics.predictions.labels(manifest.name, str(manifest.version)))
             self._counter = cached
         cached[1].inc(rows)
+
+
+def _rows(feed: Mapping[str, Any], rows: list[int]) -> dict[str, Any]:
+    """The ONNX feed of some records of a batch (numpy fancy indexing per input)."""
+    return {name: values[rows] for name, values in feed.items()}

@@ -79,6 +79,7 @@ class TelemetryReporter:
         self._sha256: str | None = None
         self._retired: list[list[Any]] = []
         self._shadow_version: int | None = None
+        self._ab_version: int | None = None
         self.on_window: Callable[[dict[str, DriftScore], DriftScore | None, WindowCounts], None] | None = None
         """Called after each window (the agent sets its drift and accuracy gauges from it)."""
         self._window_start = _now()
@@ -113,6 +114,15 @@ class TelemetryReporter:
                 self._flush_locked()
             self._shadow_version = version
 
+    def set_ab(self, version: int | None) -> None:
+        """Close the current window and mark the next ones with the A/B challenger's version (kept after the
+        split stops, for late feedback on the challenger's answers)."""
+        with self._lock:
+            if self._counter is not None and version != self._ab_version:
+                self._flush_locked()
+            if version is not None:
+                self._ab_version = version
+
     def flush(self) -> int | None:
         """Close the current window now; returns its sequence number."""
         with self._lock:
@@ -139,6 +149,7 @@ class TelemetryReporter:
         resources = read_resources(self.state_dir, self._process)
         dropped = self.outbox.dropped
         shadow_version = self._shadow_version if counts.shadow_agreement or counts.shadow_confusion else None
+        ab_version = self._ab_version if counts.arms else None
 
         def build(seq: int) -> bytes:
             window = TelemetryWindow(
@@ -160,6 +171,7 @@ class TelemetryReporter:
                 resources=resources,
                 dropped_windows=dropped,
                 shadow_model_version=shadow_version,
+                ab_model_version=ab_version,
             )
             return orjson.dumps(window.model_dump(mode="json"))
 

@@ -5,6 +5,9 @@
     verify sha256 + signature on the assembled bundle -> new onnxruntime session -> golden samples ->
     switch the `current` pointer -> swap the in-memory model -> report (retained state + event)
 
+A shadow (`DesiredState.shadow`) or A/B challenger (`DesiredState.ab`) goes through the same verification
+(signature before download, sha256, golden samples) and must be a version of the served model.
+
 Any failure leaves the old model serving and is reported with its reason. `UpdateWorker` runs updates
 on its own thread, latest desired state wins, so no transport's network thread ever blocks on a download.
 """
@@ -26,14 +29,14 @@ from contracts.bundle import Bundle, parse_manifest
 from contracts.errors import EdgeloopError, IntegrityError, ModelRejected, ServiceUnavailableError
 from contracts.logs import log_event
 from contracts.manifest import Manifest, canonical_bytes
-from contracts.messages import DesiredState, ReportedState
+from contracts.messages import ABSplit, DesiredState, ReportedState, ShadowBundle
 from contracts.runtime import OnnxModel
 from contracts.signing import verify_bytes
 from edge_agent.download import download_model
 from edge_agent.errors import DownloadFailed
 from edge_agent.metrics import AgentMetrics
 from edge_agent.reporting import Reporter, utc_now
-from edge_agent.service import InferenceService
+from edge_agent.service import InferenceService, LoadedModel
 from edge_agent.settings import AgentSettings
 from edge_agent.store import ModelStore
 
@@ -46,6 +49,8 @@ except PackageNotFoundError:  # running from a source tree
     AGENT_VERSION = "0+unknown"
 
 Action = Literal["deploy", "rollback", "unchanged"]
+_ROLE_KEYS = {"shadow": "shadow", "A/B": "ab"}
+"""The key a challenger's rejection event sets to true in its details."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +147,76 @@ class Updater:
             except Exception as exc:  # a bug must not stop the agent serving the old model
                 logger.exception("update failed unexpectedly")
                 return self._reject(ref, f"unexpected {type(exc).__name__}: {exc}", permanent=False)
-            shadow = self._apply_shadow(desired)
-            return shadow if shadow is not None and shadow.status == "rejected" else outcome
+            for extra in (self._apply_shadow(desired), self._apply_ab(desired)):
+                if extra is not None and extra.status == "rejected":
+                    return extra
+            return outcome
+
+    def _challenger(
+        self, spec: ShadowBundle, running: LoadedModel | None, role: str
+    ) -> tuple[Manifest, tuple[OnnxModel, Bundle] | None] | UpdateOutcome:
+        """Verify, fetch and load a challenger bundle (shadow or A/B) exactly like the main bundle: (its
+        manifest, (model, bundle) or None when `running` is that bundle already), or the rejection."""
+        ref = f"{spec.manifest.get('name')}/{spec.manifest.get('version')}"
+        try:
+            manifest = self._verified_manifest(spec.manifest, spec.signature)
+            ref = manifest.ref
+            current = self.service.current
+            if current is not None and manifest.name != current.manifest.name:
+                noun = "a shadow" if role == "shadow" else "an A/B challenger"
+                raise ModelRejected(
+                    f"{role} {manifest.ref}: {noun} must be a version of the served model {current.manifest.name}"
+                )
+            if running is not None and (running.manifest.version, running.manifest.onnx.sha256) == (
+                manifest.version,
+                manifest.onnx.sha256,
+            ):
+                return manifest, None
+            bundle, fresh = self._fetch(spec.model_url, spec.signature, manifest)
+            try:
+                model = self._load_checked(bundle)
+            except EdgeloopError:
+                if fresh:
+                    self.store.remove(bundle)
+                raise
+        except DownloadFailed as exc:
+            return self._reject(ref, f"{role}: {exc.message}", exc.permanent, role=role)
+        except ServiceUnavailableError as exc:
+            return self._reject(ref, f"{role}: {exc.message}", permanent=False, role=role)
+        except EdgeloopError as exc:
+            return self._reject(ref, f"{role}: {exc.message}", permanent=True, role=role)
+        except Exception as exc:  # a bug must not stop the agent serving the champion
+            logger.exception("challenger update failed unexpectedly")
+            return self._reject(ref, f"{role}: unexpected {type(exc).__name__}: {exc}", permanent=False, role=role)
+        return manifest, (model, bundle)
+
+    def _apply_ab(self, desired: DesiredState) -> UpdateOutcome | None:
+        """Split traffic with the desired state's A/B challenger, or stop the split a previous desired state
+        started. None when nothing changed."""
+        spec: ABSplit | None = desired.ab
+        running = self.service.ab
+        if spec is None:
+            if running is None:
+                return None
+            self.service.set_ab(None)
+            manifest = running.model.manifest
+            self._publish_event("deployed", model_name=manifest.name, model_version=manifest.version,
+                                details={"ab": "stopped", "rollout_id": desired.rollout_id})  # fmt: skip
+            return UpdateOutcome("deployed", f"A/B {manifest.ref} stopped")
+        found = self._challenger(spec, None if running is None else running.model, "A/B")
+        if isinstance(found, UpdateOutcome):
+            return found
+        manifest, loaded = found
+        if loaded is None:  # the same challenger: only the split may have changed
+            assert running is not None
+            if (running.fraction, running.key_field) == (spec.fraction, spec.key_field):
+                return None
+            loaded = (running.model.model, running.model.bundle)
+        self.service.set_ab(loaded[0], loaded[1], spec.fraction, spec.key_field)
+        self._publish_event("deployed", model_name=manifest.name, model_version=manifest.version,
+                            details={"ab": "started", "rollout_id": desired.rollout_id, "fraction": spec.fraction,
+                                     "key_field": spec.key_field, "sha256": manifest.onnx.sha256})  # fmt: skip
+        return UpdateOutcome("deployed", f"A/B {manifest.ref} on {spec.fraction:g} of the keys")
 
     def _apply_shadow(self, desired: DesiredState) -> UpdateOutcome | None:
         """Run the desired state's challenger in shadow (verified like the main bundle), or stop the shadow a
@@ -159,38 +232,14 @@ class Updater:
             self._publish_event("deployed", model_name=running.manifest.name, model_version=running.manifest.version,
                                 details={"shadow": "stopped", "rollout_id": desired.rollout_id})  # fmt: skip
             return UpdateOutcome("deployed", f"shadow {running.manifest.ref} stopped")
-        ref = f"{spec.manifest.get('name')}/{spec.manifest.get('version')}"
-        try:
-            manifest = self._verified_manifest(spec.manifest, spec.signature)
-            ref = manifest.ref
-            current = self.service.current
-            if current is not None and manifest.name != current.manifest.name:
-                raise ModelRejected(
-                    f"shadow {manifest.ref}: a shadow must be a version of the served model {current.manifest.name}"
-                )
-            if running is not None and (running.manifest.version, running.manifest.onnx.sha256) == (
-                manifest.version,
-                manifest.onnx.sha256,
-            ):
-                self._shadow_from_desired = True
-                return None
-            bundle, fresh = self._fetch(spec.model_url, spec.signature, manifest)
-            try:
-                model = self._load_checked(bundle)
-            except EdgeloopError:
-                if fresh:
-                    self.store.remove(bundle)
-                raise
-        except DownloadFailed as exc:
-            return self._reject(ref, f"shadow: {exc.message}", exc.permanent, shadow=True)
-        except ServiceUnavailableError as exc:
-            return self._reject(ref, f"shadow: {exc.message}", permanent=False, shadow=True)
-        except EdgeloopError as exc:
-            return self._reject(ref, f"shadow: {exc.message}", permanent=True, shadow=True)
-        except Exception as exc:  # a bug must not stop the agent serving the champion
-            logger.exception("shadow update failed unexpectedly")
-            return self._reject(ref, f"shadow: unexpected {type(exc).__name__}: {exc}", permanent=False, shadow=True)
-        self.service.set_shadow(model, bundle)
+        found = self._challenger(spec, running, "shadow")
+        if isinstance(found, UpdateOutcome):
+            return found
+        manifest, loaded = found
+        if loaded is None:
+            self._shadow_from_desired = True
+            return None
+        self.service.set_shadow(*loaded)
         self._shadow_from_desired = True
         self._publish_event("deployed", model_name=manifest.name, model_version=manifest.version,
                             details={"shadow": "started", "rollout_id": desired.rollout_id,
@@ -263,7 +312,7 @@ class Updater:
         self._publish_event(status, model_name=manifest.name, model_version=manifest.version, details=details)
         return self._count(UpdateOutcome(status, manifest.ref))
 
-    def _reject(self, ref: str, reason: str, permanent: bool, shadow: bool = False) -> UpdateOutcome:
+    def _reject(self, ref: str, reason: str, permanent: bool, role: str | None = None) -> UpdateOutcome:
         self.last_error = reason
         log_event(logger, "update rejected", level=logging.WARNING, model=ref, reason=reason)
         name, _, number = ref.partition("/")
@@ -273,7 +322,7 @@ class Updater:
             model_name=name or None,
             model_version=int(number) if number.isdigit() else None,
             reason=reason,
-            details={"permanent": permanent, "shadow": True} if shadow else {"permanent": permanent},
+            details={"permanent": permanent, _ROLE_KEYS[role]: True} if role else {"permanent": permanent},
         )
         return self._count(UpdateOutcome("rejected", ref, reason, permanent))
 
@@ -295,8 +344,10 @@ class Updater:
 
 
 def _desired_key(desired: DesiredState) -> str:
-    shadow = desired.shadow
+    shadow, ab = desired.shadow, desired.ab
     extra = "" if shadow is None else f"\n{shadow.signature}\n{shadow.model_url}"
+    if ab is not None:
+        extra += f"\nab\n{ab.signature}\n{ab.model_url}\n{ab.fraction!r}\n{ab.key_field}"
     return hashlib.sha256(f"{desired.signature}\n{desired.model_url}{extra}".encode()).hexdigest()
 
 
