@@ -1,23 +1,28 @@
 """Rollout reach: how long from `deploy` until every device of a large group runs the new version, and until
 the cloud has seen every device report it. The real `edgeloop cloud` (SQLite store) and a private Mosquitto;
 the fleet is `cloud_sync.simulator.SimDevice` (one MQTT connection each, the agent's wire behaviour: desired
-state, version policy, retained reported state, `deployed` events), split over worker processes.
+state, version policy, retained reported state, `deployed` events), driven by `cloud_sync.sim_fleet.SimFleet`
+(one epoll thread per worker process, 1,000 devices per worker by default).
 
-    .venv/bin/python bench/bench_rollout.py                      # 2,000, 5,000 and 10,000 devices
-    .venv/bin/python bench/bench_rollout.py --devices 2000 --per-worker 250
+    .venv/bin/python bench/bench_rollout.py                      # 1,000, 2,000 and 5,000 devices
+    .venv/bin/python bench/bench_rollout.py --devices 10000 --per-worker 1000
 
-One paho client per simulated device uses three file descriptors (its socket and a wake-up socket pair) and
-paho waits on them with select(), which cannot watch descriptors above 1024: a process runs at most ~330
-devices (beyond that their network threads die silently and the devices never report). Hence the workers.
+Why SimFleet: with paho's own network thread per client (`SimDevice.start()`), each device costs a thread and
+three descriptors, select() caps a process at ~330 devices, and 5,000 idle devices (20 processes x 250
+threads) used both cores of this machine: the cloud got ~1 % CPU and the deploy failed with 503 (a PUBACK
+not received in 10 s). One epoll loop per process costs one descriptor per device and little CPU when idle.
 
 For each fleet size, two rollouts through the REST API that `edgeloop deploy` calls (POST /v1/rollouts):
 - `--canary 0`: published to the group at once;
 - `--canary 1%`, soak 0: the canary first, then the group (one controller tick, rollout_tick_s = 0.2 s).
-Columns: `deploy call` = the POST's duration (for a promotion it includes clearing every device-level desired
-topic of the group), `devices switched` = until the last simulated device applied it, `cloud sees all` = until
-GET /v1/rollouts/{id} counts every device on target (their reported state ingested). Not a test: numbers depend
-on the machine and its load. The model is trained once into a temp dir; v2 and v3 are its manifest re-signed
-with a higher version (the simulated devices do not download).
+Columns: `deploy call` = the POST's duration (for `--canary 0` it includes the promotion: the group publish,
+clearing the recorded device-level overrides, the status answer), `devices switched` = until the last simulated
+device applied it, `cloud sees all` = until GET /v1/rollouts/{id}?devices=false counts every device on target
+(their reported state ingested). Not a test: numbers depend on the machine and its load. The model is trained
+once into a temp dir; v2 and v3 are its manifest re-signed with a higher version (the simulated devices do not
+download).
+
+Results and the ceiling on the 2-CPU development machine: docs/cloud.md, "Fleet scale".
 """
 
 from __future__ import annotations
