@@ -169,10 +169,22 @@ class DeployRequest(BaseModel):
     group: str = Field(min_length=1)
     canary: str | None = Field(default=None, description="`25%` of the group, or `dev-1,dev-2`; `0` = no canary")
     soak_minutes: float = Field(default=10.0, ge=0)
-    mode: Literal["serving", "shadow"] = Field(
+    mode: Literal["serving", "shadow", "ab"] = Field(
         default="serving",
         description="`shadow`: the canary keeps serving the group's version with this one in shadow; promoted "
-        "after the soak if its measured accuracy is at least the champion's",
+        "after the soak if its measured accuracy is at least the champion's. `ab`: this one answers `ab_fraction` "
+        "of the request keys on the canary (stable hash of the key); status shows per-arm accuracy; promotion "
+        "is manual",
+    )
+    ab_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="`ab` mode: the challenger's share of request keys, in [0, 1]"
+    )
+    ab_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="`ab` mode: the record field that is the request key (e.g. `machine_id`); none = the "
+        "`X-Request-Key` header only",
     )
 
 
@@ -271,6 +283,8 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
             body.soak_minutes * 60,
             principal.name,
             body.mode,
+            body.ab_fraction,
+            body.ab_key,
         )
 
     @app.post("/v1/rollouts/{rollout_id}/promote", tags=["rollouts"])

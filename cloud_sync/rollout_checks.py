@@ -8,6 +8,9 @@ on the rest of the group over the same period. A check needs `min_samples` obser
 `shadow_comparison` measures a shadow canary: the challenger's accuracy (merged `shadow_confusion`) against
 the champion's (merged `confusion`) from the very windows of the canary devices in which the challenger ran
 in shadow, so both are scored on the same feedback.
+
+`ab_comparison` reports an A/B split: records and accuracy per arm (merged `arms`) from the canary's windows
+in which the challenger had its arm. Promotion of an A/B challenger is an operator's decision.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from cloud_sync.fleet import load_windows
 from cloud_sync.store import Store, events, windows
 from contracts.telemetry import WindowCounts, merge_counts, score_drift
 
-__all__ = ["Limits", "ShadowComparison", "check_canary", "rejections", "shadow_comparison"]
+__all__ = ["Limits", "ShadowComparison", "ab_comparison", "check_canary", "rejections", "shadow_comparison"]
 
 
 @dataclass(frozen=True)
@@ -117,19 +120,47 @@ def shadow_comparison(
     store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
 ) -> ShadowComparison:
     """Merged counts of the canary's windows on the champion that carry the challenger as their shadow."""
-    c = windows.c
-    query = sa.select(c.payload).where(
-        c.group_name == group,
-        c.device_id.in_(canary),
-        c.model_name == name,
-        c.model_version == champion,
-        c.window_end > since,
-        c.window_end <= now,
-    )
-    with store.engine.connect() as conn:
-        payloads = [orjson.loads(row.payload) for row in conn.execute(query)]
+    payloads = _canary_payloads(store, group, canary, name, champion, since, now)
     merged = merge_counts(
         WindowCounts.model_validate(p) for p in payloads if p.get("shadow_model_version") == challenger
     )
     challenger_labels = sum(sum(row.values()) for row in merged.shadow_confusion.values())
     return ShadowComparison(merged.feedback_count, merged.accuracy, merged.shadow_accuracy, challenger_labels)
+
+
+def ab_comparison(
+    store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
+) -> dict[str, dict[str, object]]:
+    """Per arm of an A/B split on the canary: version, records answered, share of records, feedback labels
+    and accuracy, from the canary's windows on the champion that counted the challenger's arm."""
+    payloads = _canary_payloads(store, group, canary, name, champion, since, now)
+    merged = merge_counts(WindowCounts.model_validate(p) for p in payloads if p.get("ab_model_version") == challenger)
+    total = sum(part.records for part in merged.arms.values())
+    report: dict[str, dict[str, object]] = {}
+    for arm, version in (("champion", champion), ("challenger", challenger)):
+        part = merged.arms.get(arm)
+        records = part.records if part else 0
+        report[arm] = {
+            "model_version": version,
+            "records": records,
+            "share": records / total if total else None,
+            "labels": part.feedback_count if part else 0,
+            "accuracy": part.accuracy if part else None,
+        }
+    return report
+
+
+def _canary_payloads(
+    store: Store, group: str, canary: list[str], name: str, version: int, since: float, now: float
+) -> list[dict[str, object]]:
+    c = windows.c
+    query = sa.select(c.payload).where(
+        c.group_name == group,
+        c.device_id.in_(canary),
+        c.model_name == name,
+        c.model_version == version,
+        c.window_end > since,
+        c.window_end <= now,
+    )
+    with store.engine.connect() as conn:
+        return [orjson.loads(row.payload) for row in conn.execute(query)]

@@ -16,6 +16,13 @@ accuracy with the champion's on the same feedback (`rollout_checks.shadow_compar
 version of the group); worse -> rolled back (the canary gets the champion without a shadow); not enough
 labels within the soak plus rollout_confirm_timeout_s -> rolled back.
 
+Mode `ab` (an A/B test): the canary devices get the champion with the challenger as an A/B split
+(`DesiredState.ab`: the challenger answers `ab_fraction` of the request keys, by a stable hash of the key,
+`ab_key` names the record field that is the key, else the `X-Request-Key` header). `status` shows records and
+accuracy per arm from the canary's windows (`rollout_checks.ab_comparison`). Promotion stays manual: the
+rollout soaks until an operator promotes (the challenger serves the group) or rolls back (the canary gets the
+champion without the split); a canary that rejects the challenger still rolls back at once.
+
 Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies).
 """
 
@@ -36,12 +43,12 @@ from cloud_sync import audit, overrides
 from cloud_sync.bundles import BundleInfo, BundleRegistry
 from cloud_sync.fleet import device_list
 from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollout_checks import Limits, check_canary, shadow_comparison
+from cloud_sync.rollout_checks import Limits, ab_comparison, check_canary, shadow_comparison
 from cloud_sync.store import Store, devices, rollouts
 from contracts.errors import EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.manifest import canonical_bytes
-from contracts.messages import DesiredState, ShadowBundle
+from contracts.messages import ABSplit, DesiredState, ShadowBundle
 from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
 from contracts.topics import group_desired, validate_id
 
@@ -49,7 +56,9 @@ __all__ = ["ACTIVE", "MODES", "Rollouts", "parse_canary"]
 
 logger = logging.getLogger("edgeloop.cloud.rollouts")
 ACTIVE = ("canary", "soaking")
-MODES = ("serving", "shadow")
+MODES = ("serving", "shadow", "ab")
+_BESIDE = ("shadow", "ab")
+"""Modes where the canary keeps serving the champion with the challenger beside it."""
 
 
 def parse_canary(spec: str | None, group_devices: list[str]) -> list[str]:
@@ -102,6 +111,8 @@ class Rollouts:
         soak_s: float = 600.0,
         actor: str = "operator",
         mode: str = "serving",
+        ab_fraction: float | None = None,
+        ab_key: str | None = None,
     ) -> dict[str, Any]:
         try:
             validate_id(group, "group")
@@ -109,6 +120,10 @@ class Rollouts:
             raise InputError(str(exc)) from None
         if mode not in MODES:
             raise InputError(f"rollout mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode == "ab" and (ab_fraction is None or not 0 <= ab_fraction <= 1):
+            raise InputError("an A/B rollout needs ab_fraction between 0 and 1 (the challenger's share of keys)")
+        if mode != "ab" and (ab_fraction is not None or ab_key):
+            raise InputError("ab_fraction and ab_key are for an A/B rollout (mode ab)")
         with self._lock:
             info = self.registry.get(name, version)
             active = self._rows(group=group, states=ACTIVE)
@@ -122,11 +137,12 @@ class Rollouts:
             if previous == version:
                 raise InputError(f"group {group} already runs {name}/{version}")
             champion = None
-            if mode == "shadow":
+            if mode in _BESIDE:
+                what = "a shadow canary" if mode == "shadow" else "an A/B rollout"
                 if previous is None:
-                    raise InputError(f"a shadow canary needs a champion: group {group} runs no version of {name}")
+                    raise InputError(f"{what} needs a champion: group {group} runs no version of {name}")
                 if not chosen:
-                    raise InputError("a shadow canary needs canary devices (--canary 0 leaves none)")
+                    raise InputError(f"{what} needs canary devices (--canary 0 leaves none)")
                 champion = self.registry.get(name, previous)
             now = time.time()
             rollout_id = f"r-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
@@ -144,7 +160,10 @@ class Rollouts:
                 "created_at": now,
                 "mode": mode,
             }
-            if champion is not None:
+            if champion is not None and mode == "ab":
+                split = (info, float(ab_fraction or 0.0), ab_key or None)
+                desired = self._desired(champion, rollout_id, ab=split).model_dump_json()
+            elif champion is not None:
                 desired = self._desired(champion, rollout_id, shadow=info).model_dump_json()
             else:
                 desired = self._desired(info, rollout_id).model_dump_json()
@@ -157,13 +176,20 @@ class Rollouts:
                         f"shadow canary: {', '.join(chosen)} keep {name}/{previous} serving with {name}/{version} "
                         f"in shadow; promoted after a soak of {soak_s:g}s if its accuracy is at least the champion's"
                     )
+                if mode == "ab":
+                    key = f"record field {ab_key}, else the X-Request-Key header" if ab_key else "X-Request-Key header"
+                    why = (
+                        f"A/B: {name}/{version} answers {ab_fraction:g} of the request keys ({key}) beside "
+                        f"{name}/{previous} on {', '.join(chosen)}; promotion is manual"
+                    )
                 audit.record(
                     conn,
                     actor,
                     "deploy",
                     f"{name}/{version} -> group {group}",
                     why,
-                    {"rollout_id": rollout_id, "previous_version": previous, "canary": chosen, "mode": mode},
+                    {"rollout_id": rollout_id, "previous_version": previous, "canary": chosen, "mode": mode}
+                    | ({"ab_fraction": ab_fraction, "ab_key": ab_key} if mode == "ab" else {}),
                 )
             log_event(
                 logger,
@@ -202,7 +228,7 @@ class Rollouts:
             reason = reason or "rolled back by hand"
             name, previous = row["model_name"], row["previous_version"]
             promoted = row["state"] == "promoted"
-            if row["mode"] == "shadow" and not promoted:
+            if row["mode"] in _BESIDE and not promoted:
                 # The canary served the champion all along: the same version without a shadow stops it.
                 desired = self._desired(self.registry.get(name, previous), rollout_id).model_dump_json()
                 overrides.publish(self.store, self.publisher, row["group_name"], row["canary"], desired, rollout_id)
@@ -269,6 +295,12 @@ class Rollouts:
             if current["mode"] == "shadow":
                 self._advance_shadow(current, now)
                 return
+            if current["mode"] == "ab":
+                if current["state"] == "canary":  # the canary keeps serving the champion: soaking at once
+                    with self.store.begin() as conn:
+                        soaking = rollouts.update().where(rollouts.c.id == row["id"])
+                        conn.execute(soaking.values(state="soaking", soak_started_at=now))
+                return  # promotion of an A/B challenger is the operator's decision
             if current["state"] == "canary":
                 reported = self._reported(canary)
                 waiting = [
@@ -353,6 +385,12 @@ class Rollouts:
         `on_target`, by one aggregate query (for polling a group of thousands)."""
         row = self._get(rollout_id)
         result = self._public(row)
+        if result["mode"] == "ab" and row["previous_version"] is not None:
+            end = row["finished_at"] or time.time()
+            result["ab"] = ab_comparison(
+                self.store, row["group_name"], row["canary"], row["model_name"], row["previous_version"],
+                row["model_version"], row["created_at"], end,
+            )  # fmt: skip
         if not per_device:
             result["group_devices"], result["on_target"] = self._on_target(row)
             return result
@@ -374,7 +412,13 @@ class Rollouts:
         return result
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _desired(self, info: BundleInfo, rollout_id: str, shadow: BundleInfo | None = None) -> DesiredState:
+    def _desired(
+        self,
+        info: BundleInfo,
+        rollout_id: str,
+        shadow: BundleInfo | None = None,
+        ab: tuple[BundleInfo, float, str | None] | None = None,
+    ) -> DesiredState:
         return DesiredState(
             manifest=info.manifest.model_dump(mode="json"),
             signature=info.signature,
@@ -387,6 +431,15 @@ class Rollouts:
                 manifest=shadow.manifest.model_dump(mode="json"),
                 signature=shadow.signature,
                 model_url=self._model_url(shadow),
+            ),
+            ab=None
+            if ab is None
+            else ABSplit(
+                manifest=ab[0].manifest.model_dump(mode="json"),
+                signature=ab[0].signature,
+                model_url=self._model_url(ab[0]),
+                fraction=ab[1],
+                key_field=ab[2],
             ),
         )
 

@@ -144,6 +144,20 @@ def deploy(
         help="Shadow canary: the canary keeps serving the group's version with this one in shadow; promoted after "
         "the soak if its measured accuracy is at least the champion's, else rolled back.",
     ),
+    ab_fraction: float | None = typer.Option(
+        None,
+        "--ab-fraction",
+        min=0,
+        max=1,
+        help="A/B test: on the canary this version answers this share of the request keys (stable hash of the "
+        "key) beside the group's version; `rollout status` shows per-arm accuracy; promote or roll back by hand.",
+    ),
+    ab_key: str | None = typer.Option(
+        None,
+        "--ab-key",
+        help=r"A/B test: the record field that is the request key (e.g. machine_id) \[default: the X-Request-Key "
+        "header only; requests without a key go to the group's version].",
+    ),
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
     tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in $EDGELOOP_HOME]."),
@@ -153,8 +167,15 @@ def deploy(
     The rollout watches the canary's events and telemetry during the soak and rolls back automatically.
 
     Example: [cyan]edgeloop deploy machine-failure@champion --group line-1 --canary 25% --soak 10[/cyan]
+
+    A/B on gw-1: [cyan]edgeloop deploy m/3 --group line-1 --canary gw-1 --ab-fraction 0.2 --ab-key machine_id[/cyan]
     """
     from cloud_sync.bundles import bundle_tar
+
+    if ab_key is not None and ab_fraction is None:
+        raise InputError("--ab-key needs --ab-fraction (the challenger's share of the request keys)")
+    if shadow and ab_fraction is not None:
+        raise InputError("--shadow and --ab-fraction are two different modes: choose one")
 
     path = Path(reference)
     if path.is_dir():
@@ -170,8 +191,10 @@ def deploy(
         "group": group,
         "canary": canary,
         "soak_minutes": soak,
-        "mode": "shadow" if shadow else "serving",
+        "mode": "shadow" if shadow else "ab" if ab_fraction is not None else "serving",
     }
+    if ab_fraction is not None:
+        body |= {"ab_fraction": ab_fraction, "ab_key": ab_key}
     rollout = _call("POST", cloud_url, "/v1/rollouts", token, json=body)
     _print_rollout(rollout)
 
@@ -195,6 +218,19 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
             escape(d["last_error"] or ""),
         )
     console.print(table)
+    if rollout.get("ab"):
+        arms = Table("arm", "version", "records", "share", "labels", "accuracy", title="A/B on the canary")
+        for arm, part in rollout["ab"].items():
+            share, accuracy = part.get("share"), part.get("accuracy")
+            arms.add_row(
+                arm,
+                str(part["model_version"]),
+                str(part["records"]),
+                "-" if share is None else f"{share:.1%}",
+                str(part["labels"]),
+                "-" if accuracy is None else f"{accuracy:.3f}",
+            )
+        console.print(arms)
 
 
 def _rollout_path(rollout_id: str | None, group: str | None) -> str:

@@ -1,0 +1,301 @@
+"""A/B split on the device through the signed desired state, with real agents, a real broker and real bundles.
+
+`DesiredState.ab` carries a challenger (verified like a shadow) with a `fraction` and a key field; each record's
+key (the field, else the `X-Request-Key` header) is hashed with BLAKE2b into [0, 1) and below the fraction the
+challenger answers. Answers say which version and arm answered; feedback counts for that arm; telemetry windows
+carry per-arm counts; `edgeloop deploy --ab-fraction` publishes it and `rollout status` shows per-arm accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from contracts.ab import arm_of, bucket, key_text
+from contracts.bundle import load_bundle
+from contracts.manifest import MODEL_FILE, SIGNATURE_FILE
+from contracts.messages import ABSplit, DesiredState
+from contracts.runtime import OnnxModel
+from contracts.signing import load_public_key
+from tests.agent_helpers import AgentServer, BundleServer, MqttProbe, desired_state, manifest_of
+from tests.cli_helpers import CliResult, run_edgeloop
+from tests.cloud_support import wait_until
+from tests.conftest import Broker, TrainedBundle
+from tests.loop_helpers import CloudServer, start_ingest
+from tests.test_agent_telemetry import records
+
+VIEW = {"Authorization": "Bearer look"}
+
+
+def _split(bundle: Path, url: str, fraction: float, key_field: str | None, signature: str | None = None) -> ABSplit:
+    return ABSplit(
+        manifest=manifest_of(bundle).model_dump(mode="json"),
+        signature=signature if signature is not None else (bundle / SIGNATURE_FILE).read_text(),
+        model_url=url,
+        fraction=fraction,
+        key_field=key_field,
+    )
+
+
+def _model(trained: TrainedBundle) -> OnnxModel:
+    return OnnxModel.load(load_bundle(trained.bundle, load_public_key(trained.public_key)), intra_op_threads=1)
+
+
+def _probabilities(model: OnnxModel, record: dict[str, Any]) -> dict[str, float]:
+    row = model.predict_records([record]).probabilities.tolist()[0]
+    return dict(zip([str(c) for c in model.manifest.classes], row, strict=True))
+
+
+def _ab_of(agent: AgentServer) -> int | None:
+    ab = agent.agent.service.ab
+    return None if ab is None else ab.model.manifest.version
+
+
+def _binomial_bounds(n: int, p: float, sigmas: float = 5.0) -> tuple[float, float]:
+    spread = sigmas * (n * p * (1 - p)) ** 0.5
+    return n * p - spread, n * p + spread
+
+
+def test_the_arm_of_a_key_is_stable_and_the_fraction_is_respected() -> None:
+    keys = [f"machine-{i}" for i in range(2000)]
+    for fraction in (0.05, 0.2, 0.5):
+        chosen = sum(arm_of(key, fraction) == "challenger" for key in keys)
+        low, high = _binomial_bounds(len(keys), fraction)
+        assert low <= chosen <= high, (fraction, chosen)
+    # Raising the fraction only moves keys to the challenger, never back.
+    at_10 = {key for key in keys if arm_of(key, 0.1) == "challenger"}
+    at_20 = {key for key in keys if arm_of(key, 0.2) == "challenger"}
+    assert at_10 < at_20
+    assert all(arm_of(key, 0.0) == "champion" and arm_of(key, 1.0) == "challenger" for key in keys[:200])
+    assert arm_of(None, 1.0) == "champion" and key_text("") is None and key_text(7) == "7"
+    assert all(0.0 <= bucket(key) < 1.0 for key in keys)
+    # Process-independent: another interpreter with another hash seed puts every key in the same place.
+    script = "from contracts.ab import bucket; print(repr([bucket(f'machine-{i}') for i in range(50)]))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    other = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == repr([bucket(f"machine-{i}") for i in range(50)])
+
+
+def test_desired_state_ab_splits_traffic_by_key_counts_each_arm_and_stops(
+    broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> None:
+    files = BundleServer(tmp_path / "www")
+    probe = MqttProbe(broker.host, broker.port)
+    agent = AgentServer(
+        state_dir=tmp_path / "agent", bundle=rf_bundle.bundle, public_key=rf_bundle.public_key, token="t",
+        device_id="gw-ab", group="g-ab", mqtt_url=broker.url, telemetry_interval_s=3600,
+    )  # fmt: skip
+    v1, v2 = rf_bundle.bundle, logreg_bundle_v2.bundle
+    champion_model, challenger_model = _model(rf_bundle), _model(logreg_bundle_v2)
+    try:
+        v1_url, v2_url = files.add(v1, "v1"), files.add(v2, "v2")
+        champion = desired_state(v1, v1_url)
+        # A challenger whose signature is not its own: refused before any download, no split.
+        forged = _split(v2, v2_url, 0.5, "machine_id", signature=(v1 / SIGNATURE_FILE).read_text())
+        probe.desire_device("gw-ab", champion.model_copy(update={"ab": forged, "rollout_id": "forged"}))
+        event = probe.wait_for("gw-ab", "events", lambda e: e["kind"] == "rejected")
+        assert event["details"]["ab"] is True and event["model_version"] == 2 and "A/B" in event["reason"]
+        assert _ab_of(agent) is None and agent.version() == 1
+        # Signed manifest but a tampered model.onnx (sha256 differs): refused after the download.
+        tampered_url = files.add(v2, "v2-tampered", (v2 / MODEL_FILE).read_bytes()[:-16] + b"x" * 16)
+        tampered = _split(v2, tampered_url, 0.5, "machine_id")
+        probe.desire_device("gw-ab", champion.model_copy(update={"ab": tampered, "rollout_id": "tampered"}))
+        first = event["reason"]
+        event = probe.wait_for(
+            "gw-ab", "events", lambda e: e["kind"] == "rejected" and e["details"].get("ab") and e["reason"] != first
+        )
+        assert "sha256" in event["reason"] and _ab_of(agent) is None
+        # The real challenger on half of the keys, keyed by the `machine_id` field (not a model input).
+        good = champion.model_copy(update={"ab": _split(v2, v2_url, 0.5, "machine_id"), "rollout_id": "ab-1"})
+        probe.desire_device("gw-ab", good)
+        wait_until(lambda: _ab_of(agent) == 2, 15, "A/B challenger v2 loaded")
+        started = probe.wait_for("gw-ab", "events", lambda e: e["details"].get("ab") == "started")
+        assert started["model_version"] == 2 and started["details"]["fraction"] == 0.5
+        assert agent.agent.status()["ab"] == {"model": "machine-failure/2", "fraction": 0.5, "key_field": "machine_id"}
+
+        # Header key: the same key always gets the same arm, and the answer is that model's own prediction.
+        record = records(1, seed=4)[0]
+        keys = {
+            arm: next(f"k-{i}" for i in range(99) if arm_of(f"k-{i}", 0.5) == arm) for arm in ("champion", "challenger")
+        }
+        for arm, key in keys.items():
+            model, other = (challenger_model, champion_model)
+            if arm == "champion":
+                model, other = other, model
+            for _ in range(5):
+                answer = agent.client.post("/v1/predict", json=record, headers={"X-Request-Key": key})
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                assert body["arm"] == arm and body["model_version"] == model.manifest.version
+                assert body["probabilities"] == _probabilities(model, record)
+                assert body["probabilities"] != _probabilities(other, record)
+        # No key at all: the champion answers.
+        plain = agent.predict(record).json()
+        assert plain["arm"] == "champion" and plain["model_version"] == 1
+
+        # A batch keyed by a record field mixes arms; answers keep the order of the records.
+        batch = records(200, seed=11)
+        for index, row in enumerate(batch):
+            row["machine_id"] = f"m-{index % 60}"
+        answer = agent.predict({"records": batch})
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        expected = [arm_of(row["machine_id"], 0.5) for row in batch]
+        assert [p["arm"] for p in predictions] == expected and len(set(expected)) == 2
+        features = [{k: v for k, v in row.items() if k != "machine_id"} for row in batch]
+        reference = {
+            "champion": champion_model.predict_records(features).probabilities.tolist(),
+            "challenger": challenger_model.predict_records(features).probabilities.tolist(),
+        }
+        for index, prediction in enumerate(predictions):
+            assert prediction["model_version"] == (2 if prediction["arm"] == "challenger" else 1)
+            assert list(prediction["probabilities"].values()) == reference[prediction["arm"]][index]
+
+        # Feedback counts for the arm that answered: every challenger answer is right, every champion one wrong.
+        classes = [str(c) for c in champion_model.manifest.classes]
+        feedback, want = [], {"champion": 0, "challenger": 0}
+        for prediction in predictions:
+            arm = prediction["arm"]
+            wrong = next(c for c in classes if c != str(prediction["label"]))
+            label = prediction["label"] if arm == "challenger" else type(prediction["label"])(wrong)
+            feedback.append({"prediction_id": prediction["prediction_id"], "label": label})
+            want[arm] += 1
+        sent = agent.client.post("/v1/feedback", json={"feedback": feedback})
+        assert sent.status_code == 200 and sent.json()["accepted"] == 200, sent.text
+        results = sent.json()["results"]
+        assert {(r["arm"], r["model_version"], r["correct"]) for r in results} == {
+            ("challenger", 2, True),
+            ("champion", 1, False),
+        }
+        first_challenger = predictions[expected.index("challenger")]["prediction_id"]
+        lineage = agent.client.get(f"/v1/predictions/{first_challenger}/lineage")
+        assert lineage.json()["arm"] == "challenger" and lineage.json()["model"]["version"] == 2
+
+        # The telemetry window over the real broker carries per-arm counts and accuracy.
+        assert agent.agent.telemetry is not None
+        agent.agent.telemetry.flush()
+        window = probe.wait_for(
+            "gw-ab", "telemetry", lambda w: w.get("arms", {}).get("challenger", {}).get("confusion")
+        )
+        arms = window["arms"]
+        served = {arm: sum(a == arm for a in expected) for arm in ("champion", "challenger")}
+        assert window["ab_model_version"] == 2 and window["model_version"] == 1
+        assert arms["challenger"]["records"] == served["challenger"] + 5
+        assert arms["champion"]["records"] == served["champion"] + 5 + 1
+        assert window["records"] == arms["champion"]["records"]  # the window's own counts are the champion's
+        for arm, correct in (("challenger", True), ("champion", False)):
+            confusion = arms[arm]["confusion"]
+            total = sum(sum(row.values()) for row in confusion.values())
+            right = sum(row.get(actual, 0) for actual, row in confusion.items())
+            assert total == want[arm] and right == (total if correct else 0), (arm, confusion)
+        assert sum(sum(row.values()) for row in window["confusion"].values()) == want["champion"]
+
+        # A desired state without `ab` stops the split: the champion answers everything, no arm field.
+        probe.desire_device("gw-ab", champion.model_copy(update={"rollout_id": "no-ab"}))
+        wait_until(lambda: _ab_of(agent) is None, 15, "A/B stopped")
+        probe.wait_for("gw-ab", "events", lambda e: e["details"].get("ab") == "stopped")
+        after = agent.client.post("/v1/predict", json=record, headers={"X-Request-Key": keys["challenger"]}).json()
+        assert "arm" not in after and after["model_version"] == 1 and agent.version() == 1
+    finally:
+        agent.stop()
+        probe.stop()
+        files.stop()
+
+
+def test_edgeloop_deploy_ab_fraction_through_the_cloud_and_rollout_status_per_arm(
+    broker: Broker,
+    tmp_path: Path,
+    rf_bundle: TrainedBundle,
+    logreg_bundle_v2: TrainedBundle,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cloud = CloudServer(broker, tmp_path, rf_bundle, [rf_bundle.bundle])
+    ingest = start_ingest(cloud.store, broker)
+    group = "line-ab"
+    agents = [
+        AgentServer(
+            state_dir=tmp_path / name,
+            bundle=rf_bundle.bundle,
+            public_key=rf_bundle.public_key,
+            token="t",
+            device_id=name,
+            group=group,
+            mqtt_url=broker.url,
+            telemetry_interval_s=3600,
+        )
+        for name in ("gw-a1", "gw-a2")
+    ]
+    canary, other = agents
+
+    def cli(*args: str) -> CliResult:
+        monkeypatch.setenv("EDGELOOP_CLOUD_URL", cloud.url)
+        monkeypatch.setenv("EDGELOOP_CLOUD_TOKEN", "act")
+        monkeypatch.setenv("COLUMNS", "160")
+        return run_edgeloop(list(args), monkeypatch, capsys, tmp_path / "home")
+
+    try:
+        devices = lambda: httpx.get(f"{cloud.url}/v1/devices", params={"group": group}, headers=VIEW).json()  # noqa: E731
+        wait_until(lambda: sorted(d["model_version"] for d in devices()) == [1, 1], 15, "both devices on v1")
+        refused = cli("deploy", str(logreg_bundle_v2.bundle), "--group", group, "--ab-key", "machine_id")
+        assert refused.exit_code != 0 and "--ab-fraction" in refused.stderr
+        done = cli("deploy", str(logreg_bundle_v2.bundle), "--group", group, "--canary", "gw-a1",
+                   "--ab-fraction", "0.5", "--ab-key", "machine_id")  # fmt: skip
+        assert done.exit_code == 0, done.stderr
+        rollout = cloud.rollouts.latest(group)
+        assert rollout["mode"] == "ab" and rollout["previous_version"] == 1
+        wait_until(lambda: _ab_of(canary) == 2, 15, "canary splits with v2")
+        assert canary.version() == 1 and _ab_of(other) is None
+        ab = canary.agent.service.ab
+        assert ab is not None and (ab.fraction, ab.key_field) == (0.5, "machine_id")
+
+        batch = records(120, seed=21)
+        for index, row in enumerate(batch):
+            row["machine_id"] = f"press-{index}"
+        predictions = canary.predict({"records": batch}).json()["predictions"]
+        labels = [{"prediction_id": p["prediction_id"], "label": p["label"]} for p in predictions]
+        assert canary.client.post("/v1/feedback", json={"feedback": labels}).status_code == 200
+        assert canary.agent.telemetry is not None
+        canary.agent.telemetry.flush()
+        served = {arm: sum(p["arm"] == arm for p in predictions) for arm in ("champion", "challenger")}
+
+        def arms() -> dict[str, Any]:
+            return dict(cloud.rollouts.status(rollout["id"]).get("ab") or {})
+
+        wait_until(lambda: arms().get("challenger", {}).get("labels") == served["challenger"], 15, "A/B window stored")
+        cloud.rollouts.tick()
+        cloud.rollouts.tick()
+        status = httpx.get(f"{cloud.url}/v1/rollouts/{rollout['id']}", headers=VIEW).json()
+        assert status["state"] == "soaking", status  # promotion of an A/B test stays manual
+        for arm, version in (("champion", 1), ("challenger", 2)):
+            part = status["ab"][arm]
+            assert part["model_version"] == version and part["records"] == served[arm]
+            assert part["labels"] == served[arm] and part["accuracy"] == 1.0
+        shown = cli("rollout", "status", rollout["id"])
+        assert shown.exit_code == 0 and "A/B on the canary" in shown.stdout and "challenger" in shown.stdout
+
+        # Rolling back stops the split on the canary; the champion keeps serving.
+        back = cli("rollout", "rollback", rollout["id"], "--reason", "enough data")
+        assert back.exit_code == 0, back.stderr
+        wait_until(lambda: _ab_of(canary) is None, 15, "split stopped after rollback")
+        assert canary.version() == 1 and other.version() == 1
+    finally:
+        for agent in agents:
+            agent.stop()
+        ingest.stop()
+        cloud.stop()
+
+
+def test_old_desired_states_stay_valid_and_the_split_is_validated() -> None:
+    old = DesiredState.model_validate(
+        {"manifest": {}, "signature": "s", "model_url": "http://x/m.onnx", "issued_at": "2026-01-01T00:00:00Z"}
+    )
+    assert old.ab is None and old.shadow is None
+    with pytest.raises(ValueError):
+        ABSplit(manifest={}, signature="s", model_url="u", fraction=1.5)
