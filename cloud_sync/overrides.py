@@ -4,8 +4,9 @@ instead of one empty publish per device of the group.
 
 Clearing covers the overrides recorded for the group, plus those of devices now in the group (a device that
 moved keeps its old override until then), plus any device named in `extra`. Publishes go out as one batch
-(`MqttPublisher.publish_many`: every PUBACK awaited at the end); the record changes only after the broker
-acknowledged them all.
+(`MqttPublisher.publish_many`: every PUBACK awaited at the end). An override is recorded before it is
+published and forgotten only after its clearing was acknowledged, so a publish that fails half-way leaves
+at worst a record too many (clearing a topic that holds nothing is harmless), never a stale override.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ def publish(
     names = sorted(set(names))
     if not names:
         return
-    publisher.publish_many([(device_topic(name, "desired"), payload) for name in names])
     now = time.time()
     rows = [{"device_id": n, "group_name": group, "rollout_id": rollout_id, "published_at": now} for n in names]
-    with store.begin() as conn:
+    with store.begin() as conn:  # recorded first: a publish that fails half-way still gets cleared later
         conn.execute(store.upsert(desired_overrides, "device_id", ["group_name", "rollout_id", "published_at"]), rows)
+    publisher.publish_many([(device_topic(name, "desired"), payload) for name in names])
 
 
 def recorded(store: Store, group: str, extra: Iterable[str] = ()) -> list[str]:
