@@ -45,7 +45,7 @@ from cloud_sync.fleet import device_list
 from cloud_sync.publisher import MqttPublisher
 from cloud_sync.rollout_checks import Limits, ab_comparison, check_canary, shadow_comparison
 from cloud_sync.store import Store, devices, rollouts
-from contracts.errors import EdgeloopError, InputError, NotFoundError
+from contracts.errors import ConflictError, EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.manifest import canonical_bytes
 from contracts.messages import ABSplit, DesiredState, ShadowBundle
@@ -136,6 +136,12 @@ class Rollouts:
             previous = self._previous_version(group, name)
             if previous == version:
                 raise InputError(f"group {group} already runs {name}/{version}")
+            if previous is not None and version < previous:
+                raise ConflictError(
+                    f"group {group} runs {name}/{previous}: {name}/{version} is older and devices refuse an older "
+                    "version (replay protection); roll back a rollout in progress with `edgeloop rollout rollback`, "
+                    "or register the older model again as a new version"
+                )
             champion = None
             if mode in _BESIDE:
                 what = "a shadow canary" if mode == "shadow" else "an A/B rollout"

@@ -19,6 +19,7 @@ from cloud_sync.rollout_checks import Limits
 from cloud_sync.rollouts import Rollouts
 from cloud_sync.simulator import SimDevice, make_window
 from cloud_sync.store import Store
+from contracts.errors import ConflictError
 from contracts.manifest import Manifest, canonical_bytes
 from contracts.signing import load_public_key, verify_bytes
 from tests.cloud_support import make_store, wait_until
@@ -105,6 +106,10 @@ def test_canary_then_group_promotion(cloud: Cloud) -> None:
     actions = [(e["actor"], e["action"]) for e in entries(cloud.store)]
     assert ("alice", "deploy") in actions and ("controller", "promote") in actions
     assert ("device:dev-1", "device accepted") in actions
+    # Deploying the older v1 again is refused up front (devices would refuse it as a replay), pointing at rollback.
+    with pytest.raises(ConflictError, match=r"runs machine-failure/2: machine-failure/1 is older.*rollout rollback"):
+        cloud.rollouts.deploy(NAME, 1, "line-1", canary="25%", soak_s=0, actor="alice")
+    assert cloud.rollouts.latest("line-1")["id"] == rollout["id"]  # no rollout was created
 
 
 def test_a_rejected_canary_is_rolled_back_automatically(cloud: Cloud) -> None:
