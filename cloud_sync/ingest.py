@@ -164,7 +164,10 @@ class Ingest:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
-        log_event(logger, "ingest disconnected", level=logging.WARNING, reason=str(reason))
+        if self._stop.is_set():  # our own stop(): not a fault
+            log_event(logger, "ingest stopped", reason=str(reason))
+        else:
+            log_event(logger, "ingest disconnected", level=logging.WARNING, reason=str(reason))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._idle.clear()
