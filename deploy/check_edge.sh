@@ -22,7 +22,10 @@ import importlib.util
 heavy = [name for name in ("mlflow", "sklearn", "skl2onnx", "onnx", "pandas") if importlib.util.find_spec(name)]
 assert not heavy, f"the base install pulled {heavy}"
 PY
-echo "   installed: $(du -sm "$tmp/venv" | cut -f1) MB (venv incl. pip)"
+site=$("$tmp/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+tools=$(du -smc "$site"/pip "$site"/pip-* "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources \
+    "$site"/_distutils_hack "$site"/wheel "$site"/wheel-* 2>/dev/null | tail -1 | cut -f1)
+echo "   installed: $(du -sm "$tmp/venv" | cut -f1) MB (venv incl. pip), of which pip/setuptools/wheel ${tools} MB"
 
 echo "== edgeloop agent --bundle $bundle"
 port=$("$tmp/venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
