@@ -24,6 +24,7 @@ from contracts.logs import log_event
 from contracts.signing import load_public_key
 from edge_agent.api import create_app
 from edge_agent.feedback import FeedbackStore
+from edge_agent.memory import fix_mmap_threshold
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt import MqttSync
 from edge_agent.outbox import Outbox
@@ -225,6 +226,7 @@ def run_agent(settings: AgentSettings) -> None:
     """Load, then serve with uvicorn (one worker, httptools; uvloop when installed) until SIGTERM or SIGINT."""
     import uvicorn
 
+    fix_mmap_threshold()  # before the prediction-id cache grows: its tables stay out of the heap
     agent = Agent(settings)
     agent.load()
     config = uvicorn.Config(
