@@ -331,5 +331,6 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
 
     app.include_router(scoring_router(Scorer(ctx.registry, ctx.score_bundles), as_viewer))  # POST /v1/score
     __import__("cloud_sync.loop_api", fromlist=["mount"]).mount(app, ctx, as_viewer, as_operator)  # retrains, impact
+    __import__("cloud_sync.governance", fromlist=["mount"]).mount(app, ctx, as_viewer)  # importance, explanations
     __import__("cloud_sync.dashboard", fromlist=["mount"]).mount(app, ctx)  # the fleet dashboard at / and /dashboard
     return app

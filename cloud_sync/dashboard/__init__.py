@@ -125,7 +125,7 @@ def mount(app: FastAPI, ctx: CloudContext) -> None:
 
     @router.get("/v1/dashboard/models", tags=["dashboard"])
     def models(_p: Principal = as_viewer, since: str = "24h") -> list[dict[str, Any]]:
-        """Model versions: held-out metrics, lineage, card, devices running each, live accuracy."""
+        """Model versions: held-out metrics, lineage, card, importance and explanations, devices, live accuracy."""
         return queries.models(ctx.store, ctx.registry, _seconds(since), ctx.online_timeout_s)
 
     @router.get("/v1/events/stream", tags=["dashboard"], response_class=StreamingResponse)

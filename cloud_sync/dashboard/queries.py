@@ -1,6 +1,7 @@
 """The dashboard's read models, computed from the store like `cloud_sync.fleet` (merged counts, never averaged
 scores): the fleet overview rows, a device's time series and histograms, its recent events, and the models
-page (versions, lineage, model card, where each version runs, live accuracy per version).
+page (versions, lineage, model card, permutation importance and per-prediction explanation availability
+(`cloud_sync.governance`), where each version runs, live accuracy per version).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cloud_sync.alerts import alert_list
 from cloud_sync.audit import iso
 from cloud_sync.bundles import BundleRegistry
 from cloud_sync.fleet import WindowRecord, device_list, load_windows
+from cloud_sync.governance import explanations
 from cloud_sync.store import Store, devices, events
 from contracts.drift import psi_band
 from contracts.manifest import CategoricalProfile, Manifest, NumericProfile
@@ -242,7 +244,8 @@ def _model_card(manifest: Manifest) -> dict[str, Any]:
 def models(
     store: Store, registry: BundleRegistry, seconds: float = 86400.0, online_timeout_s: float = 120.0
 ) -> list[dict[str, Any]]:
-    """Each model name: its versions (metrics, lineage, card), the devices running each, live accuracy."""
+    """Each model name: its versions (metrics, lineage, card, explanations), the devices running each, live
+    accuracy."""
     now = time.time()
     running: dict[tuple[str, int], list[str]] = defaultdict(list)
     for device in device_list(store, None, now, online_timeout_s):
@@ -282,6 +285,7 @@ def models(
                     "worst_band": psi_band(worst["psi"]) if worst else None,
                 },
                 "card": _model_card(m),
+                "explanations": explanations(m).model_dump(mode="json"),
             }
         )
     return [

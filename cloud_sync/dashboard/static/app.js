@@ -271,7 +271,9 @@ async function renderModels() {
       return `<h2>${esc(m.name)}</h2><table class="versions"><thead><tr><th>Version</th><th>Estimator</th>
         ${names.map((n) => `<th>${esc(n)} (held-out)</th>`).join("")}<th>Run</th><th>Data</th><th>Code</th>
         <th>Runs on</th><th>Live accuracy</th><th>Requests 24h</th><th>Worst PSI</th></tr></thead><tbody>${rows}</tbody></table>
-        <div id="impact-${i}" class="chart"></div><div id="value-${i}"></div>${cards}`;
+        <div id="impact-${i}" class="chart"></div><div id="value-${i}"></div>
+        <h3>What drives each version, and per-prediction explanations</h3>
+        <div id="explain-${i}" class="explain-grid">${m.versions.map(explanationPanel).join("")}</div>${cards}`;
     }).join("");
   const valued = await api("/v1/impact/models").catch(() => []);
   models.forEach((m, i) => { if (valued.includes(m.name)) renderValue(m.name, i); });
@@ -283,6 +285,33 @@ async function renderModels() {
       { x, y: versions.map((v) => v.live.accuracy), type: "bar", name: "live accuracy (feedback, 24h)", marker: { color: "#3a6fd8" } },
     ], { title: { text: "Impact of each version: held-out vs live accuracy" }, barmode: "group", yaxis: { tickformat: ".0%", range: [0, 1] } });
   });
+}
+
+// Governance (GET /v1/bundles/{name}/{version}/explanations, the same dict as `explanations` here): the signed
+// manifest's permutation importance (mean drop +- std of the held-out metric per input feature, a bar scaled
+// to the largest |mean|) and whether devices explain single predictions (linear explainer block) or why not.
+function explanationPanel(v) {
+  const e = v.explanations;
+  const p = e.per_prediction;
+  const line = `<p class="explain-line" data-available="${p.available}"><b>Per-prediction explanations:</b>
+    ${badge(p.available ? "available" : "not available", p.available ? "yes" : "no")} ${esc(p.note)}</p>`;
+  const imp = e.importance;
+  if (!imp) {
+    return `<div class="explanations" data-version="${v.version}"><h4>v${v.version} <span class="muted">${esc(e.estimator)}</span></h4>
+      <p class="muted no-importance">No permutation importance in this bundle (converted before the trainer computed it).</p>${line}</div>`;
+  }
+  const top = Math.max(0, ...imp.features.map((f) => Math.abs(f.mean))) || 1;
+  const rows = imp.features.map((f, rank) => `<tr data-feature="${esc(f.feature)}" data-mean="${f.mean}" data-std="${f.std}">
+      <td class="num">${rank + 1}</td><td>${esc(f.feature)}</td>
+      <td class="num">${f.mean.toFixed(4)} ± ${f.std.toFixed(4)}</td>
+      <td class="bar-cell"><span class="bar${f.mean < 0 ? " neg" : ""}" style="width: ${(100 * Math.abs(f.mean) / top).toFixed(1)}%"></span></td></tr>`).join("");
+  return `<div class="explanations" data-version="${v.version}" data-metric="${esc(imp.metric)}">
+    <h4>v${v.version} <span class="muted">${esc(e.estimator)}</span></h4>
+    <p class="muted importance-note">Permutation importance: drop of held-out <b>${esc(imp.metric)}</b> (baseline
+      ${imp.baseline.toFixed(4)}) when one input feature's values are shuffled, mean ± std over ${imp.n_repeats} repeats
+      on ${imp.rows} rows (random_state ${imp.random_state}).</p>
+    <table class="importance"><thead><tr><th>#</th><th>Feature</th><th>Drop of ${esc(imp.metric)} (mean ± std)</th>
+      <th></th></tr></thead><tbody>${rows}</tbody></table>${line}</div>`;
 }
 
 // Business impact (GET /v1/impact): value per version from the feedback confusion counts and the model's

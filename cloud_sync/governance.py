@@ -1,0 +1,97 @@
+"""What explains a model version, read from the signed manifest the bundle server stores: for auditors.
+
+    GET /v1/bundles/{name}/{version}/explanations   (viewer)   explanations(registry.get(name, version).manifest)
+
+Two facts per version: the trainer's global permutation importance (`Manifest.importance`: the metric, the
+rows and repeats, and each input feature's mean drop +- std, most important first) and whether the edge agent
+can explain single predictions (`Manifest.explainer`: a linear block for logistic regression, answered by
+POST /v1/explain on the device; tree ensembles have none, and the line says why and what to read instead).
+The dashboard's models page shows the same dict per version (`/v1/dashboard/models`, key `explanations`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Path
+from pydantic import BaseModel, Field
+
+from contracts.manifest import GlobalImportance, Manifest
+
+__all__ = ["EXPLAIN_ROUTE", "Explanations", "PerPrediction", "explanations", "mount"]
+
+EXPLAIN_ROUTE = "POST /v1/explain"
+"""The edge agent's route for per-prediction contributions (edge_agent/explain.py)."""
+
+_LINEAR_ESTIMATORS = ("logreg", "LogisticRegression")
+
+
+class PerPrediction(BaseModel):
+    """Whether a device can split one prediction into per-feature contributions, and where."""
+
+    available: bool
+    kind: Literal["linear"] | None = None
+    link: Literal["logistic", "softmax"] | None = None
+    route: str | None = Field(default=None, description="Where to ask (on the device), when available")
+    note: str = Field(description="One line for people: how to get explanations, or why there are none")
+
+
+class Explanations(BaseModel):
+    """Governance facts of one bundle version, read from its signed manifest."""
+
+    model: str
+    version: int
+    estimator: str
+    importance: GlobalImportance | None = Field(
+        description="Global permutation importance on held-out rows; null for bundles made before it existed"
+    )
+    per_prediction: PerPrediction
+
+
+def per_prediction(manifest: Manifest) -> PerPrediction:
+    """From the manifest's `explainer` block; the notes say what the agent itself answers (edge_agent/explain.py)."""
+    block = manifest.explainer
+    if block is not None:
+        return PerPrediction(
+            available=True,
+            kind=block.kind,
+            link=block.link,
+            route=EXPLAIN_ROUTE,
+            note=f"yes: linear contributions per feature ({block.link} link), {EXPLAIN_ROUTE} on the device "
+            "(or edgeloop explain on a workstation)",
+        )
+    estimator = manifest.lineage.estimator
+    if estimator in _LINEAR_ESTIMATORS:
+        note = (
+            "no: converted before explanations existed; re-convert it with this edgeloop to get per-prediction "
+            "contributions, meanwhile see the global permutation importance"
+        )
+    else:
+        note = (
+            f"no: feature contributions are neither cheap nor exact for tree ensembles ({estimator}) on a device; "
+            "the global permutation importance is what drives this model overall"
+        )
+    return PerPrediction(available=False, note=note)
+
+
+def explanations(manifest: Manifest) -> Explanations:
+    return Explanations(
+        model=manifest.name,
+        version=manifest.version,
+        estimator=manifest.lineage.estimator,
+        importance=manifest.importance,
+        per_prediction=per_prediction(manifest),
+    )
+
+
+def mount(app: FastAPI, ctx: Any, as_viewer: Any) -> None:
+    @app.get("/v1/bundles/{name}/{version}/explanations", tags=["bundles"], response_model=Explanations)
+    def bundle_explanations(
+        *,
+        _p: Any = Depends(as_viewer),
+        name: str,
+        version: int = Path(ge=1, le=2**63 - 1),
+    ) -> Explanations:
+        """The version's global permutation importance and whether devices explain single predictions
+        (from the signed manifest on the bundle server; 404 for an unknown bundle)."""
+        return explanations(ctx.registry.get(name, version).manifest)
