@@ -65,6 +65,9 @@ def score(
     remote = _is_remote(source) or _is_remote(target)
     if remote and settings.engine != "spark":
         raise InputError("the local engine reads and writes local paths; use --engine spark for URIs")
+    direct = settings.engine == "spark" and settings.spark_io == "pyarrow"
+    if remote and direct:
+        raise InputError("spark_io=pyarrow reads and writes paths on a shared file system; use spark_io=spark for URIs")
     resolved = resolve_bundle(model, settings)
     manifest = resolved.bundle.manifest
     input_format, arrow_schema, total = "parquet", None, None
@@ -105,6 +108,22 @@ def score(
         from cloud_sync.batch.spark_engine import score_spark
 
         def run_spark(location: str) -> tuple[int, str]:
+            if direct:
+                from cloud_sync.batch.spark_direct import score_spark_direct
+
+                assert table is not None  # remote locations were refused above
+                return score_spark_direct(
+                    resolved.bundle,
+                    settings.public_key,
+                    table,
+                    Path(location),
+                    settings.master,
+                    settings.batch_rows,
+                    settings.compression,
+                    settings.spark_ui,
+                    settings.spark_log_level,
+                    on_progress,
+                )
             return score_spark(
                 resolved.bundle,
                 settings.public_key,
@@ -125,7 +144,7 @@ def score(
         else:
             with staged_output(Path(target.removeprefix("file://"))) as staged:
                 rows, master = run_spark(str(staged))
-        options = {"master": master, "batch_rows": settings.batch_rows}
+        options = {"master": master, "batch_rows": settings.batch_rows, "io": settings.spark_io}
     duration = time.perf_counter() - started
     record = JobRecord(
         resolved=resolved,

@@ -50,6 +50,12 @@ class ScoreSettings(EdgeloopSettings):
     master: str = "local[2]"
     """Spark master URL for `--engine spark` (local[N], spark://host:7077, yarn, k8s://...). Ignored when the
     job is started with spark-submit, which has already chosen the master."""
+    spark_io: Literal["spark", "pyarrow"] = "spark"
+    """How the Spark engine reads and writes: `spark` = Spark's own readers and writer (any location Spark
+    can read, hdfs://, s3a://...; rows cross JVM <-> Python as Arrow); `pyarrow` = Spark only schedules the
+    tasks, each task reads its row groups and writes its part file with pyarrow (the rows never enter the
+    JVM: faster, see docs/batch-scoring.md; input and output must be paths every executor and the driver see:
+    a local or shared file system)."""
     spark_ui: bool = False
     """Start the Spark web UI (port 4040) during a Spark job; off by default to keep scoring quiet."""
     spark_log_level: str = "WARN"

@@ -5,11 +5,14 @@ executor Python process verifies them once and keeps one onnxruntime session in 
 by the model's sha256 (PySpark reuses its worker processes, so a session lives across tasks). pyspark is
 imported lazily: the base install never needs it.
 
+`spark_job` is the frame of a job (session, broadcast, job group, progress, one-line errors) shared with the
+pyarrow I/O mode (`spark_direct.py`, `spark_io = "pyarrow"`), where the tasks read and write Parquet themselves.
 Cluster use is documented in docs/batch-scoring.md (spark-submit, shipping the environment to executors).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -34,7 +37,7 @@ from contracts.manifest import MANIFEST_FILE, SIGNATURE_FILE, sha256_file
 from contracts.runtime import OnnxModel
 from contracts.signing import load_public_key
 
-__all__ = ["executor_model", "score_spark", "spark_session"]
+__all__ = ["executor_model", "score_spark", "spark_job", "spark_session"]
 
 logger = logging.getLogger("edgeloop.batch")
 
@@ -227,6 +230,50 @@ def _read(spark: Any, location: str, input_format: str, arrow_schema: pa.Schema 
     return spark.read.parquet(location)
 
 
+@contextlib.contextmanager
+def spark_job(
+    bundle: Bundle,
+    public_key_path: Path,
+    master: str,
+    batch_rows: int,
+    ui: bool = False,
+    log_level: str = "WARN",
+    on_progress: Callable[[int, int | None, str], None] | None = None,
+    io: str = "spark",
+) -> Iterator[tuple[Any, Any]]:
+    """The frame of one scoring job, shared by both Spark I/O modes: yield (spark session, broadcast bundle).
+
+    Runs the job in its own job group with task progress; turns any Spark failure into one line; stops the
+    session afterwards unless it was running before (spark-submit, a notebook, a test).
+    """
+    already_running = _spark_running()
+    spark = spark_session(master, batch_rows, ui, log_level)
+    try:
+        threads = int(spark.conf.get("spark.task.cpus", "1"))
+        broadcast = spark.sparkContext.broadcast(_payload(bundle, public_key_path, threads))
+        group = f"edgeloop-score-{uuid.uuid4().hex[:8]}"
+        spark.sparkContext.setJobGroup(group, f"edgeloop score {bundle.manifest.ref}")
+        log_event(logger, "spark engine started", master=spark.sparkContext.master, io=io, threads=threads)
+        progress = _TaskProgress(spark, group, on_progress) if on_progress else None
+        if progress:
+            progress.start()
+        try:
+            yield spark, broadcast
+        finally:
+            if progress:
+                progress.stopped.set()
+                progress.join()
+                progress.poll()
+            broadcast.unpersist()
+    except EdgeloopError:
+        raise
+    except Exception as exc:
+        raise _spark_error(exc) from None
+    finally:
+        if not already_running:
+            spark.stop()
+
+
 def score_spark(
     bundle: Bundle,
     public_key_path: Path,
@@ -246,26 +293,15 @@ def score_spark(
 
     `output_location` is written as is (the caller stages a local path and renames it into place).
     """
+    from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import StructField, StructType
 
-    already_running = _spark_running()
-    spark = spark_session(master, batch_rows, ui, log_level)
-    try:
+    with spark_job(bundle, public_key_path, master, batch_rows, ui, log_level, on_progress) as (spark, broadcast):
         frame = _read(spark, input_location, input_format, arrow_schema)
-        from pyspark.sql.pandas.types import to_arrow_schema
-
         plan = check_schema(to_arrow_schema(frame.schema), bundle.manifest, input_location)
         frame = _features_as_float(frame, bundle)
         fields = [frame.schema[name] for name in plan.passthrough]
         fields.extend(StructField(f.name, _spark_type(f.type), True) for f in plan.prediction_fields)
-        threads = int(spark.conf.get("spark.task.cpus", "1"))
-        broadcast = spark.sparkContext.broadcast(_payload(bundle, public_key_path, threads))
-        group = f"edgeloop-score-{uuid.uuid4().hex[:8]}"
-        spark.sparkContext.setJobGroup(group, f"edgeloop score {bundle.manifest.ref}")
-        log_event(logger, "spark engine started", master=spark.sparkContext.master, input=input_location)
-        progress = _TaskProgress(spark, group, on_progress) if on_progress else None
-        if progress:
-            progress.start()
         # A file of a few large row groups would otherwise become as many tasks as cores: no balance at the
         # end of the job and a progress bar that moves twice. Four splits per core (while a split stays at
         # least one row group) fixes both; a value the user set is kept.
@@ -281,19 +317,7 @@ def score_spark(
         finally:
             if user_splits is None:
                 spark.conf.unset(split_key)
-            if progress:
-                progress.stopped.set()
-                progress.join()
-                progress.poll()
-            broadcast.unpersist()
         return int(counter.value), str(spark.sparkContext.master)
-    except EdgeloopError:
-        raise
-    except Exception as exc:
-        raise _spark_error(exc) from None
-    finally:
-        if not already_running:
-            spark.stop()
 
 
 def _spark_running() -> bool:
