@@ -6,7 +6,7 @@
   directly (they are upserts: receiving them twice changes nothing).
 - Persistent session (clean_start=False, long session expiry) and manual acknowledgement: a message is
   PUBACKed only after the transaction holding it has committed, so a crash or restart loses nothing (the
-  broker redelivers, the writer de-duplicates on (device, seq)).
+  broker redelivers, the writer de-duplicates on (device, epoch, seq)).
 - One writer thread drains the queue in batches (`ingest_batch`); a database outage is retried with backoff
   without acknowledging anything; a batch that fails for another reason is retried message by message and
   a message that still fails becomes a dead letter. The ingest never dies on a bad message.

@@ -240,27 +240,38 @@ class Store:
         self.dialect = engine.dialect.name
 
     def create(self) -> Store:
+        """Create what is missing and migrate an older store, in one transaction that concurrent starts of
+        the cloud wait on (SQLite: BEGIN IMMEDIATE, so even the DDL is atomic; PostgreSQL: an advisory lock)."""
         try:
-            with self.engine.begin() as conn:
-                if self.schema and self.dialect == "postgresql":
-                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-                schema = self.schema if self.dialect == "postgresql" else None
-                overrides_known = sa.inspect(conn).has_table("desired_overrides", schema=schema)
-                metadata.create_all(conn)
-                _add_missing_columns(conn, schema)
-                if not overrides_known:
-                    _seed_overrides(conn)
+            with self.engine.connect() as conn:
                 if self.dialect == "sqlite":
-                    for statement in _SQLITE_APPEND_ONLY:
-                        conn.exec_driver_sql(statement)
+                    with _sqlite_immediate(conn):
+                        self._create_in(conn)
                 else:
-                    prefix = f'"{self.schema}".' if self.schema else ""
-                    for statement in _PG_APPEND_ONLY:
-                        conn.exec_driver_sql(statement.format(s=prefix))
+                    with conn.begin():
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+                        self._create_in(conn)
         except sa.exc.OperationalError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise ServiceUnavailableError(f"store {self.safe_url} is unreachable: {first}") from None
         return self
+
+    def _create_in(self, conn: Connection) -> None:
+        if self.schema and self.dialect == "postgresql":
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+        schema = self.schema if self.dialect == "postgresql" else None
+        overrides_known = sa.inspect(conn).has_table("desired_overrides", schema=schema)
+        metadata.create_all(conn)
+        _add_missing_columns(conn, schema)
+        if not overrides_known:
+            _seed_overrides(conn)
+        if self.dialect == "sqlite":
+            for statement in _SQLITE_APPEND_ONLY:
+                conn.exec_driver_sql(statement)
+        else:
+            prefix = f'"{self.schema}".' if self.schema else ""
+            for statement in _PG_APPEND_ONLY:
+                conn.exec_driver_sql(statement.format(s=prefix))
 
     @property
     def safe_url(self) -> str:
@@ -354,6 +365,31 @@ def _seed_overrides(conn: Connection) -> None:
                             "published_at": rollout.created_at}  # fmt: skip
     if rows:
         conn.execute(desired_overrides.insert(), list(rows.values()))
+
+
+_PG_SCHEMA_LOCK = 0x6564676C6F6F70  # "edgeloop": serialises Store.create() across processes
+
+
+@contextmanager
+def _sqlite_immediate(conn: Connection) -> Iterator[None]:
+    """One real transaction on SQLite, DDL included: Python's sqlite3 module commits before each DDL
+    statement in its default mode, so a migration killed half-way would leave a table renamed and its rows
+    behind. In autocommit mode with an explicit BEGIN IMMEDIATE (which also makes a second starting process
+    wait) everything commits or nothing does."""
+    dbapi = conn.connection.driver_connection
+    saved = dbapi.isolation_level  # type: ignore[union-attr]
+    dbapi.isolation_level = None  # type: ignore[union-attr]
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if dbapi.in_transaction:  # type: ignore[union-attr]
+                dbapi.rollback()  # type: ignore[union-attr]
+            raise
+        dbapi.commit()  # type: ignore[union-attr]
+    finally:
+        dbapi.isolation_level = saved  # type: ignore[union-attr]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -80,3 +80,73 @@ def test_a_pre_epoch_store_keeps_its_rows_and_accepts_a_new_epoch(engine: str, t
         if engine == "postgresql":
             store.drop_all()
         store.dispose()
+
+
+def test_a_migration_that_fails_half_way_leaves_the_old_store_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's DDL is made transactional (BEGIN IMMEDIATE): a failure after the table was renamed and copied
+    rolls everything back, and the next start migrates from the intact old table."""
+    import cloud_sync.store as store_module
+    from contracts.errors import EdgeloopError
+
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    _make_pre_epoch_store(url, None)
+
+    def fail_after_the_copy(_logger: object, event: str, **_fields: object) -> None:
+        raise RuntimeError(f"killed after: {event}")
+
+    monkeypatch.setattr(store_module, "log_event", fail_after_the_copy)
+    with pytest.raises((RuntimeError, EdgeloopError), match="killed after"):
+        Store(url).create()
+    monkeypatch.undo()
+    check = sa.create_engine(url)
+    with check.connect() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+        assert "windows_before_epoch" not in tables
+        assert "epoch" not in {c["name"] for c in sa.inspect(conn).get_columns("windows")}
+        assert conn.exec_driver_sql("SELECT count(*) FROM windows").scalar() == 2
+    check.dispose()
+    store = Store(url).create()
+    try:
+        with store.begin() as conn:
+            assert sorted(conn.execute(sa.select(windows.c.epoch, windows.c.seq)).all()) == [(0, 1), (0, 2)]
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_two_clouds_starting_together_on_an_old_store_both_start(engine: str, tmp_path: Path) -> None:
+    """Several ingest workers or a restart overlapping the old process: create() is serialised (SQLite
+    BEGIN IMMEDIATE, a PostgreSQL advisory lock), so the second sees the migration done instead of failing."""
+    import threading
+
+    if engine == "sqlite":
+        url, schema = f"sqlite:///{tmp_path / 'cloud.db'}", None
+    else:
+        url, schema = postgres_url(), f"edgeloop_mig_{uuid.uuid4().hex[:10]}"
+    _make_pre_epoch_store(url, schema)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            Store(url, schema=schema).create().dispose()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    store = Store(url, schema=schema)
+    try:
+        assert errors == []
+        with store.begin() as conn:
+            assert sorted(conn.execute(sa.select(windows.c.epoch, windows.c.seq)).all()) == [(0, 1), (0, 2)]
+    finally:
+        if engine == "postgresql":
+            store.drop_all()
+        store.dispose()
