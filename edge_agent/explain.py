@@ -126,7 +126,7 @@ def parse_top_k(raw: str | None, default: int, features: int) -> int:
     """The `top_k` query parameter: 1 to the number of features (a bigger value is capped), else a 422."""
     if raw is None:
         return max(1, min(default, features))
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or int(raw) < 1:  # "²".isdigit() is True
         raise InputError(f"top_k must be a whole number of at least 1, got {raw[:20]!r}")
     return min(int(raw), features)
 

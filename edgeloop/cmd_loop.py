@@ -209,6 +209,8 @@ def explain(
     from edge_agent.explain import explain_records
 
     loaded = load_bundle(bundle, load_public_key(public_key) if public_key else None)
+    if public_key is None:
+        typer.echo("note: signature not verified (pass --public-key to check who signed this bundle)", err=True)
     model = OnnxModel.load(loaded)
     items = explain_records(model, _read_records(input), min(top_k, len(loaded.manifest.inputs)))
     if json_out:

@@ -43,6 +43,8 @@ def _cell(value: float | str | None) -> str:
 
 def predict_csv_rows(bundle_dir: Path, data: Path, rows: int, public_key: Path | None, console: Console) -> None:
     bundle = load_bundle(bundle_dir, load_public_key(public_key) if public_key else None)
+    if public_key is None:
+        console.print("[dim]signature not verified (pass --public-key to check who signed this bundle)[/dim]")
     model = OnnxModel.load(bundle)
     if not data.is_file():
         raise NotFoundError(f"data file {data} not found")

@@ -292,8 +292,9 @@ def test_rest_explain_has_the_same_auth_and_validation_as_predict(
         assert explained.json() == predicted.json()
     assert agent.client.post("/v1/explain", json=[record] * 21).status_code == 413
     assert agent.client.post("/v1/explain", content=b"{nope").status_code == 400
-    bad_k = agent.client.post("/v1/explain?top_k=0", json=record)
-    assert bad_k.status_code == 422 and "top_k" in bad_k.json()["detail"]
+    for raw in ("0", "two", "\u00b2", "9" * 5000):  # superscript two passes str.isdigit() but not int()
+        bad_k = agent.client.post("/v1/explain", params={"top_k": raw}, json=record)
+        assert bad_k.status_code == 422 and "top_k" in bad_k.json()["detail"], raw
     assert "/v1/explain" in agent.client.get("/openapi.json").json()["paths"]
 
 
@@ -306,8 +307,12 @@ def test_cli_explain_prints_contributions_or_the_limit(
     args = ["explain", "--input", str(records), "--top-k", "2"]
     result = runner.invoke(app, [*args, "--bundle", str(logreg_bundle_v2.bundle), "--json"])
     assert result.exit_code == 0, result.output
-    items = json.loads(result.output)
+    items = json.loads(result.stdout)
     assert len(items) == 2 and all(len(item["contributions"]) == 2 for item in items)
+    assert "signature not verified" in result.stderr  # an auditor is told when nothing was checked
+    key = ["--public-key", str(logreg_bundle_v2.public_key)]
+    verified = runner.invoke(app, [*args, "--bundle", str(logreg_bundle_v2.bundle), "--json", *key])
+    assert verified.exit_code == 0 and json.loads(verified.stdout) == items and verified.stderr == ""
     table = runner.invoke(app, [*args, "--bundle", str(logreg_bundle_v2.bundle)], terminal_width=160)
     assert table.exit_code == 0 and "log-odds of 1" in table.output and "(ok)" in table.output
     limit = runner.invoke(app, [*args, "--bundle", str(rf_bundle.bundle)], terminal_width=200)
