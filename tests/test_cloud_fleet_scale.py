@@ -4,11 +4,14 @@ publishes waiting for every PUBACK, and the record seeded from past canaries on 
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_sync import overrides
 from cloud_sync.audit import entries
@@ -75,13 +78,36 @@ def test_a_sim_fleet_thread_runs_many_devices_through_a_canary_rollout(
             ingest.stop()
 
 
+def _retained(broker: Broker, pattern: str, settle_s: float = 1.0) -> int:
+    """How many retained messages a fresh subscriber to `pattern` receives."""
+    received: list[bytes] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"count-{time.monotonic_ns()}")
+    client.on_message = lambda _c, _u, message: received.append(message.payload)
+    client.connect(broker.host, broker.port)
+    client.subscribe(pattern, qos=1)
+    client.loop_start()
+    time.sleep(settle_s)
+    client.loop_stop()
+    client.disconnect()
+    return len(received)
+
+
 def test_publish_many_waits_for_every_ack_and_fails_clearly(broker: Broker) -> None:
     publisher = MqttPublisher(broker.url, client_id="scale-many").start()
+    topics = [device_topic(f"dev-{i}", "desired") for i in range(3000)]
     try:
-        topics = [device_topic(f"dev-{i}", "desired") for i in range(3000)]
-        started = time.monotonic()
-        publisher.publish_many([(topic, b"") for topic in topics])
-        assert time.monotonic() - started < 20
+        publisher.publish_many([(topic, b'{"desired": true}') for topic in topics])
+        # Returned = acknowledged: the broker already holds every one as a retained message.
+        assert _retained(broker, device_topic("+", "desired")) == 3000
+        publisher.publish_many([(topic, b"") for topic in topics])  # clearing, as a promotion does
+        assert _retained(broker, device_topic("+", "desired")) == 0
+        # A broker that takes the publishes but never acknowledges (stopped with SIGSTOP): a clear error.
+        broker.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ServiceUnavailableError, match=r"did not acknowledge 3 of 3 publishes in 1s"):
+                publisher.publish_many([(topic, b"x") for topic in topics[:3]], timeout=1.0)
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
     finally:
         publisher.stop()
     down = MqttPublisher("mqtt://127.0.0.1:1", client_id="scale-down").start(wait_s=0)
