@@ -23,7 +23,7 @@ import orjson
 import pandas as pd
 
 from contracts.bundle import Bundle, atomic_directory, load_bundle
-from contracts.errors import ConversionError, InputError
+from contracts.errors import ConversionError, InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.manifest import (
     MANIFEST_FILE,
@@ -56,9 +56,16 @@ _ARTIFACTS = ("feature_schema.json", "reference_profile.json", "prediction_profi
 _OPTIONAL = ("model_card.md", "permutation_importance.json")  # runs of older trainers lack them
 
 
-def ensure_signing_key(keys_dir: Path) -> Path:
+def ensure_signing_key(keys_dir: Path, require: bool = False) -> Path:
+    """The private key in `keys_dir`; a missing one is generated, or refused when `require` is set (CI: a
+    throwaway key signs bundles that every device refuses)."""
     private = keys_dir / PRIVATE_KEY_FILE
     if not private.exists():
+        if require:
+            raise NotFoundError(
+                f"signing key {private} not found and require_key is set (--require-key, EDGELOOP_REQUIRE_KEY): "
+                "refusing to sign with a new key no device trusts; put the private key there or pass --keys-dir"
+            )
         generate_keypair(keys_dir)
         log_event(logger, "signing key pair generated", keys_dir=str(keys_dir))
     return private
@@ -95,6 +102,8 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
     if not settings.parity_tolerance >= 0:
         raise InputError(f"parity tolerance must be zero or positive, got {settings.parity_tolerance}")
     check_output_directory(out)
+    if settings.require_key:  # before anything slow: a missing key must not cost a CI run its conversion
+        ensure_signing_key(settings.keys_dir, require=True)
     ensure_tracking_reachable(settings.tracking_uri)
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -102,7 +111,7 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
     resolved = resolve_reference(client, reference)
-    private_key = load_private_key(ensure_signing_key(settings.keys_dir))
+    private_key = load_private_key(ensure_signing_key(settings.keys_dir, settings.require_key))
     run = client.get_run(resolved.run_id)
     metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
     check_metric_floors(metrics, settings.min_metrics)  # before the slow steps

@@ -20,7 +20,10 @@ class ConvertSettings(EdgeloopSettings):
     tracking_uri: str = Field(default_factory=lambda: f"sqlite:///{edgeloop_home() / 'mlflow.db'}")
     """MLflow tracking URI to read the registry from (same default as the trainer)."""
     keys_dir: Path = Field(default_factory=lambda: edgeloop_home() / "keys")
-    """Directory with edgeloop-signing.key; a new pair is generated there if none exists."""
+    """Directory with edgeloop-signing.key; a new pair is generated there if none exists (unless require_key)."""
+    require_key: bool = False
+    """Refuse to convert when edgeloop-signing.key is missing from keys_dir instead of generating a new pair
+    (`--require-key`; set it in CI, where a new key would sign bundles that every device refuses)."""
     parity_tolerance: float = 1e-5
     """Max abs probability difference allowed between sklearn and ONNX on held-out rows. float32 inference
     differs from float64 by about 1e-7 on these models; 1e-5 leaves 100x headroom and still catches any real

@@ -64,6 +64,9 @@ def convert(
     out: Path = typer.Option(..., help="Bundle directory to write (replaced atomically)."),
     tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in .edgeloop/]."),
     keys_dir: Path | None = typer.Option(None, help="Directory of the signing key \\[default: .edgeloop/keys]."),
+    require_key: bool = typer.Option(
+        False, "--require-key", help="Fail when the signing key is missing instead of generating a new pair (CI)."
+    ),
     tolerance: float | None = typer.Option(None, help="Parity tolerance on probabilities \\[default: 1e-5]."),
     min_metric: list[str] = typer.Option(
         [], help="Metric gate NAME=FLOOR on held-out metrics (accuracy, precision, recall, f1, roc_auc); repeatable."
@@ -83,6 +86,8 @@ def convert(
         overrides["tracking_uri"] = tracking_uri
     if keys_dir:
         overrides["keys_dir"] = keys_dir
+    if require_key:  # the flag only turns it on; EDGELOOP_REQUIRE_KEY or [convert] require_key otherwise
+        overrides["require_key"] = True
     if tolerance is not None:
         overrides["parity_tolerance"] = tolerance
     if min_metric:

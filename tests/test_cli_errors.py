@@ -15,7 +15,9 @@ import orjson
 import pandas as pd
 import pytest
 
+from contracts.bundle import load_bundle
 from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+from contracts.signing import load_public_key
 from tests.cli_helpers import Cli, CliResult, assert_one_line_error, run_edgeloop, run_edgeloop_subprocess
 from tests.conftest import TrainedBundle, free_port
 
@@ -191,6 +193,67 @@ def test_metric_gate_met_converts(cli: Cli, rf_bundle: TrainedBundle, tmp_path: 
     result = cli(*args, "--keys-dir", str(rf_bundle.keys_dir), "--min-metric", f"roc_auc={floor}")
     assert result.exit_code == 0, result.stderr
     assert (out / MANIFEST_FILE).is_file() and (out / SIGNATURE_FILE).is_file()
+
+
+def test_require_key_refuses_a_missing_signing_key(
+    cli: Cli, rf_bundle: TrainedBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--require-key (or EDGELOOP_REQUIRE_KEY, or [convert] require_key in the config file): no key file is one
+    line and exit 3, before the registry is read, and no key pair is generated (CI must not sign with one)."""
+    empty = tmp_path / "no-keys"
+    reference = f"{rf_bundle.name}/1"
+    base = ["--tracking-uri", rf_bundle.tracking_uri, "--keys-dir", str(empty)]
+    # With the flag.
+    result = _convert(cli, rf_bundle, tmp_path, reference, "--keys-dir", str(empty), "--require-key")
+    assert_one_line_error(result, NOT_FOUND, f"signing key {empty / 'edgeloop-signing.key'} not found", "require_key")
+    assert not empty.exists()
+    # From the environment.
+    monkeypatch.setenv("EDGELOOP_REQUIRE_KEY", "true")
+    result = cli("convert", reference, "--out", str(tmp_path / "env-out"), *base)
+    assert_one_line_error(result, NOT_FOUND, "require_key")
+    monkeypatch.delenv("EDGELOOP_REQUIRE_KEY")
+    # From the config file's [convert] table.
+    config = tmp_path / "edgeloop.toml"
+    config.write_text("[convert]\nrequire_key = true\n")
+    monkeypatch.setenv("EDGELOOP_CONFIG", str(config))
+    result = cli("convert", reference, "--out", str(tmp_path / "file-out"), *base)
+    assert_one_line_error(result, NOT_FOUND, "require_key")
+    assert not empty.exists() and not (tmp_path / "env-out").exists() and not (tmp_path / "file-out").exists()
+    # With the key in place, --require-key signs with that key.
+    out = tmp_path / "signed"
+    result = cli(
+        "convert",
+        reference,
+        "--out",
+        str(out),
+        "--tracking-uri",
+        rf_bundle.tracking_uri,
+        "--keys-dir",
+        str(rf_bundle.keys_dir),
+        "--require-key",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert load_bundle(out, load_public_key(rf_bundle.public_key)).signed
+
+
+def test_without_require_key_a_missing_key_pair_is_generated(
+    cli: Cli, rf_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    """The default (a laptop's first convert): the pair is generated in keys_dir and the bundle is signed with it."""
+    keys = tmp_path / "fresh-keys"
+    out = tmp_path / "fresh"
+    result = cli(
+        "convert",
+        f"{rf_bundle.name}/1",
+        "--out",
+        str(out),
+        "--tracking-uri",
+        rf_bundle.tracking_uri,
+        "--keys-dir",
+        str(keys),
+    )
+    assert result.exit_code == 0, result.stderr
+    assert load_bundle(out, load_public_key(keys / "edgeloop-signing.pub")).signed
 
 
 def test_out_that_is_a_project_directory(cli: Cli, rf_bundle: TrainedBundle, tmp_path: Path) -> None:
