@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from contracts.errors import InputError, ServiceUnavailableError
 
-__all__ = ["ensure_tracking_reachable"]
+__all__ = ["ensure_tracking_reachable", "safe_uri"]
+
+
+def safe_uri(uri: str) -> str:
+    """`uri` with the password of its user info masked, for messages and logs
+    (`postgresql://ml:s3cret@db/mlflow` -> `postgresql://ml:***@db/mlflow`)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    user = urllib.parse.quote(parts.username or "", safe="")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def ensure_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -30,15 +42,15 @@ def ensure_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
                 response.read(64)
         except urllib.error.HTTPError as exc:
             if exc.code >= 500:
-                raise ServiceUnavailableError(f"tracking server {uri} answered HTTP {exc.code}") from None
+                raise ServiceUnavailableError(f"tracking server {safe_uri(uri)} answered HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServiceUnavailableError(
-                f"tracking server {uri} is unreachable ({reason}); start it or pass another --tracking-uri"
+                f"tracking server {safe_uri(uri)} is unreachable ({reason}); start it or pass another --tracking-uri"
             ) from None
         return
     if uri.startswith(("postgresql", "mysql", "sqlite:", "databricks")):
         return
     if uri.startswith("file:") or "://" not in uri:
-        raise InputError(f"tracking URI {uri!r}: MLflow 3 refuses plain file stores; use sqlite:///path/to/mlflow.db")
-    raise InputError(f"unsupported tracking URI {uri!r}; use sqlite:///..., http(s)://... or postgresql://...")
+        raise InputError(f"tracking URI {safe_uri(uri)!r}: MLflow 3 refuses plain file stores; use sqlite:///path/to/mlflow.db")
+    raise InputError(f"unsupported tracking URI {safe_uri(uri)!r}; use sqlite:///..., http(s)://... or postgresql://...")

@@ -46,6 +46,7 @@ def train(
 
     Example: [cyan]edgeloop train --data data/machines.csv --target failure_24h --model gb --ignore reading_id[/cyan]
     """
+    from contracts.tracking import safe_uri
     from trainer.settings import TrainSettings
     from trainer.train import train_model
 
@@ -55,7 +56,7 @@ def train(
     metrics = "  ".join(f"{k}={v:.3f}" for k, v in result.metrics.items())
     console.print(f"registered [bold]{result.name}[/bold] version {result.version} as @{result.alias}")
     console.print(f"held-out: {metrics}")
-    console.print(f"run {result.run_id} in {result.tracking_uri}")
+    console.print(f"run {result.run_id} in {safe_uri(result.tracking_uri)}")
 
 
 @app.command()

@@ -101,7 +101,7 @@ def _bundle_from_registry(reference: str, tracking_uri: str | None) -> Path:
     import tempfile
 
     from contracts.settings import edgeloop_home
-    from contracts.tracking import ensure_tracking_reachable
+    from contracts.tracking import ensure_tracking_reachable, safe_uri
 
     uri = tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
     ensure_tracking_reachable(uri)
@@ -117,7 +117,8 @@ def _bundle_from_registry(reference: str, tracking_uri: str | None) -> Path:
     try:
         version = find_model_version(client, parsed)
     except MlflowException as exc:
-        raise NotFoundError(f"{reference} is not in the registry at {uri}: {str(exc).splitlines()[0]}") from None
+        where = safe_uri(uri)
+        raise NotFoundError(f"{reference} is not in the registry at {where}: {str(exc).splitlines()[0]}") from None
     target = Path(tempfile.mkdtemp(prefix="edgeloop-deploy-"))
     try:
         local = mlflow.artifacts.download_artifacts(

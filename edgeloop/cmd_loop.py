@@ -113,7 +113,7 @@ def model_card_markdown(reference: str, tracking_uri: str | None) -> tuple[str, 
     import tempfile
 
     from contracts.settings import edgeloop_home
-    from contracts.tracking import ensure_tracking_reachable
+    from contracts.tracking import ensure_tracking_reachable, safe_uri
 
     uri = tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
     ensure_tracking_reachable(uri)
@@ -129,7 +129,8 @@ def model_card_markdown(reference: str, tracking_uri: str | None) -> tuple[str, 
     try:
         version = find_model_version(client, parsed)
     except MlflowException as exc:
-        raise NotFoundError(f"{reference} is not in the registry at {uri}: {str(exc).splitlines()[0]}") from None
+        where = safe_uri(uri)
+        raise NotFoundError(f"{reference} is not in the registry at {where}: {str(exc).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory(prefix="edgeloop-card-") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(

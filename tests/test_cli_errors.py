@@ -279,6 +279,14 @@ def test_unreachable_tracking_server_fails_fast(cli: Cli, tmp_path: Path, comman
     assert result.seconds < 10
 
 
+def test_a_tracking_password_never_reaches_the_screen(cli: Cli, tmp_path: Path) -> None:
+    port = free_port()
+    uri = f"http://ml:s3cr3t-pw@127.0.0.1:{port}"
+    result = cli("convert", "m@champion", "--out", str(tmp_path / "b"), "--tracking-uri", uri)
+    line = assert_one_line_error(result, UNAVAILABLE, f"tracking server http://ml:***@127.0.0.1:{port} is unreachable")
+    assert "s3cr3t-pw" not in result.stderr + result.stdout, line
+
+
 def test_plain_file_store_is_refused(cli: Cli, tmp_path: Path) -> None:
     data = tmp_path / "data.csv"
     _small_frame().to_csv(data, index=False)
