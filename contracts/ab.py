@@ -24,11 +24,14 @@ _SCALE = float(2**53)
 
 def key_text(value: Any) -> str | None:
     """A request key as text: strings as they are, other JSON values as their compact JSON text (7 -> "7");
+    a whole-number float as the integer it is (7.0 -> "7", so an id sent as 7 or 7.0 gets the same arm);
     None or "" = no key."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return orjson.dumps(value).decode()
 
 

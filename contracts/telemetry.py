@@ -57,6 +57,18 @@ class CategoricalCounts(BaseModel):
     missing: int = 0
 
 
+def _quantile(latency_counts: list[int], q: float) -> float | None:
+    total = sum(latency_counts)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), latency_counts, strict=True):
+        seen += count
+        if seen >= rank:
+            return bound
+    return float("inf")
+
+
 def _accuracy(confusion: Mapping[str, Mapping[str, int]]) -> float | None:
     total = sum(sum(row.values()) for row in confusion.values())
     if not total:
@@ -65,13 +77,23 @@ def _accuracy(confusion: Mapping[str, Mapping[str, int]]) -> float | None:
 
 
 class ArmCounts(BaseModel):
-    """One arm of an A/B split in a window: the records it answered and the feedback on its answers."""
+    """One arm of an A/B split in a window: the requests routed to it, the records it answered, its failures,
+    the time its model took and the feedback on its answers."""
 
     model_config = ConfigDict(extra="ignore")
     records: int = 0
     predicted: dict[str, int] = Field(default_factory=dict)
     confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
     """Feedback on this arm's answers: confusion[actual][predicted] = count."""
+    requests: int = 0
+    """Requests with at least one record routed to this arm (failed ones included)."""
+    errors: int = 0
+    """Requests in which this arm's model failed (the challenger's records were then answered by the champion,
+    and are counted as the champion's records)."""
+    latency_counts: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    """Time this arm's model took on its records of a request (the shared schema check excluded), per
+    request, on the window's latency buckets."""
+    latency_sum: float = 0.0
 
     @property
     def feedback_count(self) -> int:
@@ -80,6 +102,13 @@ class ArmCounts(BaseModel):
     @property
     def accuracy(self) -> float | None:
         return _accuracy(self.confusion)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def latency_quantile(self, q: float) -> float | None:
+        return _quantile(self.latency_counts, q)
 
 
 class WindowCounts(BaseModel):
@@ -104,8 +133,9 @@ class WindowCounts(BaseModel):
     shadow_confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
     """Feedback on the shadow challenger's predictions: shadow_confusion[actual][predicted] = count."""
     arms: dict[str, ArmCounts] = Field(default_factory=dict)
-    """A/B split (only while one runs): records, predicted classes and feedback per arm (`champion`,
-    `challenger`). The other counts of the window are the champion arm's traffic only."""
+    """A/B split (only while one runs): requests, records, predicted classes, failures, latency and feedback
+    per arm (`champion`, `challenger`). The window's `requests` and latency count every request; its other
+    counts (records, features, predicted, confusion) are the champion arm's traffic only."""
 
     @property
     def shadow_accuracy(self) -> float | None:
@@ -127,15 +157,7 @@ class WindowCounts(BaseModel):
 
     def latency_quantile(self, q: float) -> float | None:
         """Upper bound of the bucket holding quantile q (as Prometheus' histogram_quantile, without interpolation)."""
-        total = sum(self.latency_counts)
-        if not total:
-            return None
-        rank, seen = q * total, 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.latency_counts, strict=True):
-            seen += count
-            if seen >= rank:
-                return bound
-        return float("inf")
+        return _quantile(self.latency_counts, q)
 
 
 class DriftScore(BaseModel):
@@ -212,6 +234,10 @@ def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
         for arm, part in window.arms.items():
             into = total.arms.setdefault(arm, ArmCounts())
             into.records += part.records
+            into.requests += part.requests
+            into.errors += part.errors
+            into.latency_sum += part.latency_sum
+            into.latency_counts = [a + b for a, b in zip(into.latency_counts, part.latency_counts, strict=True)]
             for key, value in part.predicted.items():
                 _add(into.predicted, key, value)
             for actual, row in part.confusion.items():
@@ -278,6 +304,19 @@ def score_drift(
     return scores, prediction
 
 
+class _ArmTally:
+    """The running counts of one A/B arm in a WindowCounter (plain attributes: cheap on the hot path)."""
+
+    __slots__ = ("confusion", "errors", "latency", "latency_sum", "predicted", "records", "requests")
+
+    def __init__(self) -> None:
+        self.records = self.requests = self.errors = 0
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.predicted: dict[str, int] = {}
+        self.confusion: dict[str, dict[str, int]] = {}
+
+
 class WindowCounter:
     """Counts one window of traffic for a model; thread-safe; `snapshot()` returns and resets the counts.
 
@@ -316,7 +355,7 @@ class WindowCounter:
         self._answered: dict[str, int] = {}
         self._agreement: dict[str, int] = {}
         self._shadow_confusion: dict[str, dict[str, int]] = {}
-        self._arms: dict[str, tuple[list[int], dict[str, int], dict[str, dict[str, int]]]] = {}
+        self._arms: dict[str, _ArmTally] = {}
 
     def observe(self, feed: Mapping[str, np.ndarray], labels: np.ndarray, seconds: float) -> None:
         """Count one request: its encoded inputs (the ONNX feed), predicted labels and latency."""
@@ -385,24 +424,45 @@ class WindowCounter:
             row = self._shadow_confusion.setdefault(str(actual), {})
             row[str(predicted)] = row.get(str(predicted), 0) + 1
 
-    def _arm(self, arm: str) -> tuple[list[int], dict[str, int], dict[str, dict[str, int]]]:
+    def _arm(self, arm: str) -> _ArmTally:
         found = self._arms.get(arm)
         if found is None:
-            found = self._arms[arm] = ([0], {}, {})
+            found = self._arms[arm] = _ArmTally()
         return found
 
-    def observe_arm(self, arm: str, labels: Iterable[Any]) -> None:
-        """A/B split: count the records an arm answered and their labels."""
+    def observe_request(self, seconds: float) -> None:
+        """Count a request none of whose records the window's own counts cover (an A/B challenger answered
+        them all): its latency and the request itself."""
         with self._lock:
-            records, predicted, _ = self._arm(arm)
+            self._requests += 1
+            self._latency[bisect.bisect_left(self._latency_bounds, seconds)] += 1
+            self._latency_sum += seconds
+
+    def observe_arm(self, arm: str, labels: Iterable[Any], seconds: float | None = None) -> None:
+        """A/B split: count the records an arm answered and their labels; with `seconds` (the time its model
+        took), also one request of that arm."""
+        with self._lock:
+            tally = self._arm(arm)
+            predicted = tally.predicted
             for label in labels:
-                records[0] += 1
+                tally.records += 1
                 predicted[str(label)] = predicted.get(str(label), 0) + 1
+            if seconds is not None:
+                tally.requests += 1
+                tally.latency[bisect.bisect_left(self._latency_bounds, seconds)] += 1
+                tally.latency_sum += seconds
+
+    def observe_arm_error(self, arm: str) -> None:
+        """A/B split: a request in which `arm`'s model failed (another arm answered its records)."""
+        with self._lock:
+            tally = self._arm(arm)
+            tally.requests += 1
+            tally.errors += 1
 
     def observe_arm_feedback(self, arm: str, actual: Any, predicted: Any) -> None:
         """A/B split: feedback on an answer of `arm`."""
         with self._lock:
-            row = self._arm(arm)[2].setdefault(str(actual), {})
+            row = self._arm(arm).confusion.setdefault(str(actual), {})
             row[str(predicted)] = row.get(str(predicted), 0) + 1
 
     def snapshot(self) -> WindowCounts:
@@ -429,11 +489,15 @@ class WindowCounter:
                 shadow_confusion={actual: dict(row) for actual, row in self._shadow_confusion.items()},
                 arms={
                     arm: ArmCounts(
-                        records=records[0],
-                        predicted=dict(predicted),
-                        confusion={actual: dict(row) for actual, row in confusion.items()},
+                        records=tally.records,
+                        predicted=dict(tally.predicted),
+                        confusion={actual: dict(row) for actual, row in tally.confusion.items()},
+                        requests=tally.requests,
+                        errors=tally.errors,
+                        latency_counts=list(tally.latency),
+                        latency_sum=tally.latency_sum,
                     )
-                    for arm, (records, predicted, confusion) in self._arms.items()
+                    for arm, tally in self._arms.items()
                 },
             )
             self._reset()

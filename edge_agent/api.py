@@ -3,7 +3,8 @@
     POST /v1/predict   one record {feature: value}, a list of records, or {"records": [...]}   (bearer token)
                        optional header X-Request-Key: the request's key for an A/B split
     POST /v1/feedback  {"prediction_id", "label"}, a list of them, or {"feedback": [...]}       (bearer token)
-    POST /v1/explain   same body as /v1/predict; the answer plus top-k feature contributions      (bearer token)
+    POST /v1/explain   same body as /v1/predict (key fields too); the served model's answer plus
+                       top-k feature contributions                                             (bearer token)
     GET  /v1/predictions/{id}/lineage   model version, run, data hash, code version of a prediction (bearer token)
     GET  /v1/model     summary of the model being served and of the device                    (bearer token)
     GET  /healthz      the process is alive                                                    (open)
@@ -262,7 +263,8 @@ def create_app(
             raise ModelNotReady("no model is loaded yet: install one with --bundle or publish a desired state")
         top_k = parse_top_k(request.query_params.get("top_k"), settings.explain_top_k, len(current.feature_names))
         records, batch = parse_records(await _read_body(request, max_body), current.feature_names, max_batch)
-        items = await run_in_threadpool(explain_records, current.model, records, top_k)
+        inputs = service.key_fields.strip(records, current.feature_names)  # A/B key fields, as /v1/predict
+        items = await run_in_threadpool(explain_records, current.model, inputs, top_k)
         head = {"model": current.manifest.name, "model_version": current.manifest.version}
         return _json({**head, "explanations": items} if batch else {**head, **items[0]})
 

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from contracts.errors import EdgeloopError, InputError
 from contracts.logs import log_event
 from contracts.signing import load_public_key
+from edge_agent.ab_split import KeyFields
 from edge_agent.api import create_app
 from edge_agent.feedback import FeedbackStore
 from edge_agent.memory import fix_mmap_threshold
@@ -68,7 +69,8 @@ class Agent:
                 on_append=self.sync.publisher.wake if self.sync.publisher else None,
             )
             self.telemetry.on_window = self.metrics.observe_window
-        self.service = InferenceService(self.metrics, self.telemetry, FeedbackStore(settings.feedback_capacity))
+        feedback, key_fields = FeedbackStore(settings.feedback_capacity), KeyFields(settings.request_key_fields)
+        self.service = InferenceService(self.metrics, self.telemetry, feedback, key_fields)
         if settings.hybrid_threshold is not None:
             if not settings.hybrid_url:
                 raise InputError("hybrid_threshold is set but hybrid_url is not: give the cloud's URL")

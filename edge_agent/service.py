@@ -6,6 +6,8 @@ requests see the new one; the old session is freed when its last request is done
 
 With an A/B split (`set_ab`) each record's request key (a record field, else the request's key) picks its
 arm with `contracts.ab.arm_of`; a batch is answered per arm and the answers keep the order of the records.
+Request-key fields (`key_fields`, edge_agent/ab_split.py) are dropped before the schema check, during a split
+and after it. Every request counts in the window (requests, latency), whichever arm answered it.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from contracts.ab import Arm, arm_of, key_text
+from contracts.ab import Arm
 from contracts.bundle import Bundle
 from contracts.errors import EdgeloopError, NotFoundError, SchemaError
 from contracts.logs import log_event
 from contracts.manifest import Manifest
 from contracts.runtime import OnnxModel, encode_records
 from contracts.telemetry import WindowCounter
+from edge_agent.ab_split import ABChallenger, KeyFields, rows_of
 from edge_agent.errors import ModelNotReady
 from edge_agent.feedback import FeedbackStore
 from edge_agent.metrics import AgentMetrics
@@ -61,26 +64,6 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
-class ABChallenger:
-    """An A/B challenger and its split (see contracts.messages.ABSplit)."""
-
-    model: LoadedModel
-    fraction: float
-    key_field: str | None = None
-
-    def arms(self, records: Sequence[Mapping[str, Any]], request_key: str | None) -> list[Arm]:
-        """The arm of each record: its key field's value when set, else the request's key, else champion."""
-        field, fraction = self.key_field, self.fraction
-        if field is None:
-            return [arm_of(request_key, fraction)] * len(records)
-        arms: list[Arm] = []
-        for record in records:
-            own = key_text(record.get(field)) if isinstance(record, Mapping) else None
-            arms.append(arm_of(own if own is not None else request_key, fraction))
-        return arms
-
-
-@dataclass(frozen=True)
 class PredictionBatch:
     model: LoadedModel
     predictions: list[dict[str, Any]]
@@ -93,6 +76,7 @@ class InferenceService:
         metrics: AgentMetrics | None = None,
         telemetry: TelemetryReporter | None = None,
         feedback: FeedbackStore | None = None,
+        key_fields: KeyFields | None = None,
     ) -> None:
         self._current: LoadedModel | None = None
         self._swap_lock = threading.Lock()
@@ -104,6 +88,8 @@ class InferenceService:
         self.shadow_failures = 0
         self._ab: ABChallenger | None = None
         self.ab_failures = 0
+        self.key_fields = key_fields or KeyFields()
+        """Request-key fields accepted in a record and dropped before encoding (setting + every split's field)."""
         self.hybrid: HybridClient | None = None
         """Set when hybrid inference is on: low-confidence records are sent to the cloud (resolve_hybrid)."""
         self.row_policy: RowPolicy | None = None
@@ -160,6 +146,8 @@ class InferenceService:
             else:
                 counter = self._current.counter if self._current is not None else None
                 self._ab = ABChallenger(LoadedModel(model, bundle, counter), fraction, key_field)
+                if key_field is not None:  # accepted from now on, also after the split stops
+                    self.key_fields.add(key_field)
             if self._telemetry is not None:
                 self._telemetry.set_ab(None if self._ab is None else self._ab.model.manifest.version)
         log_event(logger, "A/B challenger", model=None if model is None else model.manifest.ref,
@@ -192,26 +180,24 @@ class InferenceService:
         started = time.perf_counter()
         ab = self._ab
         if ab is None:
+            records = self.key_fields.strip(records, loaded.feature_names)
             return PredictionBatch(loaded, self._answer(loaded, records, None, started))
         arms = ab.arms(records, request_key)
-        field = ab.key_field
-        if field is not None and field not in loaded.feature_names:  # the key is not a model input: not encoded
-            records = [
-                {k: v for k, v in record.items() if k != field} if isinstance(record, Mapping) else record
-                for record in records
-            ]
+        records = self.key_fields.strip(records, loaded.feature_names)  # keys that are not model inputs
         feed = encode_records(records, loaded.manifest.inputs)  # every record is checked against the champion
         chosen = [i for i, arm in enumerate(arms) if arm == "challenger"]
         answers: list[dict[str, Any]] | None = None
         if chosen:
-            answers = self._answer_challenger(ab, loaded, [records[i] for i in chosen], _rows(feed, chosen))
+            answers = self._answer_challenger(ab, loaded, [records[i] for i in chosen], rows_of(feed, chosen))
         if answers is None:  # no challenger record, or it failed: the champion answers all
             return PredictionBatch(loaded, self._answer(loaded, records, feed, started, "champion"))
         if len(chosen) == len(records):
+            if loaded.counter is not None:  # the window's own counts are the champion's: only the request
+                loaded.counter.observe_request(time.perf_counter() - started)
             return PredictionBatch(loaded, answers)
         taken = set(chosen)
         rest = [i for i in range(len(records)) if i not in taken]
-        served = self._answer(loaded, [records[i] for i in rest], _rows(feed, rest), started, "champion")
+        served = self._answer(loaded, [records[i] for i in rest], rows_of(feed, rest), started, "champion")
         merged: list[dict[str, Any]] = [{}] * len(records)
         for index, answer in zip(chosen, answers, strict=True):
             merged[index] = answer
@@ -224,12 +210,15 @@ class InferenceService:
     ) -> list[dict[str, Any]] | None:
         """The challenger's answers to its arm's records; None when it fails (the champion answers them)."""
         challenger = ab.model
+        began = time.perf_counter()
         try:
             if challenger.manifest.inputs != loaded.manifest.inputs:
                 feed = encode_records(records, challenger.manifest.inputs, allow_extra=True)
             result = challenger.model.predict_feed(feed)
         except (EdgeloopError, ValueError, RuntimeError) as exc:  # the challenger must never fail a request
             self.ab_failures += 1
+            if challenger.counter is not None:  # the cloud's A/B guard reads it (arms.challenger.errors)
+                challenger.counter.observe_arm_error("challenger")
             if self.ab_failures == 1 or self.ab_failures % 1000 == 0:
                 log_event(logger, "A/B challenger failed, the champion answered", level=logging.WARNING,
                           error=str(exc), failures=self.ab_failures)  # fmt: skip
@@ -248,7 +237,7 @@ class InferenceService:
             for pid, label, row in zip(ids, labels, result.probabilities.tolist(), strict=True)
         ]
         if challenger.counter is not None:
-            challenger.counter.observe_arm("challenger", labels)
+            challenger.counter.observe_arm("challenger", labels, time.perf_counter() - began)
         kept = None if self.row_policy is None else self.row_policy.select(records, challenger.manifest.feature_names)
         self.feedback.remember(ids, labels, challenger, features=kept, arm="challenger")
         if self._metrics is not None:
@@ -265,6 +254,7 @@ class InferenceService:
         arm: Arm | None = None,
     ) -> list[dict[str, Any]]:
         """The served model's answers (`arm` = "champion" while an A/B split runs)."""
+        began = time.perf_counter() if arm is not None else started
         if feed is None:
             feed = encode_records(records, loaded.manifest.inputs)
         result = loaded.model.predict_feed(feed)
@@ -276,9 +266,10 @@ class InferenceService:
             for pid, label, row in zip(ids, labels, result.probabilities.tolist(), strict=True)
         ]
         if loaded.counter is not None:
-            loaded.counter.observe(feed, result.labels, time.perf_counter() - started)
+            ended = time.perf_counter()
+            loaded.counter.observe(feed, result.labels, ended - started)
             if arm is not None:
-                loaded.counter.observe_arm(arm, labels)
+                loaded.counter.observe_arm(arm, labels, ended - began)
         if arm is not None:
             version = loaded.manifest.version
             for prediction in predictions:
@@ -352,6 +343,7 @@ class InferenceService:
         hybrid = self.hybrid
         if hybrid is None:
             return batch
+        records = self.key_fields.strip(records, batch.model.feature_names)  # the cloud checks the schema too
         predictions = batch.predictions
         low = [  # an A/B challenger's answers stay its own: the cloud runs the champion's version
             i
@@ -426,8 +418,3 @@ class InferenceService:
             cached = (loaded, self._metrics.predictions.labels(manifest.name, str(manifest.version)))
             self._counter = cached
         cached[1].inc(rows)
-
-
-def _rows(feed: Mapping[str, Any], rows: list[int]) -> dict[str, Any]:
-    """The ONNX feed of some records of a batch (numpy fancy indexing per input)."""
-    return {name: values[rows] for name, values in feed.items()}

@@ -105,6 +105,11 @@ class AgentSettings(EdgeloopSettings):
     """Bearer token (viewer) for the cloud's scoring endpoint."""
     hybrid_deadline_s: float = Field(default=0.15, gt=0, le=10)
     """Longest wait for the cloud's answer; past it the edge model answers (`edge_fallback`)."""
+    request_key_fields: list[str] = Field(default_factory=list)
+    """Record fields that are A/B request keys, not model inputs (e.g. ["machine_id"]; env as JSON): always
+    accepted by /v1/predict and /v1/explain and dropped before the schema check, with or without a split. The
+    `key_field` of a split is accepted from its start until the agent stops even without this setting; set it
+    so that clients sending the key are not refused after a restart once the split has ended."""
     shadow_bundle: Path | None = None
     """A challenger bundle run in shadow beside the served model (verified like any bundle): it predicts
     every record, never answers; telemetry counts agreement and, with feedback, its confusion counts."""

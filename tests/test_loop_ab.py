@@ -18,11 +18,17 @@ import httpx
 import pytest
 
 from contracts.ab import arm_of, bucket, key_text
-from contracts.bundle import load_bundle
+from contracts.bundle import Bundle, load_bundle
+from contracts.errors import SchemaError
 from contracts.manifest import MODEL_FILE, SIGNATURE_FILE
 from contracts.messages import ABSplit, DesiredState
 from contracts.runtime import OnnxModel
 from contracts.signing import load_public_key
+from edge_agent.ab_split import KeyFields
+from edge_agent.outbox import Outbox
+from edge_agent.service import InferenceService
+from edge_agent.settings import AgentSettings
+from edge_agent.telemetry import TelemetryReporter
 from tests.agent_helpers import AgentServer, BundleServer, MqttProbe, desired_state, manifest_of
 from tests.cli_helpers import CliResult, run_edgeloop
 from tests.cloud_support import wait_until
@@ -45,6 +51,19 @@ def _split(bundle: Path, url: str, fraction: float, key_field: str | None, signa
 
 def _model(trained: TrainedBundle) -> OnnxModel:
     return OnnxModel.load(load_bundle(trained.bundle, load_public_key(trained.public_key)), intra_op_threads=1)
+
+
+def _loaded(trained: TrainedBundle) -> tuple[OnnxModel, Bundle]:
+    bundle = load_bundle(trained.bundle, load_public_key(trained.public_key))
+    return OnnxModel.load(bundle, intra_op_threads=1), bundle
+
+
+def _counted_service(tmp_path: Path, champion: TrainedBundle, key_fields: KeyFields | None = None) -> InferenceService:
+    """A service whose champion traffic is counted by a real TelemetryReporter (read with `.counter.snapshot()`)."""
+    reporter = TelemetryReporter(Outbox(tmp_path / "outbox.db"), "gw", "g", "test", tmp_path, interval=3600)
+    service = InferenceService(telemetry=reporter, key_fields=key_fields)
+    service.swap(*_loaded(champion))
+    return service
 
 
 def _probabilities(model: OnnxModel, record: dict[str, Any]) -> dict[str, float]:
@@ -74,6 +93,12 @@ def test_the_arm_of_a_key_is_stable_and_the_fraction_is_respected() -> None:
     assert at_10 < at_20
     assert all(arm_of(key, 0.0) == "champion" and arm_of(key, 1.0) == "challenger" for key in keys[:200])
     assert arm_of(None, 1.0) == "champion" and key_text("") is None and key_text(7) == "7"
+    # A whole-number float is the same key as the integer (an id sent as 7 or 7.0 gets the same arm); other
+    # floats and strings are unchanged, and so is the hash of a string.
+    assert key_text(7.0) == key_text(7) == "7" and key_text(-0.0) == "0" and key_text(1e3) == "1000"
+    assert key_text(1.5) == "1.5" and key_text("7.0") == "7.0" and key_text(True) == "true"
+    assert all(arm_of(key_text(float(i)), 0.5) == arm_of(key_text(i), 0.5) for i in range(500))
+    assert bucket("machine-42") == 0.9947993748072477 and bucket("7") == 0.903565871251404
     assert all(0.0 <= bucket(key) < 1.0 for key in keys)
     # Process-independent: another interpreter with another hash seed puts every key in the same place.
     script = "from contracts.ab import bucket; print(repr([bucket(f'machine-{i}') for i in range(50)]))"
@@ -173,6 +198,8 @@ def test_desired_state_ab_splits_traffic_by_key_counts_each_arm_and_stops(
             ("challenger", 2, True),
             ("champion", 1, False),
         }
+        explained = agent.client.post("/v1/explain", json={**record, "machine_id": "m-1"})
+        assert explained.status_code == 200 and explained.json()["model_version"] == 1, explained.text
         first_challenger = predictions[expected.index("challenger")]["prediction_id"]
         lineage = agent.client.get(f"/v1/predictions/{first_challenger}/lineage")
         assert lineage.json()["arm"] == "challenger" and lineage.json()["model"]["version"] == 2
@@ -189,6 +216,12 @@ def test_desired_state_ab_splits_traffic_by_key_counts_each_arm_and_stops(
         assert arms["challenger"]["records"] == served["challenger"] + 5
         assert arms["champion"]["records"] == served["champion"] + 5 + 1
         assert window["records"] == arms["champion"]["records"]  # the window's own counts are the champion's
+        # Every request counts in the window, also the 5 that only the challenger answered; per arm, the
+        # requests that had a record on it (the mixed batch counts on both) and its model's latency.
+        assert window["requests"] == 5 + 5 + 1 + 1 and sum(window["latency_counts"]) == window["requests"]
+        assert (arms["challenger"]["requests"], arms["champion"]["requests"]) == (5 + 1, 5 + 1 + 1)
+        assert sum(arms["challenger"]["latency_counts"]) == 6 and arms["challenger"]["latency_sum"] > 0
+        assert arms["challenger"]["errors"] == 0 == arms["champion"]["errors"]
         for arm, correct in (("challenger", True), ("champion", False)):
             confusion = arms[arm]["confusion"]
             total = sum(sum(row.values()) for row in confusion.values())
@@ -202,6 +235,14 @@ def test_desired_state_ab_splits_traffic_by_key_counts_each_arm_and_stops(
         probe.wait_for("gw-ab", "events", lambda e: e["details"].get("ab") == "stopped")
         after = agent.client.post("/v1/predict", json=record, headers={"X-Request-Key": keys["challenger"]}).json()
         assert "arm" not in after and after["model_version"] == 1 and agent.version() == 1
+        # Clients keep sending the split's key field after it stopped (a rollback must not become an outage):
+        # accepted and dropped, on /v1/predict and /v1/explain; any other unknown field is still refused.
+        keyed = agent.client.post("/v1/predict", json={**record, "machine_id": "m-1"})
+        assert keyed.status_code == 200 and keyed.json()["probabilities"] == after["probabilities"], keyed.text
+        assert agent.predict({"records": batch}).status_code == 200
+        assert agent.client.post("/v1/explain", json={**record, "machine_id": "m-1"}).status_code == 200
+        unknown = agent.client.post("/v1/predict", json={**record, "serial": "x"})
+        assert unknown.status_code == 422 and unknown.json()["field"] == "serial"
     finally:
         agent.stop()
         probe.stop()
@@ -299,3 +340,80 @@ def test_old_desired_states_stay_valid_and_the_split_is_validated() -> None:
     assert old.ab is None and old.shadow is None
     with pytest.raises(ValueError):
         ABSplit(manifest={}, signature="s", model_url="u", fraction=1.5)
+
+
+def test_a_request_answered_only_by_the_challenger_counts_in_the_window(
+    tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> None:
+    service = _counted_service(tmp_path, rf_bundle)
+    service.set_ab(*_loaded(logreg_bundle_v2), 1.0, None)
+    for _ in range(10):
+        answers = service.predict(records(3, seed=1), "any-key").predictions
+        assert [a["arm"] for a in answers] == ["challenger"] * 3
+    assert service.current is not None and service.current.counter is not None
+    counts = service.current.counter.snapshot()
+    assert counts.requests == 10 and sum(counts.latency_counts) == 10 and counts.latency_sum > 0
+    assert counts.records == 0 and counts.predicted == {}  # the window's own counts are the champion arm's
+    challenger = counts.arms["challenger"]
+    assert (challenger.requests, challenger.records, challenger.errors) == (10, 30, 0)
+    assert sum(challenger.latency_counts) == 10 and "champion" not in counts.arms
+
+
+def test_challenger_failures_are_counted_per_arm_and_the_champion_answers(
+    tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> None:
+    # A challenger stricter than the champion: its manifest refuses a missing temperature, the champion's imputes
+    # it, so those records fail on the challenger (a real SchemaError) and the champion answers them.
+    model, bundle = _loaded(logreg_bundle_v2)
+    inputs = [s.model_copy(update={"nullable": s.name != "temperature_c"}) for s in model.manifest.inputs]
+    strict = OnnxModel(model.manifest.model_copy(update={"inputs": inputs}), model.session)
+    service = _counted_service(tmp_path, rf_bundle)
+    service.set_ab(strict, bundle, 1.0, None)
+    good, bad = records(2, seed=3), [{**row, "temperature_c": None} for row in records(2, seed=5)]
+    for _ in range(3):
+        assert [a["arm"] for a in service.predict(bad, "k").predictions] == ["champion"] * 2
+    assert [a["arm"] for a in service.predict(good, "k").predictions] == ["challenger"] * 2
+    assert service.ab_failures == 3 and service.current is not None and service.current.counter is not None
+    counts = service.current.counter.snapshot()
+    assert counts.requests == 4 and counts.records == 6  # the champion counted the 3 requests it answered
+    challenger, champion = counts.arms["challenger"], counts.arms["champion"]
+    assert (challenger.requests, challenger.errors, challenger.records, challenger.error_rate) == (4, 3, 2, 0.75)
+    assert (champion.requests, champion.errors, champion.records) == (3, 0, 6)
+
+
+def test_key_fields_are_accepted_after_the_split_stops_and_by_the_setting(
+    tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = {**records(1, seed=4)[0], "machine_id": "m-1"}
+    service = _counted_service(tmp_path / "a", rf_bundle)
+    with pytest.raises(SchemaError, match="machine_id"):  # no split yet, no setting: an unknown field
+        service.predict([record])
+    service.set_ab(*_loaded(logreg_bundle_v2), 0.5, "machine_id")
+    during = service.predict([record]).predictions[0]
+    service.set_ab(None)
+    after = service.predict([record]).predictions[0]
+    assert "arm" in during and "arm" not in after and service.key_fields.fields == {"machine_id"}
+    # The setting accepts a key field with no split at all (e.g. after a restart once the split has ended);
+    # a key field that is a model input is never dropped.
+    configured = _counted_service(tmp_path / "b", rf_bundle, KeyFields(["machine_id", "site"]))
+    plain = {k: v for k, v in record.items() if k != "machine_id"}
+    assert configured.predict([record]).predictions[0]["probabilities"] == _probabilities(_model(rf_bundle), plain)
+    assert configured.key_fields.strip([record], frozenset(plain)) == [plain]
+    # Env (JSON) and config file, like every setting.
+    monkeypatch.setenv("EDGELOOP_AGENT_REQUEST_KEY_FIELDS", '["machine_id", "line"]')
+    assert AgentSettings().request_key_fields == ["machine_id", "line"]
+    monkeypatch.delenv("EDGELOOP_AGENT_REQUEST_KEY_FIELDS")
+    config = tmp_path / "edgeloop.toml"
+    config.write_text('[agent]\nrequest_key_fields = ["press"]\n')
+    monkeypatch.setenv("EDGELOOP_CONFIG", str(config))
+    assert AgentSettings().request_key_fields == ["press"]
+    monkeypatch.delenv("EDGELOOP_CONFIG")
+    agent = AgentServer(
+        state_dir=tmp_path / "agent", bundle=rf_bundle.bundle, public_key=rf_bundle.public_key,
+        request_key_fields=["machine_id"],
+    )  # fmt: skip
+    try:
+        assert agent.client.post("/v1/predict", json=record).status_code == 200
+        assert agent.client.post("/v1/explain", json=record).status_code == 200
+    finally:
+        agent.stop()
