@@ -9,13 +9,18 @@ on the rest of the group over the same period. A check needs `min_samples` obser
 the champion's (merged `confusion`) from the very windows of the canary devices in which the challenger ran
 in shadow, so both are scored on the same feedback.
 
-`ab_comparison` reports an A/B split: records and accuracy per arm (merged `arms`) from the canary's windows
-in which the challenger had its arm. Promotion of an A/B challenger is an operator's decision.
+`ab_comparison` reports an A/B split: requests, failures, p99, records and accuracy per arm (merged `arms`)
+from the canary's windows in which the challenger had its arm (their `model_version` is the champion's, so
+`check_canary`'s window checks never see an A/B challenger). `check_ab` is its guard: the challenger's error
+rate (requests in which it failed and the champion answered, at least `min_samples` requests) or p99 above the
+limits, or its accuracy more than `max_accuracy_drop` below the champion arm's (at least `min_samples` labels
+on each arm). Promotion of an A/B challenger stays an operator's decision.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -23,9 +28,19 @@ import sqlalchemy as sa
 from cloud_sync.bundles import BundleRegistry
 from cloud_sync.fleet import load_windows
 from cloud_sync.store import Store, events, windows
-from contracts.telemetry import WindowCounts, merge_counts, score_drift
+from contracts.telemetry import ArmCounts, WindowCounts, merge_counts, score_drift
 
-__all__ = ["Limits", "ShadowComparison", "ab_comparison", "check_canary", "rejections", "shadow_comparison"]
+__all__ = [
+    "Limits",
+    "ShadowComparison",
+    "ab_arms",
+    "ab_comparison",
+    "ab_report",
+    "check_ab",
+    "check_canary",
+    "rejections",
+    "shadow_comparison",
+]
 
 
 @dataclass(frozen=True)
@@ -128,26 +143,68 @@ def shadow_comparison(
     return ShadowComparison(merged.feedback_count, merged.accuracy, merged.shadow_accuracy, challenger_labels)
 
 
-def ab_comparison(
+def ab_arms(
     store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
-) -> dict[str, dict[str, object]]:
-    """Per arm of an A/B split on the canary: version, records answered, share of records, feedback labels
-    and accuracy, from the canary's windows on the champion that counted the challenger's arm."""
+) -> dict[str, ArmCounts]:
+    """The merged counts of each arm (`champion`, `challenger`) from the canary's windows on the champion that
+    counted the challenger's arm."""
     payloads = _canary_payloads(store, group, canary, name, champion, since, now)
     merged = merge_counts(WindowCounts.model_validate(p) for p in payloads if p.get("ab_model_version") == challenger)
-    total = sum(part.records for part in merged.arms.values())
-    report: dict[str, dict[str, object]] = {}
+    return {arm: merged.arms.get(arm) or ArmCounts() for arm in ("champion", "challenger")}
+
+
+def ab_report(arms: dict[str, ArmCounts], champion: int, challenger: int) -> dict[str, dict[str, Any]]:
+    """Per arm: version, requests, failed requests and their rate, p99 of its model's time (null when
+    unknown or over the last latency bucket), records answered, share of records, feedback labels, accuracy."""
+    total = sum(part.records for part in arms.values())
+    report: dict[str, dict[str, Any]] = {}
     for arm, version in (("champion", champion), ("challenger", challenger)):
-        part = merged.arms.get(arm)
-        records = part.records if part else 0
+        part = arms[arm]
+        p99 = part.latency_quantile(0.99)
         report[arm] = {
             "model_version": version,
-            "records": records,
-            "share": records / total if total else None,
-            "labels": part.feedback_count if part else 0,
-            "accuracy": part.accuracy if part else None,
+            "requests": part.requests,
+            "errors": part.errors,
+            "error_rate": part.error_rate,
+            "p99_s": None if p99 == float("inf") else p99,
+            "records": part.records,
+            "share": part.records / total if total else None,
+            "labels": part.feedback_count,
+            "accuracy": part.accuracy,
         }
     return report
+
+
+def ab_comparison(
+    store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
+) -> dict[str, dict[str, Any]]:
+    """`ab_report` of `ab_arms`: what `rollout status` shows for an A/B rollout."""
+    return ab_report(ab_arms(store, group, canary, name, champion, challenger, since, now), champion, challenger)
+
+
+def check_ab(arms: dict[str, ArmCounts], name: str, champion: int, challenger: int, limits: Limits) -> str | None:
+    """The first reason to stop an A/B split (module doc), or None."""
+    mine, theirs = arms["challenger"], arms["champion"]
+    ref = f"A/B challenger {name}/{challenger}"
+    requests, errors = mine.requests, mine.errors
+    if requests >= limits.min_samples:
+        if errors / requests > limits.max_error_rate:
+            return (
+                f"{ref} failed in {errors} of {requests} requests (error rate {errors / requests:.3f}, above "
+                f"{limits.max_error_rate}); the champion answered them"
+            )
+        p99 = mine.latency_quantile(0.99)
+        if p99 is not None and p99 > limits.max_p99_s:
+            return f"{ref} p99 latency {p99}s is above {limits.max_p99_s}s ({requests} requests)"
+    labels, baseline = mine.feedback_count, theirs.feedback_count
+    if min(labels, baseline) >= limits.min_samples and mine.accuracy is not None and theirs.accuracy is not None:
+        drop = theirs.accuracy - mine.accuracy
+        if drop > limits.max_accuracy_drop:
+            return (
+                f"{ref} accuracy {mine.accuracy:.3f} on {labels} labels is {drop:.3f} below champion "
+                f"{name}/{champion}'s {theirs.accuracy:.3f} on {baseline} labels (limit {limits.max_accuracy_drop})"
+            )
+    return None
 
 
 def _canary_payloads(

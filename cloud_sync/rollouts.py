@@ -18,10 +18,14 @@ labels within the soak plus rollout_confirm_timeout_s -> rolled back.
 
 Mode `ab` (an A/B test): the canary devices get the champion with the challenger as an A/B split
 (`DesiredState.ab`: the challenger answers `ab_fraction` of the request keys, by a stable hash of the key,
-`ab_key` names the record field that is the key, else the `X-Request-Key` header). `status` shows records and
-accuracy per arm from the canary's windows (`rollout_checks.ab_comparison`). Promotion stays manual: the
-rollout soaks until an operator promotes (the challenger serves the group) or rolls back (the canary gets the
-champion without the split); a canary that rejects the challenger still rolls back at once.
+`ab_key` names the record field that is the key, else the `X-Request-Key` header). Every tick the controller
+merges the canary's per-arm counts (`rollout_checks.ab_arms`) and rolls back when `check_ab` fails: the
+challenger's error rate or p99 above the limits, or its accuracy more than `max_accuracy_drop` below the
+champion arm's (at least `min_samples` requests / labels on each arm). `status` shows requests, failures,
+records and accuracy per arm (computed afresh for the detailed status; `per_device=False` polling gets the
+last tick's). Promotion stays manual: the rollout soaks until an operator promotes (the challenger serves the
+group) or rolls back (the canary gets the champion without the split); a canary that rejects the challenger
+still rolls back at once.
 
 Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies).
 """
@@ -43,7 +47,15 @@ from cloud_sync import audit, overrides
 from cloud_sync.bundles import BundleInfo, BundleRegistry
 from cloud_sync.fleet import device_list
 from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollout_checks import Limits, ab_comparison, check_canary, shadow_comparison
+from cloud_sync.rollout_checks import (
+    Limits,
+    ab_arms,
+    ab_comparison,
+    ab_report,
+    check_ab,
+    check_canary,
+    shadow_comparison,
+)
 from cloud_sync.store import Store, devices, rollouts
 from contracts.errors import ConflictError, EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
@@ -100,6 +112,8 @@ class Rollouts:
         self.limits = limits or Limits()
         self.confirm_timeout_s = confirm_timeout_s
         self._lock = threading.RLock()
+        self._ab_last: dict[str, dict[str, Any]] = {}
+        """The per-arm report of each A/B rollout at the controller's last tick (for `per_device=False`)."""
 
     # -- commands -----------------------------------------------------------------------------------
     def deploy(
@@ -306,6 +320,7 @@ class Rollouts:
                     with self.store.begin() as conn:
                         soaking = rollouts.update().where(rollouts.c.id == row["id"])
                         conn.execute(soaking.values(state="soaking", soak_started_at=now))
+                self._guard_ab(current, now)
                 return  # promotion of an A/B challenger is the operator's decision
             if current["state"] == "canary":
                 reported = self._reported(canary)
@@ -333,6 +348,18 @@ class Rollouts:
                 return
             if now - (current["soak_started_at"] or since) >= row["soak_s"]:
                 self.promote(row["id"], "controller", f"soak of {row['soak_s']:g}s passed on {', '.join(canary)}")
+
+    def _guard_ab(self, row: dict[str, Any], now: float) -> None:
+        """A/B: compare the challenger's arm with the champion's on the canary; roll back when check_ab fails."""
+        name, version, previous = row["model_name"], row["model_version"], row["previous_version"]
+        if previous is None:
+            return
+        arms = ab_arms(self.store, row["group_name"], row["canary"], name, previous, version, row["created_at"], now)
+        report = ab_report(arms, previous, version)
+        self._ab_last[row["id"]] = report
+        failure = check_ab(arms, name, previous, version, self.limits)
+        if failure:
+            self.rollback(row["id"], "controller", failure, {"mode": "ab", "ab": report})
 
     def _advance_shadow(self, row: dict[str, Any], now: float) -> None:
         """Shadow canary: soaking from the start (the canary keeps serving the champion); after the soak the
@@ -391,15 +418,17 @@ class Rollouts:
         `on_target`, by one aggregate query (for polling a group of thousands)."""
         row = self._get(rollout_id)
         result = self._public(row)
+        if not per_device:
+            if rollout_id in self._ab_last:  # the last tick's per-arm report: polling reads no windows
+                result["ab"] = self._ab_last[rollout_id]
+            result["group_devices"], result["on_target"] = self._on_target(row)
+            return result
         if result["mode"] == "ab" and row["previous_version"] is not None:
             end = row["finished_at"] or time.time()
             result["ab"] = ab_comparison(
                 self.store, row["group_name"], row["canary"], row["model_name"], row["previous_version"],
                 row["model_version"], row["created_at"], end,
             )  # fmt: skip
-        if not per_device:
-            result["group_devices"], result["on_target"] = self._on_target(row)
-            return result
         members = device_list(self.store, row["group_name"])
         target = (row["model_name"], row["model_version"])
         result["devices"] = [

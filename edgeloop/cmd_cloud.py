@@ -220,12 +220,16 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
         )
     console.print(table)
     if rollout.get("ab"):
-        arms = Table("arm", "version", "records", "share", "labels", "accuracy", title="A/B on the canary")
+        arms = Table(
+            "arm", "version", "requests", "failed", "records", "share", "labels", "accuracy", title="A/B on the canary"
+        )
         for arm, part in rollout["ab"].items():
             share, accuracy = part.get("share"), part.get("accuracy")
             arms.add_row(
                 arm,
                 str(part["model_version"]),
+                str(part.get("requests", "-")),
+                str(part.get("errors", "-")),
                 str(part["records"]),
                 "-" if share is None else f"{share:.1%}",
                 str(part["labels"]),

@@ -22,6 +22,7 @@ from cloud_sync.store import Store
 from contracts.errors import ConflictError
 from contracts.manifest import Manifest, canonical_bytes
 from contracts.signing import load_public_key, verify_bytes
+from contracts.telemetry import LATENCY_BUCKETS, ArmCounts
 from tests.cloud_support import make_store, wait_until
 from tests.conftest import Broker, TrainedBundle
 
@@ -164,3 +165,70 @@ def test_bad_canary_telemetry_rolls_back_with_a_signed_rollback_manifest(
     manifest = Manifest.model_validate(desired.manifest)
     verify_bytes(canonical_bytes(manifest), desired.signature.encode(), load_public_key(rf_bundle.public_key))
     assert _versions(devices) == [1, 1, 1]
+
+
+def _arm(classes: list[str], requests: int, errors: int, labels: int, accuracy: float) -> ArmCounts:
+    right = round(labels * accuracy)
+    first, second = classes[0], classes[-1]
+    latency = [0] * (len(LATENCY_BUCKETS) + 1)
+    latency[2] = requests - errors
+    return ArmCounts(
+        requests=requests,
+        errors=errors,
+        records=requests - errors,
+        latency_counts=latency,
+        latency_sum=0.002 * (requests - errors),
+        confusion={first: {first: right, second: labels - right}},
+    )
+
+
+@pytest.mark.parametrize("challenger", ["errors", "accuracy", "good", "few labels"])
+def test_an_ab_challenger_is_guarded_by_comparing_its_arm_with_the_champions(cloud: Cloud, challenger: str) -> None:
+    """In mode ab the canary's windows carry the champion's version (the challenger is in `arms`), so the
+    controller compares the arms: a failing or less accurate challenger is rolled back, a good one soaks on."""
+    devices = cloud.devices(2)
+    cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0)
+    for device in devices:
+        assert device.wait_for(1)
+    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="dev-1", soak_s=60, mode="ab", ab_fraction=0.5)
+    assert cloud.run_until(rollout["id"], ("soaking",))["state"] == "soaking"
+    classes = [str(c) for c in cloud.v1.classes]
+    errors = {"errors": 20, "good": 1}.get(challenger, 0)
+    accuracy = {"accuracy": 0.6, "few labels": 0.2}.get(challenger, 0.92)
+    labels = 20 if challenger == "few labels" else 100
+    time.sleep(0.1)
+    now = time.time()  # the windows end after the rollout started
+    for seq, part in enumerate(
+        [(_arm(classes, 60, 0, 60, 0.9), _arm(classes, 40, errors // 2, labels // 2, accuracy))] * 2, start=1
+    ):
+        window = make_window("dev-1", "line-1", seq, now - 0.05 + seq / 100, cloud.v1, requests=100)
+        arms = {"champion": part[0], "challenger": part[1]}
+        devices[0].publish_window(window.model_copy(update={"arms": arms, "ab_model_version": 2}))
+    cloud.ingest.wait_idle(2)
+    wait_until(lambda: cloud.rollouts.status(rollout["id"])["ab"]["champion"]["requests"] == 120, what="windows")
+    if challenger in ("good", "few labels"):
+        for _ in range(3):
+            cloud.rollouts.tick()
+        status = cloud.rollouts.status(rollout["id"])
+        assert status["state"] == "soaking", status["reason"]  # promotion stays manual
+        part = status["ab"]["challenger"]
+        assert (part["requests"], part["errors"], part["labels"]) == (80, errors // 2 * 2, labels // 2 * 2)
+        # Polling without devices reads the last tick's report, not the windows.
+        assert cloud.rollouts.status(rollout["id"], per_device=False)["ab"] == status["ab"]
+        return
+    done = cloud.run_until(rollout["id"], ("rolled_back", "promoted"))
+    assert done["state"] == "rolled_back"
+    expected = {
+        "errors": "A/B challenger machine-failure/2 failed in 20 of 80 requests (error rate 0.250, above 0.05)",
+        "accuracy": (
+            "A/B challenger machine-failure/2 accuracy 0.600 on 100 labels is 0.300 below champion "
+            "machine-failure/1's 0.900 on 120 labels (limit 0.05)"
+        ),
+    }[challenger]
+    assert done["reason"].startswith(expected), done["reason"]
+    rollback = [e for e in entries(cloud.store) if e["action"] == "rollback"][-1]
+    assert rollback["actor"] == "controller" and rollback["details"]["ab"]["challenger"]["requests"] == 80
+    # The canary gets the champion without the split.
+    wait_until(lambda: devices[0]._desired["device"].rollout_id == rollout["id"], what="desired state")
+    wait_until(lambda: devices[0]._desired["device"].ab is None, what="split stopped")
+    assert _versions(devices) == [1, 1]
