@@ -13,7 +13,12 @@ converted to a signed bundle by the converter. Then the same rows are scored by:
   which counts reading, encoding, inference, writing and the rename, not Python's start-up);
 - sklearn `predict_proba` on in-memory pandas chunks of 10k rows (`n_jobs=-1`, as registered);
 - `mlflow.pyfunc.spark_udf` on the registered sklearn model, Spark `local[2]`, Parquet to Parquet;
-- our Spark engine, `local[2]`, Parquet to Parquet (same Spark session; JVM start-up excluded for both).
+- our Spark engine, `local[2]`, Parquet to Parquet (same Spark session; JVM start-up excluded for both),
+  with Spark's I/O (`spark_io=spark`, mapInArrow) and with pyarrow I/O in the tasks (`spark_io=pyarrow`).
+
+Besides wall time, each path's CPU time is measured over this process and all its descendants (the JVM, its
+Python workers, the `edgeloop score` child): on a shared machine the wall time follows the other engineers'
+load, the CPU seconds per row much less.
 
 Peak memory: the local engine runs as a child of a fresh Python process on --rows and on 10x --rows, which
 reads `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`. The data is written in row groups of 131,072 rows (a
@@ -30,7 +35,8 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +58,44 @@ CHUNK = 10_000
 EDGELOOP = Path(sys.executable).with_name("edgeloop")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, its finished children and its live descendants (Linux /proc; else own)."""
+    own = os.times()
+    total = own.user + own.system + own.children_user + own.children_system
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        parents: dict[int, int] = {}
+        times: dict[int, float] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                fields = stat[stat.rfind(")") + 2 :].split()
+                parents[int(entry)] = int(fields[1])
+                times[int(entry)] = sum(int(value) for value in fields[11:15]) / tick
+    except (OSError, ValueError):
+        return total
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    stack = list(children.get(os.getpid(), []))
+    while stack:
+        pid = stack.pop()
+        total += times.get(pid, 0.0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
 @dataclass(frozen=True)
 class Result:
     name: str
     rows: int
     seconds: float
     note: str = ""
+    cpu: float = 0.0
+    """CPU seconds (this process tree) spent while the path ran."""
 
     @property
     def rows_per_s(self) -> float:
@@ -189,14 +227,29 @@ def warm_up_spark(spark: object, udf: object, data: Path, work: Path) -> None:
     scored.write.mode("overwrite").parquet(str(work / "warm-2"))
 
 
-def spark_engine(bundle: Path, key: Path, data: Path, out: Path) -> Result:
+def warm_up_ours(bundle: Path, key: Path, data: Path, work: Path) -> None:
+    """Both I/O modes once on 200k rows: each Python worker loads its onnxruntime session on its first task."""
+    sample = work / "warm.parquet"
+    pq.write_table(pq.read_table(data).slice(0, 200_000), sample, row_group_size=ROW_GROUP // 4)
+    for io in ("spark", "pyarrow"):
+        spark_engine(bundle, key, sample, work / f"warm-{io}.parquet", io)
+
+
+def spark_engine(bundle: Path, key: Path, data: Path, out: Path, io: str) -> Result:
     from cloud_sync.batch import ScoreSettings, score
 
-    settings = ScoreSettings(engine="spark", public_key=key, master="local[2]")
+    settings = ScoreSettings(engine="spark", public_key=key, master="local[2]", spark_io=io)  # type: ignore[arg-type]
     started = time.perf_counter()
     result = score(str(bundle), data, out, settings)
     seconds = time.perf_counter() - started
-    return Result("our Spark engine (mapInArrow), local[2]", result.rows, seconds, "labels + probabilities")
+    return Result(f"our Spark engine ({io} I/O), local[2]", result.rows, seconds, "labels + probabilities")
+
+
+def measured(run: Callable[[], Result]) -> Result:
+    """`run()` with the CPU seconds of this process tree spent meanwhile."""
+    before = cpu_seconds()
+    result = run()
+    return replace(result, cpu=cpu_seconds() - before)
 
 
 @dataclass
@@ -210,6 +263,10 @@ class Series:
     @property
     def rows_per_s(self) -> float:
         return statistics.median(r.rows_per_s for r in self.results)
+
+    @property
+    def cpu_per_million(self) -> float:
+        return statistics.median(r.cpu / r.rows * 1e6 for r in self.results)
 
     @property
     def spread(self) -> str:
@@ -227,6 +284,8 @@ def render(series: list[Series], raw: Series, udf: Series | None, peaks: dict[in
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     table.add_column("vs best raw", justify="right", style="bold")
     table.add_column("vs spark_udf", justify="right")
+    table.add_column("CPU-s per 1M rows", justify="right")
+    table.add_column("vs spark_udf (CPU)", justify="right")
     table.add_column("note")
     for item in series:
         table.add_row(
@@ -236,10 +295,12 @@ def render(series: list[Series], raw: Series, udf: Series | None, peaks: dict[in
             item.spread,
             f"{item.rows_per_s / raw.rows_per_s:.0%}",
             f"{item.rows_per_s / udf.rows_per_s:.1f}x" if udf else "",
+            f"{item.cpu_per_million:.1f}",
+            f"{udf.cpu_per_million / item.cpu_per_million:.1f}x" if udf else "",
             item.note,
         )
-    for rows, kib in sorted(peaks.items()):
-        table.add_row(f"local engine, peak RSS at {rows:,} rows", "", "", "", "", "", f"{kib / 1024:,.0f} MiB")
+    for rows, kib in sorted(peaks.items()) if len(peaks) > 1 else []:
+        table.add_row(f"local engine, peak RSS at {rows:,} rows", "", "", "", "", "", "", "", f"{kib / 1024:,.0f} MiB")
     return table
 
 
@@ -247,7 +308,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows scored by every path")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the table shows medians)")
-    parser.add_argument("--no-spark", action="store_true", help="skip the two Spark paths")
+    parser.add_argument("--no-spark", action="store_true", help="skip the three Spark paths")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run on 10x --rows")
     parser.add_argument("--keep", type=Path, help="keep the data and outputs in this directory")
     args = parser.parse_args()
     configure_logging("WARNING")
@@ -263,13 +325,14 @@ def main() -> None:
             bundle, key, tracking, model_uri = train_and_convert(work)
         with console.status(f"writing {args.rows:,} and {big_rows:,} rows of Parquet"):
             data = write_rows(work / "data.parquet", args.rows, seed=2)
-            big = write_rows(work / "data-10x.parquet", big_rows, seed=3)
+            big = None if args.no_memory else write_rows(work / "data-10x.parquet", big_rows, seed=3)
         raw_default = Series("raw session.run, in-memory arrays", "2 threads (default: spinning), 10k-row batches")
         raw_quiet = Series("raw session.run, in-memory arrays", "2 threads, spinning off, 10k-row batches")
         local = Series("local engine, Parquet -> Parquet", "edgeloop score, 2 threads, 64k-row batches")
         sklearn = Series("sklearn predict_proba, pandas chunks", "10k-row chunks, n_jobs=-1")
         udf = Series("mlflow.pyfunc.spark_udf (sklearn), local[2]", "predict(): labels only; 10k-row Arrow batches")
-        ours = Series("our Spark engine (mapInArrow), local[2]", "labels + probabilities; 64k-row Arrow batches")
+        ours = Series("our Spark engine, Spark I/O (mapInArrow), local[2]", "spark_io=spark; 64k-row Arrow batches")
+        direct = Series("our Spark engine, pyarrow I/O in tasks, local[2]", "spark_io=pyarrow; 64k-row batches")
         series = [raw_default, raw_quiet, local, sklearn]
         peaks: dict[int, int] = {}
         spark = spark_model = None
@@ -283,37 +346,50 @@ def main() -> None:
                 mlflow.set_tracking_uri(tracking)
                 spark_model = mlflow.pyfunc.spark_udf(spark, model_uri, result_type="double", env_manager="local")
                 warm_up_spark(spark, spark_model, data, work)
-            series += [udf, ours]
+                warm_up_ours(bundle, key, data, work)
+            series += [udf, ours, direct]
         for round_ in range(1, args.rounds + 1):
             with console.status(f"round {round_}/{args.rounds}: raw onnxruntime"):
-                raw_default.results.append(raw_onnxruntime(bundle, data, spinning=True))
-                raw_quiet.results.append(raw_onnxruntime(bundle, data, spinning=False))
+                raw_default.results.append(measured(lambda: raw_onnxruntime(bundle, data, spinning=True)))
+                raw_quiet.results.append(measured(lambda: raw_onnxruntime(bundle, data, spinning=False)))
             with console.status(f"round {round_}/{args.rounds}: local engine"):
+                before = cpu_seconds()
                 result, peaks[args.rows] = local_engine(bundle, key, data, work / "local.parquet", home)
-                local.results.append(result)
+                local.results.append(replace(result, cpu=cpu_seconds() - before))
             with console.status(f"round {round_}/{args.rounds}: sklearn"):
-                sklearn.results.append(sklearn_chunks(model_uri, tracking, data))
+                sklearn.results.append(measured(lambda: sklearn_chunks(model_uri, tracking, data)))
             if spark is not None:
                 with console.status(f"round {round_}/{args.rounds}: Spark, mlflow spark_udf"):
-                    udf.results.append(spark_udf(spark, spark_model, data, work / "udf.parquet"))
-                with console.status(f"round {round_}/{args.rounds}: Spark, our engine"):
-                    ours.results.append(spark_engine(bundle, key, data, work / "spark.parquet"))
+                    udf.results.append(measured(lambda: spark_udf(spark, spark_model, data, work / "udf.parquet")))
+                with console.status(f"round {round_}/{args.rounds}: Spark, our engine, Spark I/O"):
+                    ours.results.append(measured(lambda: spark_engine(bundle, key, data, work / "s1.parquet", "spark")))
+                with console.status(f"round {round_}/{args.rounds}: Spark, our engine, pyarrow I/O"):
+                    direct.results.append(
+                        measured(lambda: spark_engine(bundle, key, data, work / "s2.parquet", "pyarrow"))
+                    )
         if spark is not None:
             spark.stop()
-        with console.status(f"local engine on {big_rows:,} rows (peak memory)"):
-            big_local = Series(f"local engine, Parquet -> Parquet, {big_rows:,} rows", "peak memory run")
-            result, peaks[big_rows] = local_engine(bundle, key, big, work / "local-10x.parquet", home)
-            big_local.results.append(result)
-        series.append(big_local)
+        if big is not None:
+            with console.status(f"local engine on {big_rows:,} rows (peak memory)"):
+                big_local = Series(f"local engine, Parquet -> Parquet, {big_rows:,} rows", "peak memory run")
+                before = cpu_seconds()
+                result, peaks[big_rows] = local_engine(bundle, key, big, work / "local-10x.parquet", home)
+                big_local.results.append(replace(result, cpu=cpu_seconds() - before))
+            series.append(big_local)
     best_raw = max(raw_default, raw_quiet, key=lambda item: item.rows_per_s)
     has_spark = spark is not None
     console.print(render(series, best_raw, udf if has_spark else None, peaks, args.rounds))
     summary = [f"local engine / best raw onnxruntime: {local.rows_per_s / best_raw.rows_per_s:.0%} (goal >= 85 %)"]
     if has_spark:
-        summary.append(f"our Spark engine / spark_udf: {ours.rows_per_s / udf.rows_per_s:.1f}x (goal >= 3x)")
-    summary.append(
-        f"peak RSS at {big_rows:,} / {args.rows:,} rows: {peaks[big_rows] / peaks[args.rows]:.2f} (flat = 1)"
-    )
+        for item in (ours, direct):
+            summary.append(
+                f"{item.name} / spark_udf: {item.rows_per_s / udf.rows_per_s:.1f}x wall, "
+                f"{udf.cpu_per_million / item.cpu_per_million:.1f}x CPU (goal >= 3x)"
+            )
+    if big_rows in peaks:
+        summary.append(
+            f"peak RSS at {big_rows:,} / {args.rows:,} rows: {peaks[big_rows] / peaks[args.rows]:.2f} (flat = 1)"
+        )
     console.print("; ".join(summary))
 
 
