@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_agent_rest.py                      # builds an rf bundle in a temp dir
     .venv/bin/python bench/bench_agent_rest.py --duration 10 --skip-mlflow
+    .venv/bin/python bench/bench_agent_rest.py --skip-mlflow --pin --tail 10       # the latency tail at c=1
+    .venv/bin/python bench/bench_agent_rest.py --skip-mlflow --baseline /tmp/before  # an older checkout too
 
 Same model (the trainer's 100-tree random forest, converted by the converter), same machine, same load
 (`wrk -t1`, one worker per server, loopback, keep-alive), servers measured one after the other:
@@ -17,11 +19,23 @@ load of a shared machine does not favour one of them. Prints req/s, p50 and p99 
 after the load, process start to ready, the ratios, and the installed size of the base install (the
 agent's dependency closure, from the venv's metadata).
 Needs `wrk` (apt-get install wrk). Not a test: numbers depend on the machine and its load.
+
+wrk's percentiles are corrected for coordinated omission: at the end of a run it adds, for every response
+slower than the mean interval between requests, the samples a constant-rate client would have seen
+meanwhile (`stats_correct` in wrk.c). At concurrency 1 (~0.35 ms per request) one 10 ms stall becomes ~30
+samples, so wrk's p99 there is set by how often the server (or wrk) was off the CPU for long, not by the
+per-request latency. `--tail S` adds, per round, an S-second run at concurrency 1 with a plain keep-alive
+client that times every round trip (uncorrected p50 / p99 / p99.9 / max), and counts the server's
+involuntary context switches meanwhile (the kernel took its CPU away: another process on the core).
+`--pin` puts the servers on the first CPU and the load (wrk, that client, Mosquitto) on the second, so the
+two never compete for one core. `--baseline DIR` also runs `python -m edge_agent` from DIR, another checkout
+(e.g. `git worktree add /tmp/before HEAD~1`), side by side with the current one: a before/after comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -36,6 +50,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 import psutil
 
@@ -50,6 +65,8 @@ class Result:
     rss_mb: float = 0.0
     rates: dict[int, tuple[float, float, float, int]] = field(default_factory=dict)
     """concurrency -> (req/s, p50 ms, p99 ms, non-2xx + socket errors)"""
+    tail: tuple[float, float, float, float, float, int] | None = None
+    """--tail: (p50, p99, p99.9, max ms, involuntary context switches per 1,000 requests, requests)"""
 
 
 def free_port() -> int:
@@ -149,7 +166,8 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def run_wrk(url: str, script: Path, connections: int, duration: float) -> tuple[float, float, float, int]:
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url]
+    args = [*LOAD_PREFIX, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+            "-s", str(script), url]  # fmt: skip
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50, p99 = (_latency_ms(out, percent) for percent in ("50%", "99%"))
@@ -162,6 +180,55 @@ def _latency_ms(wrk_output: str, percent: str) -> float:
     found = re.search(percent + r"\s+([\d.]+)(us|ms|s)", wrk_output)
     assert found is not None, wrk_output
     return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[found.group(2)]
+
+
+LOAD_PREFIX: list[str] = []
+"""`taskset -c CPU` for the load generators with --pin (wrk, Mosquitto), else nothing."""
+
+
+def round_trips(url: str, body: bytes, headers: dict[str, str], seconds: float) -> np.ndarray:
+    """Time every round trip (ns) of one keep-alive connection for `seconds`: no coordinated-omission
+    correction, and ~20 µs of Python per request on top of the server's time."""
+    host, _, rest = url.removeprefix("http://").partition("/")
+    address, _, port = host.partition(":")
+    lines = [f"POST /{rest} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    samples = np.zeros(int(seconds * 50_000) + 1, dtype=np.int64)
+    count, buffer = 0, b""
+    with socket.create_connection((address, int(port))) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        end = time.perf_counter_ns() + int(seconds * 1e9)
+        while count < samples.size:
+            started = time.perf_counter_ns()
+            sock.sendall(request)
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"{url}: {head.splitlines()[0].decode()}")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(buffer) < length:
+                buffer += sock.recv(65536)
+            buffer = buffer[length:]
+            finished = time.perf_counter_ns()
+            samples[count] = finished - started
+            count += 1
+            if finished > end:
+                break
+    return samples[:count]
+
+
+def involuntary_switches(pid: int) -> int:
+    """Involuntary context switches of a server's processes so far (all threads)."""
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                status = (task / "status").read_text()
+                total += int(re.search(r"nonvoluntary_ctxt_switches:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return total
 
 
 def lua(path: Path, body: bytes, headers: dict[str, str]) -> Path:
@@ -178,7 +245,11 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     script: Path
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
     samples: dict[int, list[tuple[float, float, float, int]]] = field(default_factory=dict)
+    tails: list[np.ndarray] = field(default_factory=list)
+    switches: list[float] = field(default_factory=list)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -205,16 +276,27 @@ def start(name: str, cmd: list[str], env: dict[str, str], ready: str, url: str, 
     return server
 
 
-def load_rounds(servers: list[Server], concurrencies: list[int], duration: float, rounds: int) -> None:
+def load_rounds(servers: list[Server], concurrencies: list[int], duration: float, rounds: int,
+                tail: float = 0.0) -> None:  # fmt: skip
     """Interleave the servers (round robin) so that the machine's background load hits all of them alike;
-    each figure is the median over the rounds."""
+    each figure is the median over the rounds (--tail: percentiles over all rounds' round trips)."""
     for number in range(rounds):
         print(f"round {number + 1}/{rounds} ...", flush=True)
         for connections in concurrencies:
             for server in servers:
                 sample = run_wrk(server.url, server.script, connections, duration)
                 server.samples.setdefault(connections, []).append(sample)
+        for server in servers if tail > 0 else []:
+            before = involuntary_switches(server.process.pid)
+            trips = round_trips(server.url, server.body, server.headers, tail)
+            server.switches.append((involuntary_switches(server.process.pid) - before) * 1000 / trips.size)
+            server.tails.append(trips)
     for server in servers:
+        if server.tails:
+            trips = np.concatenate(server.tails) / 1e6
+            p50, p99, p999 = np.percentile(trips, [50, 99, 99.9])
+            switches = sorted(server.switches)[len(server.switches) // 2]
+            server.result.tail = (p50, p99, p999, float(trips.max()), switches, trips.size)
         for connections, samples in server.samples.items():
             median = [sorted(sample[i] for sample in samples)[len(samples) // 2] for i in range(3)]
             errors = sum(sample[3] for sample in samples)
@@ -259,9 +341,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--tail", type=float, default=0.0, metavar="S",
+                        help="per round, S seconds at c=1 timing every round trip (no wrk correction)")  # fmt: skip
+    parser.add_argument("--pin", action="store_true", help="servers on the first CPU, the load on the second")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the agent from DIR, another checkout of edgeloop (before/after)")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            sys.exit("--pin needs two CPUs")
+        SERVER_PREFIX[:] = ["taskset", "-c", str(cpus[0])]
+        LOAD_PREFIX[:] = ["taskset", "-c", str(cpus[1])]
+        os.sched_setaffinity(0, {cpus[1]})  # this process times round trips (--tail): the load side
     work = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     try:
         if args.bundle:
@@ -275,6 +369,10 @@ def main() -> None:
         report(results, args.concurrency)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+SERVER_PREFIX: list[str] = []
+"""`taskset -c CPU` for the servers with --pin, else nothing."""
 
 
 def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | None,
@@ -300,6 +398,13 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
     label = "edgeloop agent (full path" + (", MQTT + telemetry)" if broker else ", offline)")
     cases.append((label, agent_cmd, f"{base}/readyz", f"{base}/v1/predict", body,
                   {"Authorization": f"Bearer {TOKEN}"}))  # fmt: skip
+    if args.baseline:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        old = [*agent_cmd[:6], str(work / "agent-baseline"), "--port", str(port), *agent_cmd[9:]]
+        old += ["--device-id", "bench-baseline"]  # its own MQTT client id: the same one would evict the other
+        cases.append((f"baseline agent ({args.baseline})", old, f"{base}/readyz", f"{base}/v1/predict", body,
+                      {"Authorization": f"Bearer {TOKEN}"}))  # fmt: skip
     for name, app in (("bare FastAPI + ORT", "bare"), ("lean Starlette + orjson + ORT", "lean")):
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -318,8 +423,14 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
     try:
         for name, cmd, ready, url, payload, headers in cases:
             print(f"starting {name} ...", flush=True)
-            servers.append(start(name, cmd, env, ready, url, lua(work / f"{len(servers)}.lua", payload, headers)))
-        load_rounds(servers, args.concurrency, args.duration, args.rounds)
+            own_env = env
+            if name.startswith("baseline agent"):  # the other checkout's packages come first on the path
+                own_env = {**env, "PYTHONPATH": f"{work}:{args.baseline.resolve()}"}
+            server = start(name, [*SERVER_PREFIX, *cmd], own_env, ready, url,
+                           lua(work / f"{len(servers)}.lua", payload, headers))  # fmt: skip
+            server.body, server.headers = payload, headers
+            servers.append(server)
+        load_rounds(servers, args.concurrency, args.duration, args.rounds, args.tail)
     finally:
         for server in servers:
             server.stop()
@@ -338,7 +449,8 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     port = free_port()
     config = work / "mosquitto.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([*LOAD_PREFIX, binary, "-c", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -369,6 +481,14 @@ def report(results: list[Result], concurrencies: list[int]) -> None:
     for other in results[1:]:
         ratios = ", ".join(f"c={c}: {agent.rates[c][0] / other.rates[c][0]:.1f}x" for c in concurrencies)
         print(f"agent / {other.name}: {ratios}; RSS {agent.rss_mb / other.rss_mb:.2f}x")
+    tails = [r for r in results if r.tail is not None]
+    if tails:
+        print("\nc=1, every round trip timed by a plain client (no coordinated-omission correction):\n")
+        print("| server | p50 ms | p99 ms | p99.9 ms | max ms | involuntary switches / 1k req | requests |")
+        print("|---|---|---|---|---|---|---|")
+        for r in tails:
+            p50, p99, p999, top, switches, count = r.tail  # type: ignore[misc]
+            print(f"| {r.name} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {top:.1f} | {switches:.0f} | {count:,} |")
     size, names = base_install_mb()
     print(f"\nbase install (edgeloop's base requirements + dependencies, {len(names)} distributions): {size:.0f} MB")
 
