@@ -68,6 +68,11 @@ def score_command(
     batch_rows: int | None = typer.Option(None, min=1, help="Rows per batch fed to onnxruntime \\[default: 65536]."),
     master: str | None = typer.Option(None, help="Spark master URL for --engine spark \\[default: local[2]]."),
     threads: int | None = typer.Option(None, min=0, help="onnxruntime threads, local engine \\[default: all cores]."),
+    spark_io: str | None = typer.Option(
+        None,
+        help="--engine spark: `spark` (Spark reads and writes) or `pyarrow` (each task reads and writes Parquet "
+        "itself; shared paths only) \\[default: spark].",
+    ),
     public_key: Path | None = typer.Option(
         None, help="Verify the bundle's signature with this key \\[default: .edgeloop/keys/edgeloop-signing.pub]."
     ),
@@ -95,6 +100,7 @@ def score_command(
             "batch_rows": batch_rows,
             "master": master,
             "threads": threads,
+            "spark_io": spark_io,
             "public_key": public_key,
             "tracking_uri": tracking_uri,
         }.items()

@@ -317,6 +317,13 @@ def test_registry_alias_through_the_real_command(case: ScoringCase, tmp_path: Pa
     assert again.resolved.bundle.path == cached
     assert load_bundle(cached, None).manifest.onnx.sha256 == case.manifest.onnx.sha256
 
+    # every option reaches the settings, a bad value is one line
+    bad = subprocess.run([*command[:-4], "--spark-io", "hdfs"], capture_output=True, text=True, env=env, timeout=120)
+    assert (
+        bad.returncode != 0
+        and bad.stderr.strip() == "error: invalid setting spark_io: Input should be 'spark' or 'pyarrow'"
+    )
+
 
 # --- errors: one line, the right exit code, nothing left behind -------------------------------------------------
 
