@@ -52,5 +52,9 @@ def ensure_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
     if uri.startswith(("postgresql", "mysql", "sqlite:", "databricks")):
         return
     if uri.startswith("file:") or "://" not in uri:
-        raise InputError(f"tracking URI {safe_uri(uri)!r}: MLflow 3 refuses plain file stores; use sqlite:///path/to/mlflow.db")
-    raise InputError(f"unsupported tracking URI {safe_uri(uri)!r}; use sqlite:///..., http(s)://... or postgresql://...")
+        raise InputError(
+            f"tracking URI {safe_uri(uri)!r}: MLflow 3 refuses plain file stores; use sqlite:///path/to/mlflow.db"
+        )
+    raise InputError(
+        f"unsupported tracking URI {safe_uri(uri)!r}; use sqlite:///..., http(s)://... or postgresql://..."
+    )
