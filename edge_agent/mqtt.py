@@ -151,12 +151,12 @@ class MqttSync:
             self.publisher.on_connected()
         client.publish(self._topic("status"), self._status(True), qos=QOS, retain=True)
         with self._reported_lock:
-            self.connected.set()
             if self.reported_provider is not None:
                 fresh = self.reported_provider()
                 if self._reported is None or fresh.updated_at >= self._reported.updated_at:
                     self._reported = fresh
-            self._send_reported()
+            self._send_reported()  # queued before `connected` is announced: the fresh state goes out first
+            self.connected.set()
         log_event(logger, "mqtt connected", broker=f"{self.host}:{self.port}", group=self.settings.group)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
