@@ -16,14 +16,12 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, Path
 from pydantic import BaseModel, Field
 
-from contracts.manifest import GlobalImportance, Manifest
+from contracts.manifest import GlobalImportance, Manifest, why_no_explanation
 
 __all__ = ["EXPLAIN_ROUTE", "Explanations", "PerPrediction", "explanations", "mount"]
 
 EXPLAIN_ROUTE = "POST /v1/explain"
 """The edge agent's route for per-prediction contributions (edge_agent/explain.py)."""
-
-_LINEAR_ESTIMATORS = ("logreg", "LogisticRegression")
 
 
 class PerPrediction(BaseModel):
@@ -60,17 +58,7 @@ def per_prediction(manifest: Manifest) -> PerPrediction:
             note=f"yes: linear contributions per feature ({block.link} link), {EXPLAIN_ROUTE} on the device "
             "(or edgeloop explain on a workstation)",
         )
-    estimator = manifest.lineage.estimator
-    if estimator in _LINEAR_ESTIMATORS:
-        note = (
-            "no: converted before explanations existed; re-convert it with this edgeloop to get per-prediction "
-            "contributions, meanwhile see the global permutation importance"
-        )
-    else:
-        note = (
-            f"no: feature contributions are neither cheap nor exact for tree ensembles ({estimator}) on a device; "
-            "the global permutation importance is what drives this model overall"
-        )
+    note = f"no: {why_no_explanation(manifest)}"
     return PerPrediction(available=False, note=note)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "ParityReport",
     "canonical_bytes",
     "sha256_file",
+    "why_no_explanation",
 ]
 
 SCHEMA_VERSION = "v1"
@@ -247,6 +248,24 @@ def _plain(manifest: Manifest) -> dict:
         if data.get(key) is None:
             data.pop(key, None)
     return data
+
+
+_LINEAR_ESTIMATORS = ("logreg", "LogisticRegression")
+
+
+def why_no_explanation(manifest: Manifest) -> str:
+    """Why a bundle without an `explainer` block has no per-prediction explanations, and what to read
+    instead (one wording for the agent's /v1/explain and the cloud's dashboard)."""
+    estimator = manifest.lineage.estimator
+    if estimator in _LINEAR_ESTIMATORS:
+        return (
+            "converted before explanations existed: re-convert it with this edgeloop to get per-prediction "
+            "contributions; meanwhile see the global permutation importance in the model card"
+        )
+    return (
+        f"feature contributions are neither cheap nor exact for tree ensembles ({estimator}) on a device; the "
+        "global permutation importance in the model card (`importance`) is what drives this model overall"
+    )
 
 
 def canonical_bytes(manifest: Manifest) -> bytes:

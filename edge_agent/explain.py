@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from contracts.errors import InputError
-from contracts.manifest import MISSING_CATEGORY, LinearExplainer, Manifest
+from contracts.manifest import MISSING_CATEGORY, LinearExplainer, Manifest, why_no_explanation
 from contracts.runtime import OnnxModel, encode_records
 
 __all__ = ["CHECK_TOLERANCE", "Explainer", "explain_records", "parse_top_k", "unavailable_reason"]
@@ -35,17 +35,7 @@ CHECK_TOLERANCE = 1e-4
 
 def unavailable_reason(manifest: Manifest) -> str:
     """One line saying why a bundle has no per-prediction explanations, and what to read instead."""
-    estimator = manifest.lineage.estimator
-    if estimator in ("logreg", "LogisticRegression"):
-        return (
-            f"{manifest.ref} was converted before explanations existed: re-convert it with this edgeloop to get "
-            "per-prediction contributions; meanwhile see the global permutation importance in the model card"
-        )
-    return (
-        f"no per-prediction explanation for {manifest.ref} (estimator {estimator}): feature contributions are "
-        "neither cheap nor exact for tree ensembles on a device; see the global permutation importance in the "
-        "model card (`importance`), which is what drives this model overall"
-    )
+    return f"no per-prediction explanation for {manifest.ref}: {why_no_explanation(manifest)}"
 
 
 @dataclass(frozen=True)
