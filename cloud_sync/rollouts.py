@@ -9,23 +9,9 @@ or an automatic rollback that says why.
     rolled_back -> the previous version's manifest, re-signed with rollback=true (devices refuse an older
                 version otherwise), on the canary topics (or the group topic after a promotion)
 
-Mode `shadow` (a shadow canary): the canary devices get the champion (the group's version) with the
-challenger in shadow (`DesiredState.shadow`); during the soak the controller compares the challenger's shadow
-accuracy with the champion's on the same feedback (`rollout_checks.shadow_comparison`, at least
-`min_samples` labels). After the soak: at least as good -> promoted (the challenger becomes the served
-version of the group); worse -> rolled back (the canary gets the champion without a shadow); not enough
-labels within the soak plus rollout_confirm_timeout_s -> rolled back.
-
-Mode `ab` (an A/B test): the canary devices get the champion with the challenger as an A/B split
-(`DesiredState.ab`: the challenger answers `ab_fraction` of the request keys, by a stable hash of the key,
-`ab_key` names the record field that is the key, else the `X-Request-Key` header). Every tick the controller
-merges the canary's per-arm counts (`rollout_checks.ab_arms`) and rolls back when `check_ab` fails: the
-challenger's error rate or p99 above the limits, or its accuracy more than `max_accuracy_drop` below the
-champion arm's (at least `min_samples` requests / labels on each arm). `status` shows requests, failures,
-records and accuracy per arm (computed afresh for the detailed status; `per_device=False` polling gets the
-last tick's). Promotion stays manual: the rollout soaks until an operator promotes (the challenger serves the
-group) or rolls back (the canary gets the champion without the split); a canary that rejects the challenger
-still rolls back at once.
+Modes `shadow` (the canary serves the champion with the challenger in shadow; its measured accuracy decides
+after the soak) and `ab` (an A/B split on the canary; promotion is manual): how the controller advances each
+mode is in `rollout_modes`; the desired states (and the re-signed rollback) are built in `desired`.
 
 Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies).
 """
@@ -43,25 +29,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync import audit, overrides
+from cloud_sync import audit, overrides, rollout_status
 from cloud_sync.bundles import BundleInfo, BundleRegistry
+from cloud_sync.desired import desired_state, rollback_state
 from cloud_sync.fleet import device_list
 from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollout_checks import (
-    Limits,
-    ab_arms,
-    ab_comparison,
-    ab_report,
-    check_ab,
-    check_canary,
-    shadow_comparison,
-)
-from cloud_sync.store import Store, devices, rollouts
+from cloud_sync.rollout_checks import Limits, check_canary
+from cloud_sync.rollout_modes import advance_ab, advance_serving, advance_shadow
+from cloud_sync.store import Store, rollouts
 from contracts.errors import ConflictError, EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
-from contracts.manifest import canonical_bytes
-from contracts.messages import ABSplit, DesiredState, ShadowBundle
-from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
+from contracts.messages import DesiredState
 from contracts.topics import group_desired, validate_id
 
 __all__ = ["ACTIVE", "MODES", "Rollouts", "parse_canary"]
@@ -112,7 +90,7 @@ class Rollouts:
         self.limits = limits or Limits()
         self.confirm_timeout_s = confirm_timeout_s
         self._lock = threading.RLock()
-        self._ab_last: dict[str, dict[str, Any]] = {}
+        self.ab_last: dict[str, dict[str, Any]] = {}
         """The per-arm report of each A/B rollout at the controller's last tick (for `per_device=False`)."""
 
     # -- commands -----------------------------------------------------------------------------------
@@ -313,99 +291,15 @@ class Rollouts:
                 self.rollback(row["id"], "controller", failure)
                 return
             if current["mode"] == "shadow":
-                self._advance_shadow(current, now)
-                return
-            if current["mode"] == "ab":
-                if current["state"] == "canary":  # the canary keeps serving the champion: soaking at once
-                    with self.store.begin() as conn:
-                        soaking = rollouts.update().where(rollouts.c.id == row["id"])
-                        conn.execute(soaking.values(state="soaking", soak_started_at=now))
-                self._guard_ab(current, now)
-                return  # promotion of an A/B challenger is the operator's decision
-            if current["state"] == "canary":
-                reported = self._reported(canary)
-                waiting = [
-                    d
-                    for d in canary
-                    if (reported.get(d, {}).get("model_name"), reported.get(d, {}).get("model_version"))
-                    != (name, version)
-                ]
-                if not waiting:
-                    with self.store.begin() as conn:
-                        conn.execute(
-                            rollouts.update()
-                            .where(rollouts.c.id == row["id"])
-                            .values(state="soaking", soak_started_at=now)
-                        )
-                    log_event(logger, "canary on the new version, soaking", rollout=row["id"], soak_s=row["soak_s"])
-                elif now - since > self.confirm_timeout_s:
-                    self.rollback(
-                        row["id"],
-                        "controller",
-                        f"canary devices {', '.join(waiting)} did not report "
-                        f"{name}/{version} within {self.confirm_timeout_s:g}s",
-                    )
-                return
-            if now - (current["soak_started_at"] or since) >= row["soak_s"]:
-                self.promote(row["id"], "controller", f"soak of {row['soak_s']:g}s passed on {', '.join(canary)}")
-
-    def _guard_ab(self, row: dict[str, Any], now: float) -> None:
-        """A/B: compare the challenger's arm with the champion's on the canary; roll back when check_ab fails."""
-        name, version, previous = row["model_name"], row["model_version"], row["previous_version"]
-        if previous is None:
-            return
-        arms = ab_arms(self.store, row["group_name"], row["canary"], name, previous, version, row["created_at"], now)
-        report = ab_report(arms, previous, version)
-        self._ab_last[row["id"]] = report
-        failure = check_ab(arms, name, previous, version, self.limits)
-        if failure:
-            self.rollback(row["id"], "controller", failure, {"mode": "ab", "ab": report})
-
-    def _advance_shadow(self, row: dict[str, Any], now: float) -> None:
-        """Shadow canary: soaking from the start (the canary keeps serving the champion); after the soak the
-        challenger's measured shadow accuracy decides."""
-        name, version, previous, canary = (
-            row["model_name"],
-            row["model_version"],
-            row["previous_version"],
-            row["canary"],
-        )
-        if row["state"] == "canary":
-            with self.store.begin() as conn:
-                conn.execute(
-                    rollouts.update().where(rollouts.c.id == row["id"]).values(state="soaking", soak_started_at=now)
-                )
-            log_event(logger, "shadow canary soaking", rollout=row["id"], soak_s=row["soak_s"])
-            return
-        started = row["soak_started_at"] or row["created_at"]
-        if now - started < row["soak_s"]:
-            return
-        result = shadow_comparison(self.store, row["group_name"], canary, name, previous, version, started, now)
-        details = {"mode": "shadow", **result.as_details(), "min_labels": self.limits.min_samples}
-        enough = min(result.labels, result.challenger_labels) >= self.limits.min_samples
-        if enough and result.champion_accuracy is not None and result.challenger_accuracy is not None:
-            measured = (
-                f"{name}/{version} in shadow: accuracy {result.challenger_accuracy:.3f} on "
-                f"{result.challenger_labels} labels, champion {name}/{previous}: {result.champion_accuracy:.3f} "
-                f"on {result.labels} (canary {', '.join(canary)})"
-            )
-            if result.challenger_accuracy >= result.champion_accuracy:
-                self.promote(row["id"], "controller", f"{measured}: at least as good, promoted", details)
+                advance_shadow(self, current, now)
+            elif current["mode"] == "ab":
+                advance_ab(self, current, now)
             else:
-                self.rollback(row["id"], "controller", f"{measured}: worse, shadow stopped", details)
-            return
-        if now - started >= row["soak_s"] + self.confirm_timeout_s:
-            self.rollback(
-                row["id"],
-                "controller",
-                f"not enough feedback to compare {name}/{version} with {name}/{previous}: "
-                f"{min(result.labels, result.challenger_labels)} labels, {self.limits.min_samples} needed",
-                details,
-            )
+                advance_serving(self, current, now)
 
     # -- queries ------------------------------------------------------------------------------------
     def recent(self, group: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return [self._public(row) for row in self._rows(group=group, limit=limit)]
+        return [rollout_status.public(row) for row in self._rows(group=group, limit=limit)]
 
     def latest(self, group: str | None = None) -> dict[str, Any]:
         rows = self._rows(group=group, limit=1)
@@ -416,35 +310,7 @@ class Rollouts:
     def status(self, rollout_id: str, per_device: bool = True) -> dict[str, Any]:
         """The rollout and each device of its group; `per_device=False`: only the counts `group_devices` and
         `on_target`, by one aggregate query (for polling a group of thousands)."""
-        row = self._get(rollout_id)
-        result = self._public(row)
-        if not per_device:
-            if rollout_id in self._ab_last:  # the last tick's per-arm report: polling reads no windows
-                result["ab"] = self._ab_last[rollout_id]
-            result["group_devices"], result["on_target"] = self._on_target(row)
-            return result
-        if result["mode"] == "ab" and row["previous_version"] is not None:
-            end = row["finished_at"] or time.time()
-            result["ab"] = ab_comparison(
-                self.store, row["group_name"], row["canary"], row["model_name"], row["previous_version"],
-                row["model_version"], row["created_at"], end,
-            )  # fmt: skip
-        members = device_list(self.store, row["group_name"])
-        target = (row["model_name"], row["model_version"])
-        result["devices"] = [
-            {
-                "device_id": d["device_id"],
-                "canary": d["device_id"] in row["canary"],
-                "online": d["online"],
-                "model_version": d["model_version"],
-                "on_target": (d["model_name"], d["model_version"]) == target,
-                "state": d["state"],
-                "last_error": d["last_error"],
-            }
-            for d in members
-        ]
-        result["on_target"] = sum(1 for d in result["devices"] if d["on_target"])
-        return result
+        return rollout_status.report(self.store, self._get(rollout_id), per_device, self.ab_last.get(rollout_id))
 
     # -- helpers ------------------------------------------------------------------------------------
     def _desired(
@@ -454,65 +320,16 @@ class Rollouts:
         shadow: BundleInfo | None = None,
         ab: tuple[BundleInfo, float, str | None] | None = None,
     ) -> DesiredState:
-        return DesiredState(
-            manifest=info.manifest.model_dump(mode="json"),
-            signature=info.signature,
-            model_url=self._model_url(info),
-            rollout_id=rollout_id,
-            issued_at=audit.iso(time.time()) or "",
-            shadow=None
-            if shadow is None
-            else ShadowBundle(
-                manifest=shadow.manifest.model_dump(mode="json"),
-                signature=shadow.signature,
-                model_url=self._model_url(shadow),
-            ),
-            ab=None
-            if ab is None
-            else ABSplit(
-                manifest=ab[0].manifest.model_dump(mode="json"),
-                signature=ab[0].signature,
-                model_url=self._model_url(ab[0]),
-                fraction=ab[1],
-                key_field=ab[2],
-            ),
-        )
-
-    def _model_url(self, info: BundleInfo) -> str:
-        return f"{self.base_url}/bundles/{info.name}/{info.version}/model.onnx"
+        return desired_state(self.base_url, info, rollout_id, shadow, ab)
 
     def _rollback_desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
-        """The previous manifest with rollback=true, re-signed: devices refuse an older version otherwise."""
-        key = load_private_key(self.keys_dir / PRIVATE_KEY_FILE)
-        manifest = info.manifest.model_copy(update={"rollback": True})
-        desired = self._desired(info, rollout_id)
-        desired.manifest = manifest.model_dump(mode="json")
-        desired.signature = sign_bytes(canonical_bytes(manifest), key).decode()
-        return desired
+        return rollback_state(self.base_url, self.keys_dir, info, rollout_id)
 
     def _clear_overrides(self, group: str, extra: list[str]) -> None:
         """Empty retained payloads on the device-level desired topics that hold one (recorded when published),
         so each device follows its group; one batch, not a round trip per device."""
         cleared = overrides.clear(self.store, self.publisher, group, extra)
         log_event(logger, "device overrides cleared", group=group, devices=cleared)
-
-    def _on_target(self, row: dict[str, Any]) -> tuple[int, int]:
-        """(devices in the group, how many of them report the rollout's version): one query."""
-        c = devices.c
-        hit = sa.case(((c.model_name == row["model_name"]) & (c.model_version == row["model_version"]), 1), else_=0)
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(hit), 0)).where(
-            c.group_name == row["group_name"]
-        )
-        with self.store.engine.connect() as conn:
-            total, on_target = conn.execute(query).one()
-        return int(total), int(on_target)
-
-    def _reported(self, names: list[str]) -> dict[str, dict[str, Any]]:
-        """The model each of `names` reports (one query over those devices, not the whole group)."""
-        query = sa.select(devices.c.device_id, devices.c.model_name, devices.c.model_version)
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(query.where(devices.c.device_id.in_(names))).mappings().all() if names else []
-        return {row["device_id"]: dict(row) for row in rows}
 
     def _previous_version(self, group: str, name: str) -> int | None:
         """What the group runs: the last promoted rollout of `name`, else the version most of its devices report."""
@@ -579,23 +396,3 @@ class Rollouts:
             query = query.limit(limit)
         with self.store.engine.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
-
-    @staticmethod
-    def _public(row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": row["id"],
-            "group": row["group_name"],
-            "model": f"{row['model_name']}/{row['model_version']}",
-            "model_name": row["model_name"],
-            "model_version": row["model_version"],
-            "previous_version": row["previous_version"],
-            "canary": row["canary"],
-            "soak_s": row["soak_s"],
-            "state": row["state"],
-            "reason": row["reason"],
-            "actor": row["actor"],
-            "created_at": audit.iso(row["created_at"]),
-            "soak_started_at": audit.iso(row["soak_started_at"]),
-            "finished_at": audit.iso(row["finished_at"]),
-            "mode": row.get("mode") or "serving",
-        }
