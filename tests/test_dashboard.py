@@ -260,6 +260,13 @@ def _check_rollout_promotion(page: Any, cloud: RunningCloud, devices: list[SimDe
     page.wait_for_selector(f"tr[data-rollout='{rollout_id}'][data-state='soaking']", timeout=15_000)
     page.screenshot(path=str(SCREENSHOTS / "rollout-soaking.png"), full_page=True)
     page.locator(f"tr[data-rollout='{rollout_id}'] input.reason").fill("canary looks fine")
+    # The table re-renders on live updates (and here on navigating away and back): the typed reason survives.
+    page.click("a[data-nav='fleet']")
+    page.wait_for_selector("#fleet, table", timeout=15_000)
+    page.click("a[data-nav='rollouts']")
+    reason = page.locator(f"tr[data-rollout='{rollout_id}'] input.reason")
+    reason.wait_for(timeout=15_000)
+    assert reason.input_value() == "canary looks fine"
     page.click(f"tr[data-rollout='{rollout_id}'] button.promote")
     page.wait_for_selector(f"tr[data-rollout='{rollout_id}'][data-state='promoted']", timeout=15_000)
     status = cloud.get(f"/v1/rollouts/{rollout_id}")

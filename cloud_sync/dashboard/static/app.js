@@ -3,7 +3,7 @@
 
 const state = { token: localStorage.getItem("edgeloop.token") || "", authRequired: false, group: "",
                 period: localStorage.getItem("edgeloop.period") || "15m", devicePeriod: "1h", alertState: "firing",
-                source: null, timer: null, updates: 0, lastRows: {} };
+                source: null, timer: null, updates: 0, lastRows: {}, drafts: {}, focusedDraft: null };
 const view = document.getElementById("view");
 const banner = document.getElementById("banner");
 const live = document.getElementById("live");
@@ -339,10 +339,32 @@ async function renderValue(name, i) {
 }
 
 // -- rollouts and alerts ------------------------------------------------------------------------------
+// A live update re-renders the table: what an operator is typing in a reason field is kept per row (and the
+// field keeps the focus), so a refresh never wipes a reason or sends an action without it.
+function draftKey(input) {
+  const row = input.closest("tr");
+  return row.dataset.rollout ? "rollout:" + row.dataset.rollout : "alert:" + row.dataset.alert;
+}
+
+function keepDrafts() {
+  view.querySelectorAll("tr input.reason").forEach((input) => {
+    const key = draftKey(input);
+    if (state.drafts[key]) input.value = state.drafts[key];
+    input.oninput = () => { state.drafts[key] = input.value; };
+    input.onfocus = () => { state.focusedDraft = key; };
+    input.onblur = () => { if (input.isConnected) state.focusedDraft = null; };
+    if (state.focusedDraft === key) {
+      input.focus();
+      input.setSelectionRange(input.value.length, input.value.length);
+    }
+  });
+}
+
 async function act(path, reasonInput) {
   const reason = reasonInput && reasonInput.value ? reasonInput.value : null;
   try {
     await api(path, { method: "POST", body: { reason } });
+    if (reasonInput) delete state.drafts[draftKey(reasonInput)];
     showBanner("");
     render();
   } catch (error) {
@@ -378,6 +400,7 @@ async function renderRollouts() {
     if (promote) promote.onclick = () => { promote.disabled = true; act(`/v1/rollouts/${id}/promote`, reason); };
     if (rollback) rollback.onclick = () => { rollback.disabled = true; act(`/v1/rollouts/${id}/rollback`, reason); };
   });
+  keepDrafts();
 }
 
 async function renderAlerts() {
@@ -398,6 +421,7 @@ async function renderAlerts() {
     const button = row.querySelector(".ack");
     if (button) button.onclick = () => { button.disabled = true; act(`/v1/alerts/${row.dataset.alert}/acknowledge`, row.querySelector(".reason")); };
   });
+  keepDrafts();
 }
 
 // -- start --------------------------------------------------------------------------------------------
