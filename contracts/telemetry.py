@@ -139,10 +139,7 @@ class WindowCounts(BaseModel):
 
     @property
     def shadow_accuracy(self) -> float | None:
-        total = sum(sum(row.values()) for row in self.shadow_confusion.values())
-        if not total:
-            return None
-        return sum(row.get(actual, 0) for actual, row in self.shadow_confusion.items()) / total
+        return _accuracy(self.shadow_confusion)
 
     @property
     def feedback_count(self) -> int:
@@ -150,10 +147,7 @@ class WindowCounts(BaseModel):
 
     @property
     def accuracy(self) -> float | None:
-        total = self.feedback_count
-        if not total:
-            return None
-        return sum(row.get(actual, 0) for actual, row in self.confusion.items()) / total
+        return _accuracy(self.confusion)
 
     def latency_quantile(self, q: float) -> float | None:
         """Upper bound of the bucket holding quantile q (as Prometheus' histogram_quantile, without interpolation)."""
@@ -207,6 +201,21 @@ def _add(into: dict[str, int], key: str, value: int) -> None:
     into[key] = into.get(key, 0) + value
 
 
+def _add_all(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, value in counts.items():
+        _add(into, key, value)
+
+
+def _add_matrix(into: dict[str, dict[str, int]], matrix: dict[str, dict[str, int]]) -> None:
+    """Sum a confusion-style matrix (matrix[actual][predicted] = count) into `into`."""
+    for actual, row in matrix.items():
+        _add_all(into.setdefault(actual, {}), row)
+
+
+def _sum_lists(a: list[int], b: list[int]) -> list[int]:
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
 def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
     """Sum the counts of several windows (same model version for feature bins to line up)."""
     total = WindowCounts()
@@ -214,51 +223,36 @@ def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
         total.requests += window.requests
         total.records += window.records
         total.latency_sum += window.latency_sum
-        for key, value in window.errors.items():
-            _add(total.errors, key, value)
-        total.latency_counts = [a + b for a, b in zip(total.latency_counts, window.latency_counts, strict=True)]
-        for key, value in window.predicted.items():
-            _add(total.predicted, key, value)
-        for actual, row in window.confusion.items():
-            target = total.confusion.setdefault(actual, {})
-            for predicted, value in row.items():
-                _add(target, predicted, value)
-        for key, value in window.answered_by.items():
-            _add(total.answered_by, key, value)
-        for key, value in window.shadow_agreement.items():
-            _add(total.shadow_agreement, key, value)
-        for actual, row in window.shadow_confusion.items():
-            target = total.shadow_confusion.setdefault(actual, {})
-            for predicted, value in row.items():
-                _add(target, predicted, value)
+        _add_all(total.errors, window.errors)
+        total.latency_counts = _sum_lists(total.latency_counts, window.latency_counts)
+        _add_all(total.predicted, window.predicted)
+        _add_matrix(total.confusion, window.confusion)
+        _add_all(total.answered_by, window.answered_by)
+        _add_all(total.shadow_agreement, window.shadow_agreement)
+        _add_matrix(total.shadow_confusion, window.shadow_confusion)
         for arm, part in window.arms.items():
             into = total.arms.setdefault(arm, ArmCounts())
             into.records += part.records
             into.requests += part.requests
             into.errors += part.errors
             into.latency_sum += part.latency_sum
-            into.latency_counts = [a + b for a, b in zip(into.latency_counts, part.latency_counts, strict=True)]
-            for key, value in part.predicted.items():
-                _add(into.predicted, key, value)
-            for actual, row in part.confusion.items():
-                target = into.confusion.setdefault(actual, {})
-                for predicted, value in row.items():
-                    _add(target, predicted, value)
+            into.latency_counts = _sum_lists(into.latency_counts, part.latency_counts)
+            _add_all(into.predicted, part.predicted)
+            _add_matrix(into.confusion, part.confusion)
         for name, counts in window.features.items():
             current = total.features.get(name)
             if isinstance(counts, NumericCounts):
                 if not isinstance(current, NumericCounts) or len(current.bins) != len(counts.bins):
                     total.features[name] = counts.model_copy(deep=True)
                     continue
-                current.bins = [a + b for a, b in zip(current.bins, counts.bins, strict=True)]
+                current.bins = _sum_lists(current.bins, counts.bins)
                 current.missing += counts.missing
                 current.out_of_range += counts.out_of_range
             else:
                 if not isinstance(current, CategoricalCounts):
                     total.features[name] = counts.model_copy(deep=True)
                     continue
-                for key, value in counts.counts.items():
-                    _add(current.counts, key, value)
+                _add_all(current.counts, counts.counts)
                 current.missing += counts.missing
     return total
 
