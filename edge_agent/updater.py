@@ -101,7 +101,7 @@ class Updater:
     # -- entry points -------------------------------------------------------------------------------
     def serve_stored(self, bundle: Bundle) -> None:
         """Start serving a bundle that is already the store's current one (agent start, no network)."""
-        model = self._load_checked(bundle)
+        model = self._load_checked(bundle, fresh=False)
         self.service.swap(model, bundle)
         log_event(logger, "model loaded from the store", model=bundle.manifest.ref, bundle=bundle.path.name)
 
@@ -173,12 +173,7 @@ class Updater:
             ):
                 return manifest, None
             bundle, fresh = self._fetch(spec.model_url, spec.signature, manifest)
-            try:
-                model = self._load_checked(bundle)
-            except EdgeloopError:
-                if fresh:
-                    self.store.remove(bundle)
-                raise
+            model = self._load_checked(bundle, fresh)
         except DownloadFailed as exc:
             return self._reject(ref, f"{role}: {exc.message}", exc.permanent, role=role)
         except ServiceUnavailableError as exc:
@@ -289,18 +284,20 @@ class Updater:
             part.unlink(missing_ok=True)
         return bundle, True
 
-    def _load_checked(self, bundle: Bundle) -> OnnxModel:
-        model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads)
-        model.check_golden_samples()
-        return model
-
-    def _switch(self, bundle: Bundle, action: Action, fresh: bool, details: dict[str, object]) -> UpdateOutcome:
+    def _load_checked(self, bundle: Bundle, fresh: bool) -> OnnxModel:
+        """Load `bundle` and replay its golden samples; a bundle just downloaded (`fresh`) that fails is removed
+        from the store again."""
         try:
-            model = self._load_checked(bundle)
+            model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads)
+            model.check_golden_samples()
         except EdgeloopError:
             if fresh:
                 self.store.remove(bundle)
             raise
+        return model
+
+    def _switch(self, bundle: Bundle, action: Action, fresh: bool, details: dict[str, object]) -> UpdateOutcome:
+        model = self._load_checked(bundle, fresh)
         self.store.activate(bundle)
         previous = self.service.swap(model, bundle)
         self.last_error = None
