@@ -104,14 +104,24 @@ def check_canary(
             if r.model_name == name and r.device_id not in canary
         ]
         baseline = merge_counts(record.counts for record in others)
-        if baseline.feedback_count >= limits.min_samples and baseline.accuracy is not None:
-            drop = baseline.accuracy - merged.accuracy
-            if drop > limits.max_accuracy_drop:
-                return (
-                    f"canary accuracy {merged.accuracy:.3f} is {drop:.3f} below {name}/{previous}'s "
-                    f"{baseline.accuracy:.3f} on the rest of the group (limit {limits.max_accuracy_drop})"
-                )
+        drop = _accuracy_drop(merged, baseline, limits)
+        if drop is not None:
+            return (
+                f"canary accuracy {merged.accuracy:.3f} is {drop:.3f} below {name}/{previous}'s "
+                f"{baseline.accuracy:.3f} on the rest of the group (limit {limits.max_accuracy_drop})"
+            )
     return None
+
+
+def _accuracy_drop(mine: WindowCounts | ArmCounts, theirs: WindowCounts | ArmCounts, limits: Limits) -> float | None:
+    """How far `mine`'s accuracy is below `theirs`, when both have `min_samples` labels and the drop is over
+    `max_accuracy_drop`; else None."""
+    if min(mine.feedback_count, theirs.feedback_count) < limits.min_samples:
+        return None
+    if mine.accuracy is None or theirs.accuracy is None:
+        return None
+    drop = theirs.accuracy - mine.accuracy
+    return drop if drop > limits.max_accuracy_drop else None
 
 
 @dataclass(frozen=True)
@@ -196,14 +206,13 @@ def check_ab(arms: dict[str, ArmCounts], name: str, champion: int, challenger: i
         p99 = mine.latency_quantile(0.99)
         if p99 is not None and p99 > limits.max_p99_s:
             return f"{ref} p99 latency {p99}s is above {limits.max_p99_s}s ({requests} requests)"
-    labels, baseline = mine.feedback_count, theirs.feedback_count
-    if min(labels, baseline) >= limits.min_samples and mine.accuracy is not None and theirs.accuracy is not None:
-        drop = theirs.accuracy - mine.accuracy
-        if drop > limits.max_accuracy_drop:
-            return (
-                f"{ref} accuracy {mine.accuracy:.3f} on {labels} labels is {drop:.3f} below champion "
-                f"{name}/{champion}'s {theirs.accuracy:.3f} on {baseline} labels (limit {limits.max_accuracy_drop})"
-            )
+    drop = _accuracy_drop(mine, theirs, limits)
+    if drop is not None:
+        return (
+            f"{ref} accuracy {mine.accuracy:.3f} on {mine.feedback_count} labels is {drop:.3f} below champion "
+            f"{name}/{champion}'s {theirs.accuracy:.3f} on {theirs.feedback_count} labels "
+            f"(limit {limits.max_accuracy_drop})"
+        )
     return None
 
 
