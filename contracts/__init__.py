@@ -1,7 +1,7 @@
 """The wire contract shared by every edgeloop component: bundle manifest, signing, MQTT topics and messages.
 
-Depends on numpy, pydantic, orjson, cryptography and the standard library only, so the edge agent can
-import it without pulling anything heavy.
+Depends on numpy, pydantic, orjson, cryptography and the standard library only (plus Starlette in problem.py,
+the REST error body), so the edge agent can import it without pulling anything heavy.
 """
 
 from __future__ import annotations
