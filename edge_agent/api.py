@@ -16,7 +16,8 @@ Health, readiness and metrics stay open so that orchestrators and scrapers need 
 no data beyond the model's name and version. The predict route decodes the body itself with orjson (a
 pydantic body model would halve the throughput) and the schema check is `contracts.runtime.encode_records`;
 the pydantic models in `openapi_schema` only describe the API in OpenAPI. Every EdgeloopError maps to its `http_status`
-in one handler, so bad input gets a 4xx naming the field and never a 5xx.
+in one handler, so bad input gets a 4xx naming the field and never a 5xx; every error answers an RFC 9457
+problem (`application/problem+json`, contracts/problem.py), unknown routes and unexpected 500s included.
 """
 
 from __future__ import annotations
@@ -30,15 +31,18 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import EdgeloopError, InputError, SchemaError
 from contracts.logs import log_event
+from contracts.problem import error_response, problem_response, problem_responses
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady, PayloadTooLarge, Unauthorized
 from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics, error_kind
-from edge_agent.openapi_schema import ERRORS, ErrorBody, install_openapi
+from edge_agent.openapi_schema import ERRORS, install_openapi
 from edge_agent.service import InferenceService, PredictionBatch
 from edge_agent.settings import AgentSettings
 
@@ -198,16 +202,27 @@ def create_app(
             metrics.prediction_errors.labels(error_kind(exc)).inc()
             if not isinstance(exc, Unauthorized):
                 service.record_error(error_kind(exc))
-        body = {"error": type(exc).__name__, "detail": exc.message, "field": getattr(exc, "field", None)}
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return _json(body, exc.http_status, headers)
+        return error_response(exc, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown route (404), wrong method (405): the same problem body as every other error."""
+        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        field = ".".join(where) or None
+        return problem_response(422, f"{field or 'request'}: {first.get('msg', 'invalid')}", field=field)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log_event(logger, "request failed", level=logging.ERROR, path=request.url.path, error=repr(exc))
         if request.scope["path"] == "/v1/predict":
             metrics.prediction_errors.labels("internal").inc()
-        return _json({"error": "InternalError", "detail": f"{type(exc).__name__}: {exc}", "field": None}, 500)
+        return problem_response(500, f"{type(exc).__name__}: {exc}")
 
     async def predict(request: Request) -> Response:
         check_auth(request)
@@ -233,9 +248,9 @@ def create_app(
     # (a FastAPI route costs ~60 µs more here); its OpenAPI operation is written by _install_openapi.
     app.add_route("/v1/predict", predict, methods=["POST"], include_in_schema=False)
     app.router.routes.insert(0, app.router.routes.pop())  # matched first: the hot route
-    errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorBody, "description": ERRORS[code]} for code in (401, 422, 503)
-    }
+    documented = {code: ERRORS[code] for code in (401, 422, 503)}
+    errors = problem_responses(documented)
+    lineage_errors = problem_responses({**documented, 404: "unknown prediction id"})
 
     async def feedback(request: Request) -> Response:
         check_auth(request)
@@ -270,7 +285,7 @@ def create_app(
 
     app.add_route("/v1/explain", explain, methods=["POST"], include_in_schema=False)
 
-    @app.get("/v1/predictions/{prediction_id}/lineage", responses={**errors, 404: {"model": ErrorBody}})
+    @app.get("/v1/predictions/{prediction_id}/lineage", responses=lineage_errors)
     async def lineage(request: Request, prediction_id: str) -> Response:
         """Where a prediction came from: model version, bundle, run id, training data hash, code version."""
         check_auth(request)

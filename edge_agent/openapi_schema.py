@@ -1,5 +1,6 @@
-"""The agent's OpenAPI document: the response and error models, the hand-written operation of POST /v1/predict
-(a plain route, see api.py) and the JSON schema of one input record, built from the model being served.
+"""The agent's OpenAPI document: the response models, the error body (contracts.problem.Problem, answered as
+application/problem+json), the hand-written operation of POST /v1/predict (a plain route, see api.py) and the
+JSON schema of one input record, built from the model being served.
 
 Categorical features list the training categories as examples, not as an enum: an unseen category is
 accepted and predicted (the pipeline ignores it) and later counted as unseen for drift.
@@ -15,9 +16,10 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts.manifest import Manifest
+from contracts.problem import PROBLEM_MEDIA_TYPE, Problem
 from edge_agent.service import InferenceService
 
-__all__ = ["ERRORS", "BatchPrediction", "ErrorBody", "SinglePrediction", "install_openapi", "record_schema"]
+__all__ = ["ERRORS", "BatchPrediction", "SinglePrediction", "install_openapi", "record_schema"]
 
 ERRORS = {
     400: "malformed JSON (or NaN / Infinity tokens)",
@@ -26,6 +28,7 @@ ERRORS = {
     422: "a field is missing, unknown or of the wrong type (`field` names it)",
     503: "no model loaded yet",
 }
+_PROBLEM = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 class Prediction(BaseModel):
@@ -47,12 +50,6 @@ class BatchPrediction(BaseModel):
     model: str
     model_version: int
     predictions: list[Prediction]
-
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: str
-    field: str | None = None
 
 
 def record_schema(manifest: Manifest | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -82,7 +79,7 @@ def record_schema(manifest: Manifest | None) -> tuple[dict[str, Any], dict[str, 
 def _predict_operation(example: dict[str, Any] | None, auth: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """OpenAPI operation of POST /v1/predict and the component schemas it refers to."""
     _, defs = models_json_schema(
-        [(SinglePrediction, "serialization"), (BatchPrediction, "serialization"), (ErrorBody, "serialization")],
+        [(SinglePrediction, "serialization"), (BatchPrediction, "serialization"), (Problem, "serialization")],
         ref_template="#/components/schemas/{model}",
     )
     record = {"$ref": "#/components/schemas/Record"}
@@ -101,7 +98,7 @@ def _predict_operation(example: dict[str, Any] | None, auth: bool) -> tuple[dict
     }
     if example:
         body["example"] = example
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    error = _PROBLEM
     answer = {
         "anyOf": [{"$ref": "#/components/schemas/SinglePrediction"}, {"$ref": "#/components/schemas/BatchPrediction"}]
     }
@@ -144,7 +141,7 @@ def _feedback_operation(auth: bool) -> dict[str, Any]:
             "label": {"type": ["integer", "string"], "description": "The true class."},
         },
     }
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    error = _PROBLEM
     operation: dict[str, Any] = {
         "summary": "Feedback",
         "description": 'The true label of an earlier prediction (or a list of them, or `{"feedback": [...]}`). '
@@ -168,7 +165,7 @@ def _feedback_operation(auth: bool) -> dict[str, Any]:
 
 def _explain_operation(auth: bool) -> dict[str, Any]:
     record = {"$ref": "#/components/schemas/Record"}
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    error = _PROBLEM
     body = {
         "oneOf": [
             record,

@@ -206,7 +206,7 @@ def test_an_agent_without_a_model_is_alive_but_not_ready(tmp_path: Path, record:
         ready = server.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["ready"] is False
         response = server.predict(record)
-        assert response.status_code == 503 and response.json()["error"] == "ModelNotReady"
+        assert response.status_code == 503 and response.json()["type"] == "urn:edgeloop:error:ModelNotReady"
     finally:
         server.stop()
 
@@ -221,3 +221,34 @@ def test_null_where_the_schema_forbids_it_names_the_field(agent: AgentServer, re
         strict.predict([{**record, "rpm": None}])
     assert refused.value.field == "rpm" and refused.value.http_status == 422
     assert strict.predict([{**record, "power_kw": None}]).predictions[0]["label"] in (0, 1)
+
+
+def test_every_error_is_an_rfc9457_problem_documented_in_openapi(agent: AgentServer, record: dict[str, Any]) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=agent.url) as client:
+        answers = {
+            "400 malformed": client.post("/v1/predict", content=b"{nope", headers=auth),
+            "401 no token": client.post("/v1/predict", json=record),
+            "404 unknown route": client.get("/v1/nothing-here", headers=auth),
+            "404 unknown prediction": client.get("/v1/predictions/0123/lineage", headers=auth),
+            "405 wrong method": client.get("/v1/predict", headers=auth),
+            "413 batch": client.post("/v1/predict", json=[record] * (MAX_BATCH + 1), headers=auth),
+            "422 schema": client.post("/v1/predict", json={**record, "rpm": "fast"}, headers=auth),
+        }
+    for case, response in answers.items():
+        assert response.status_code == int(case[:3]), f"{case}: {response.status_code} {response.text}"
+        assert response.headers["content-type"] == "application/problem+json", case
+        body = response.json()
+        assert set(body) == {"type", "title", "status", "detail", "field"}, f"{case}: {body}"
+        assert body["status"] == response.status_code and body["title"] and body["detail"], case
+    assert answers["401 no token"].json()["type"] == "urn:edgeloop:error:Unauthorized"
+    assert answers["404 unknown route"].json()["type"] == "about:blank"
+    assert answers["404 unknown prediction"].json()["type"] == "urn:edgeloop:error:NotFoundError"
+    assert answers["422 schema"].json()["field"] == "rpm"
+    spec = agent.client.get("/openapi.json").json()
+    assert set(spec["components"]["schemas"]["Problem"]["properties"]) == {"type", "title", "status", "detail", "field"}
+    for path, status in (("/v1/predict", "422"), ("/v1/feedback", "404"), ("/v1/explain", "413")):
+        content = spec["paths"][path]["post"]["responses"][status]["content"]
+        assert content == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}, path
+    for path in ("/v1/model", "/v1/predictions/{prediction_id}/lineage"):
+        assert "application/problem+json" in spec["paths"][path]["get"]["responses"]["401"]["content"], path

@@ -55,7 +55,7 @@ def test_lineage_from_a_prediction_id_back_to_run_data_and_code(rf_bundle: Train
         # Feedback behaviour is unchanged: a second label for the same prediction is refused.
         assert agent.client.post("/v1/feedback", json={"prediction_id": pid, "label": 0}).status_code == 404
         unknown = agent.client.get("/v1/predictions/nope/lineage")
-        assert unknown.status_code == 404 and unknown.json()["error"] == "NotFoundError"
+        assert unknown.status_code == 404 and unknown.json()["type"] == "urn:edgeloop:error:NotFoundError"
         assert (
             agent.client.get(f"/v1/predictions/{pid}/lineage", headers={"Authorization": "Bearer x"}).status_code == 401
         )
