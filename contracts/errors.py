@@ -13,7 +13,11 @@ that the mapping lives in one place. Messages say what went wrong and what to do
     │   └── ParityCheckFailed      ONNX and sklearn disagree beyond the tolerance
     ├── ServiceUnavailableError    tracking server, broker or bundle server unreachable   (exit 6, HTTP 503)
     ├── ConflictError              the request contradicts stored state (e.g. a version reused) (exit 8, HTTP 409)
-    └── ModelRejected              an update was refused by the device (reason attached)  (exit 7, HTTP 409)
+    ├── ModelRejected              an update was refused by the device (reason attached)  (exit 7, HTTP 409)
+    └── RolloutNotPromoted         `rollout status --wait` ended without a promotion        (HTTP 409)
+        ├── RolloutRolledBack      the rollout was rolled back (by the cloud or by hand)   (exit 10)
+        ├── RolloutFailed          the rollout failed (its rollback could not be made)     (exit 11)
+        └── RolloutWaitTimeout     still canary or soaking when --timeout ran out          (exit 12)
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ __all__ = [
     "ModelRejected",
     "NotFoundError",
     "ParityCheckFailed",
+    "RolloutFailed",
+    "RolloutNotPromoted",
+    "RolloutRolledBack",
+    "RolloutWaitTimeout",
     "SchemaError",
     "ServiceUnavailableError",
     "UnsupportedModelError",
@@ -100,3 +108,22 @@ class ConflictError(EdgeloopError):
 class ModelRejected(EdgeloopError):
     exit_code = 7
     http_status = 409
+
+
+class RolloutNotPromoted(EdgeloopError):
+    """A waited-on rollout did not end promoted; each kind has its own exit code so CI can tell them apart."""
+
+    exit_code = 10
+    http_status = 409
+
+
+class RolloutRolledBack(RolloutNotPromoted):
+    exit_code = 10
+
+
+class RolloutFailed(RolloutNotPromoted):
+    exit_code = 11
+
+
+class RolloutWaitTimeout(RolloutNotPromoted):
+    exit_code = 12

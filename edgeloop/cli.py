@@ -31,6 +31,23 @@ app.add_typer(keys_app, name="keys")
 console = Console()
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from edgeloop import __version__
+
+        print(f"edgeloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version of edgeloop and exit."
+    ),
+) -> None:
+    """Edge and hybrid ML inference (see `edgeloop --help`)."""
+
+
 @app.command()
 def train(
     data: Path = typer.Option(Path("data/machines.csv"), help="CSV or Parquet file with features and target."),

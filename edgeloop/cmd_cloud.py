@@ -6,6 +6,7 @@ EDGELOOP_CLOUD_URL / EDGELOOP_CLOUD_TOKEN), so they work from any machine that c
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -248,14 +249,45 @@ def _rollout_path(rollout_id: str | None, group: str | None) -> str:
 def rollout_status(
     rollout_id: str | None = typer.Argument(None, help="Rollout id \\[default: the latest]."),
     group: str | None = typer.Option(None, help="Latest rollout of this group."),
+    wait: bool = typer.Option(
+        False,
+        "--wait",
+        help="Follow the rollout until it ends: exit 0 when promoted, 10 when rolled back, 11 when failed, "
+        "12 when --timeout runs out first (for CI).",
+    ),
+    timeout: float = typer.Option(3600.0, min=0, help="With --wait: give up after this many seconds."),
+    interval: float = typer.Option(5.0, min=0.05, help="With --wait: seconds between two polls."),
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
 ) -> None:
-    """Show a rollout's state, reason and per-device progress.
+    """Show a rollout's state, reason and per-device progress; with --wait, follow it until it ends.
 
     Example: [cyan]edgeloop rollout status --group line-1[/cyan]
+
+    In CI: [cyan]edgeloop rollout status --group line-1 --wait --timeout 3600[/cyan]
     """
-    _print_rollout(_call("GET", cloud_url, _rollout_path(rollout_id, group), token))
+    current = _call("GET", cloud_url, _rollout_path(rollout_id, group), token)
+    if wait:
+        from edgeloop.rollout_wait import wait_for_rollout
+
+        path = f"/v1/rollouts/{current['id']}?devices=false"  # counts only: light for a group of thousands
+        try:
+            wait_for_rollout(
+                lambda: _call("GET", cloud_url, path, token),
+                timeout_s=timeout,
+                interval_s=interval,
+                report=lambda line: console.print(escape(line), highlight=False),
+            )
+        finally:
+            _print_final(cloud_url, str(current["id"]), token)
+        return
+    _print_rollout(current)
+
+
+def _print_final(cloud_url: str, rollout_id: str, token: str | None) -> None:
+    """The full status once the wait is over; a cloud gone by then must not hide why the wait ended."""
+    with contextlib.suppress(EdgeloopError):
+        _print_rollout(_call("GET", cloud_url, f"/v1/rollouts/{rollout_id}", token))
 
 
 @rollout_app.command("promote")
