@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from contracts.errors import InputError
 
-__all__ = ["EdgeloopSettings", "config_file", "edgeloop_home"]
+__all__ = ["EdgeloopSettings", "config_file", "edgeloop_home", "read_section"]
 
 
 def edgeloop_home() -> Path:
@@ -40,7 +40,8 @@ def config_file() -> Path | None:
     return None
 
 
-def _read_section(path: Path, section: str) -> dict[str, Any]:
+def read_section(path: Path, section: str) -> dict[str, Any]:
+    """The table `section` of config file `path` ({} when absent); InputError when the file is malformed."""
     try:
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
@@ -59,7 +60,7 @@ class _FileSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], section: str) -> None:
         super().__init__(settings_cls)
         path = config_file()
-        self._values = _read_section(path, section) if path else {}
+        self._values = read_section(path, section) if path else {}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False

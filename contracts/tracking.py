@@ -1,4 +1,9 @@
-"""Preflight for an MLflow tracking URI, without importing mlflow.
+"""Which MLflow tracking URI edgeloop uses, and a preflight for it, without importing mlflow.
+
+Every command that reaches the registry (`train`, `convert`, `deploy`, `score`, `retrain`, `model-card`,
+`lineage`) resolves its tracking URI here, in this order: the `--tracking-uri` flag, `EDGELOOP_TRACKING_URI`,
+the `tracking_uri` of the command's config-file table (for `train` and `convert`, which have one),
+`MLFLOW_TRACKING_URI` (the variable MLflow's own tools read), then a SQLite file in $EDGELOOP_HOME.
 
 MLflow retries an unreachable server for minutes before failing with a long traceback; the trainer and
 converter call `ensure_tracking_reachable` first so the user gets one line within seconds. It also makes
@@ -14,8 +19,26 @@ import urllib.request
 from pathlib import Path
 
 from contracts.errors import InputError, ServiceUnavailableError
+from contracts.settings import config_file, edgeloop_home, read_section
 
-__all__ = ["ensure_tracking_reachable", "safe_uri"]
+__all__ = ["default_tracking_uri", "ensure_tracking_reachable", "resolve_tracking_uri", "safe_uri"]
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI when set, else `sqlite:///$EDGELOOP_HOME/mlflow.db` (the settings' default)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(flag: str | None = None) -> str:
+    """The tracking URI for a command without its own settings class (`deploy`, `model-card`, `retrain`,
+    `score`): the same order as `train`, its config-file table included."""
+    if flag:
+        return flag
+    if from_env := os.environ.get("EDGELOOP_TRACKING_URI"):
+        return from_env
+    path = config_file()
+    from_file = read_section(path, "train").get("tracking_uri") if path else None
+    return str(from_file) if from_file else default_tracking_uri()
 
 
 def safe_uri(uri: str) -> str:

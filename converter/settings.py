@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from contracts.settings import EdgeloopSettings, edgeloop_home
+from contracts.tracking import default_tracking_uri
 
 __all__ = ["ConvertSettings"]
 
@@ -17,8 +18,9 @@ class ConvertSettings(EdgeloopSettings):
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore", use_attribute_docstrings=True)
     config_section: ClassVar[str] = "convert"
 
-    tracking_uri: str = Field(default_factory=lambda: f"sqlite:///{edgeloop_home() / 'mlflow.db'}")
-    """MLflow tracking URI to read the registry from (same default as the trainer)."""
+    tracking_uri: str = Field(default_factory=default_tracking_uri)
+    """MLflow tracking URI to read the registry from (`--tracking-uri` > EDGELOOP_TRACKING_URI > this table >
+    MLFLOW_TRACKING_URI > SQLite in EDGELOOP_HOME, as the trainer)."""
     keys_dir: Path = Field(default_factory=lambda: edgeloop_home() / "keys")
     """Directory with edgeloop-signing.key; a new pair is generated there if none exists (unless require_key)."""
     require_key: bool = False

@@ -55,7 +55,11 @@ def train(
     name: str = typer.Option("machine-failure", help="Registered model name."),
     model: str = typer.Option("rf", help="Estimator family: logreg, rf or gb."),
     ignore: list[str] = typer.Option([], help="Columns to leave out (ids, timestamps); repeatable."),
-    tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in .edgeloop/]."),
+    tracking_uri: str | None = typer.Option(
+        None,
+        help=r"MLflow tracking URI \[default: $EDGELOOP_TRACKING_URI, "
+        r"$MLFLOW_TRACKING_URI, else sqlite in $EDGELOOP_HOME].",
+    ),
 ) -> None:
     """Train a pipeline, evaluate it on a held-out split, log it to MLflow and register a new version.
 
@@ -80,7 +84,11 @@ def train(
 def convert(
     reference: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or runs:/RUN_ID/model."),
     out: Path = typer.Option(..., help="Bundle directory to write (replaced atomically)."),
-    tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in .edgeloop/]."),
+    tracking_uri: str | None = typer.Option(
+        None,
+        help=r"MLflow tracking URI \[default: $EDGELOOP_TRACKING_URI, "
+        r"$MLFLOW_TRACKING_URI, else sqlite in $EDGELOOP_HOME].",
+    ),
     keys_dir: Path | None = typer.Option(None, help="Directory of the signing key \\[default: .edgeloop/keys]."),
     require_key: bool = typer.Option(
         False, "--require-key", help="Fail when the signing key is missing instead of generating a new pair (CI)."

@@ -101,10 +101,9 @@ def _bundle_from_registry(reference: str, tracking_uri: str | None) -> Path:
     """The converted bundle logged on the registry version's run (artifact path edgeloop/bundle)."""
     import tempfile
 
-    from contracts.settings import edgeloop_home
-    from contracts.tracking import ensure_tracking_reachable, safe_uri
+    from contracts.tracking import ensure_tracking_reachable, resolve_tracking_uri, safe_uri
 
-    uri = tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+    uri = resolve_tracking_uri(tracking_uri)
     ensure_tracking_reachable(uri)
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -162,7 +161,11 @@ def deploy(
     ),
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
-    tracking_uri: str | None = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in $EDGELOOP_HOME]."),
+    tracking_uri: str | None = typer.Option(
+        None,
+        help=r"MLflow tracking URI \[default: $EDGELOOP_TRACKING_URI, "
+        r"$MLFLOW_TRACKING_URI, else sqlite in $EDGELOOP_HOME].",
+    ),
 ) -> None:
     """Upload a signed bundle to the cloud and start a staged rollout: canary first, then the group.
 

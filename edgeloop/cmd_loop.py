@@ -26,7 +26,11 @@ __all__ = ["card_html", "register"]
 console = Console()
 _AGENT_URL = typer.Option("http://127.0.0.1:8080", envvar="EDGELOOP_AGENT_URL", help="Base URL of the agent.")
 _AGENT_TOKEN = typer.Option(None, envvar="EDGELOOP_AGENT_TOKEN", help="The agent's bearer token.")
-_TRACKING = typer.Option(None, help=r"MLflow tracking URI \[default: sqlite in $EDGELOOP_HOME].")
+_TRACKING = typer.Option(
+    None,
+    help=r"MLflow tracking URI \[default: $EDGELOOP_TRACKING_URI, "
+    r"$MLFLOW_TRACKING_URI, else sqlite in $EDGELOOP_HOME].",
+)
 
 
 def _get(url: str, path: str, token: str | None, what: str) -> Any:
@@ -112,10 +116,9 @@ def model_card_markdown(reference: str, tracking_uri: str | None) -> tuple[str, 
     """(markdown, title): the trainer's card of a registry version, headed with the version's registry facts."""
     import tempfile
 
-    from contracts.settings import edgeloop_home
-    from contracts.tracking import ensure_tracking_reachable, safe_uri
+    from contracts.tracking import ensure_tracking_reachable, resolve_tracking_uri, safe_uri
 
-    uri = tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+    uri = resolve_tracking_uri(tracking_uri)
     ensure_tracking_reachable(uri)
     import mlflow
     from mlflow.exceptions import MlflowException

@@ -77,7 +77,9 @@ def score_command(
         None, help="Verify the bundle's signature with this key \\[default: .edgeloop/keys/edgeloop-signing.pub]."
     ),
     tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI for NAME@ALIAS and the lineage run \\[default: sqlite in .edgeloop/]."
+        None,
+        help="MLflow tracking URI for NAME@ALIAS and the lineage run \\[default: $EDGELOOP_SCORE_TRACKING_URI, "
+        "$EDGELOOP_TRACKING_URI, $MLFLOW_TRACKING_URI, else sqlite in .edgeloop/].",
     ),
 ) -> None:
     """Score a table with a signed bundle: Parquet/CSV in, Parquet out, predictions identical to the devices'.

@@ -241,9 +241,10 @@ def run_retrain(
 def _tag(tracking_uri: str | None, name: str, version: str, run_id: str, tags: dict[str, str]) -> None:
     from mlflow.tracking import MlflowClient
 
-    from contracts.settings import edgeloop_home
+    from contracts.tracking import resolve_tracking_uri
 
-    client = MlflowClient(tracking_uri or f"sqlite:///{edgeloop_home() / 'mlflow.db'}")
+    # the same resolution as the `edgeloop train` child, which inherits this environment and working directory
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
         client.set_model_version_tag(name, version, key, value)

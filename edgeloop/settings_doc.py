@@ -20,9 +20,11 @@ SECTIONS = [
 
 
 def render_settings_doc() -> str:
-    # Defaults that depend on the machine (home directory, host name) are shown symbolically.
-    saved = os.environ.get("EDGELOOP_HOME")
+    # Defaults that depend on the machine (home directory, host name) are shown symbolically, and the
+    # tracking URI's default without the MLFLOW_TRACKING_URI of this shell.
+    saved = {name: os.environ.get(name) for name in ("EDGELOOP_HOME", "MLFLOW_TRACKING_URI")}
     os.environ["EDGELOOP_HOME"] = "/EDGELOOP_HOME"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
         lines = [
             "# Settings",
@@ -48,10 +50,11 @@ def render_settings_doc() -> str:
                 lines.append(f"| `{env}` | `{default}` | {doc} |" if default else f"| `{env}` |  | {doc} |")
         return "\n".join(lines) + "\n"
     finally:
-        if saved is None:
-            os.environ.pop("EDGELOOP_HOME", None)
-        else:
-            os.environ["EDGELOOP_HOME"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":

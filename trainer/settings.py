@@ -9,12 +9,9 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from contracts.settings import EdgeloopSettings, edgeloop_home
+from contracts.tracking import default_tracking_uri
 
-__all__ = ["TrainSettings", "default_tracking_uri"]
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+__all__ = ["TrainSettings"]
 
 
 class TrainSettings(EdgeloopSettings):
@@ -22,7 +19,8 @@ class TrainSettings(EdgeloopSettings):
     config_section: ClassVar[str] = "train"
 
     tracking_uri: str = Field(default_factory=default_tracking_uri)
-    """MLflow tracking URI: a local SQLite file by default, or an `mlflow server` URL (http://host:5000)."""
+    """MLflow tracking URI: an `mlflow server` URL (http://host:5000), postgresql://... or sqlite:///...
+    (`--tracking-uri` > EDGELOOP_TRACKING_URI > this table > MLFLOW_TRACKING_URI > SQLite in EDGELOOP_HOME)."""
     artifact_root: Path = Field(default_factory=lambda: edgeloop_home() / "mlartifacts")
     """Where new experiments store artifacts when the tracking store is local."""
     seed: int = 42
