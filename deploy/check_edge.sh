@@ -19,7 +19,7 @@ find "$tmp/src" -name __pycache__ -prune -exec rm -rf {} +
 "$tmp/venv/bin/python" -m pip install -q -c constraints.txt "$tmp/src"
 "$tmp/venv/bin/python" - <<'PY'
 import importlib.util
-heavy = [name for name in ("mlflow", "sklearn", "skl2onnx", "onnx", "pandas") if importlib.util.find_spec(name)]
+heavy = [name for name in ("mlflow", "sklearn", "skl2onnx", "onnx", "pandas", "httpx") if importlib.util.find_spec(name)]
 assert not heavy, f"the base install pulled {heavy}"
 PY
 site=$("$tmp/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
