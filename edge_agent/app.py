@@ -56,6 +56,9 @@ class Agent:
         )
         self.sync = MqttSync(settings, self.counter, self.outbox) if settings.mqtt_url else None
         self.telemetry: TelemetryReporter | None = None
+        if self.outbox is not None and self.sync is not None and self.sync.publisher is not None:
+            self.metrics.watch_outbox(self.outbox)
+            self.sync.publisher.on_refused = self.metrics.refused
         if self.outbox is not None and self.sync is not None:
             self.telemetry = TelemetryReporter(
                 self.outbox,
@@ -193,6 +196,8 @@ class Agent:
             "agent_version": AGENT_VERSION,
             "outbox_pending": None if self.outbox is None else self.outbox.size(),
             "telemetry_dropped_windows": None if self.outbox is None else self.outbox.dropped,
+            "outbox_refused": None if self.outbox is None else self.outbox.refused_held(),
+            "outbox_refused_total": None if self.outbox is None else self.outbox.refused_total,
             "shadow": None if self.service.shadow is None else self.service.shadow.manifest.ref,
             "ab": None
             if self.service.ab is None

@@ -11,18 +11,25 @@ Names follow the usual conventions so common dashboards work:
     edgeloop_feature_psi{feature}                PSI of each feature over the last telemetry window
     edgeloop_prediction_psi                      PSI of the predicted classes over the last window
     edgeloop_feedback_accuracy                   accuracy over the feedback of the last window (when any)
+    edgeloop_outbox_pending_messages             messages in the on-disk outbox, not yet delivered
+    edgeloop_outbox_refused_messages             of those, messages whose last publish the broker refused
+    edgeloop_outbox_refused_total{stream,code}   publishes the broker refused (MQTT 5 PUBACK reason code >= 0x80)
     process_*                                    RSS, CPU, open files of the agent process
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from contracts.manifest import Manifest
 from contracts.telemetry import DriftScore, WindowCounts
+
+if TYPE_CHECKING:
+    from edge_agent.outbox import Outbox
 
 __all__ = ["CONTENT_TYPE_LATEST", "AgentMetrics", "error_kind"]
 
@@ -70,6 +77,10 @@ class AgentMetrics:
         self.feedback_accuracy = Gauge(
             "edgeloop_feedback_accuracy", "Accuracy over the last window's feedback.", registry=self.registry
         )
+        self.outbox_refused = Counter(
+            "edgeloop_outbox_refused", "Publishes the broker refused (PUBACK reason code >= 0x80); kept in the outbox.",
+            ["stream", "code"], registry=self.registry,
+        )  # fmt: skip
         ProcessCollector(registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
 
@@ -93,6 +104,18 @@ class AgentMetrics:
             self.prediction_psi.set(prediction.psi)
         if counts.accuracy is not None:
             self.feedback_accuracy.set(counts.accuracy)
+
+    def refused(self, stream: str, code: int) -> None:
+        self.outbox_refused.labels(stream, f"{code:#x}").inc()
+
+    def watch_outbox(self, outbox: Outbox) -> None:
+        """Gauges read from the outbox at scrape time."""
+        pending = Gauge("edgeloop_outbox_pending_messages", "Messages in the on-disk outbox, not yet delivered.",
+                        registry=self.registry)  # fmt: skip
+        pending.set_function(outbox.size)
+        refused = Gauge("edgeloop_outbox_refused_messages", "Outbox messages whose last publish the broker refused.",
+                        registry=self.registry)  # fmt: skip
+        refused.set_function(outbox.refused_held)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,10 +1,14 @@
-"""MQTT transport of the agent (paho-mqtt 2, callback API v2): desired state in, state and events out.
+"""MQTT transport of the agent (paho-mqtt 2, MQTT 5, callback API v2): desired state in, state and events out.
 
 Subscribes to the retained desired-state topics of its group and of itself; the device-level one wins
 while it is set (an empty retained message clears it and the group's applies again). Publishes online
 status (retained, with a retained `offline` last will), reported state (retained) and events (QoS 1).
 Connection runs on paho's thread with exponential reconnect backoff; updates are handed to the
 `UpdateWorker`, never run on the network thread. No business logic here.
+
+MQTT 5 because its PUBACK carries a reason code: a broker that refuses a publish (ACL: 0x87 not authorized)
+says so, where MQTT 3.1.1 acknowledges it like any other and the outbox would delete it. Refused outbox
+messages are kept (edge_agent.publisher); a refused status or reported state is logged once per topic.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from contracts.logs import log_event
 from contracts.messages import DesiredState, DeviceEvent, DeviceStatus, ReportedState
 from contracts.topics import device_topic, group_desired
 from edge_agent.outbox import Outbox
-from edge_agent.publisher import OutboxPublisher
+from edge_agent.publisher import OutboxPublisher, reason_name
 from edge_agent.reporting import EventCounter, make_event, utc_now
 from edge_agent.settings import AgentSettings
 
@@ -55,8 +59,15 @@ class MqttSync:
         self._reported_lock = threading.Lock()
         self.connected = threading.Event()
         self.client = self._make_client()
+        self._paho_lock = getattr(self.client, "_out_message_mutex", None) or contextlib.nullcontext()
         self.outbox = outbox
-        self.publisher = OutboxPublisher(outbox, self.client, settings.outbox_max_inflight) if outbox else None
+        self.publisher = (
+            OutboxPublisher(outbox, self.client, settings.outbox_max_inflight, settings.outbox_refused_retry_s)
+            if outbox
+            else None
+        )
+        self._direct: dict[int, str] = {}  # mid -> topic of status / reported publishes, for refusals
+        self._refused_topics: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -64,7 +75,9 @@ class MqttSync:
         url = urlsplit(s.mqtt_url or "")
         tls = url.scheme == "mqtts"
         self.host, self.port = url.hostname or "localhost", url.port or (8883 if tls else 1883)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgeloop-agent-{self.device_id}")
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"edgeloop-agent-{self.device_id}", protocol=mqtt.MQTTv5
+        )
         if s.mqtt_username or url.username:
             client.username_pw_set(s.mqtt_username or url.username, s.mqtt_password or url.password)
         if tls:
@@ -102,7 +115,7 @@ class MqttSync:
                 time.sleep(0.05)
             self.publisher.stop()
         if self.connected.is_set():
-            info = self.client.publish(self._topic("status"), self._status(False), qos=QOS, retain=True)
+            info = self._publish_direct(self._topic("status"), self._status(False))
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
         self.client.disconnect()
@@ -139,7 +152,7 @@ class MqttSync:
 
     def _send_reported(self) -> None:
         if self._reported is not None:
-            self.client.publish(self._topic("reported"), self._reported.model_dump_json(), qos=QOS, retain=True)
+            self._publish_direct(self._topic("reported"), self._reported.model_dump_json().encode())
 
     # -- paho callbacks (network thread) ------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
@@ -149,7 +162,7 @@ class MqttSync:
         client.subscribe([(self.group_topic, QOS), (self.device_desired_topic, QOS)])
         if self.publisher is not None:
             self.publisher.on_connected()
-        client.publish(self._topic("status"), self._status(True), qos=QOS, retain=True)
+        self._publish_direct(self._topic("status"), self._status(True))
         with self._reported_lock:
             if self.reported_provider is not None:
                 fresh = self.reported_provider()
@@ -166,9 +179,15 @@ class MqttSync:
             self.publisher.on_disconnected()
         log_event(logger, "mqtt disconnected", level=logging.WARNING, reason=str(reason))
 
-    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
-        if self.publisher is not None:
-            self.publisher.on_published(mid)
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        code = int(getattr(reason, "value", 0))
+        if self.publisher is not None and self.publisher.on_published(mid, code):
+            return
+        topic = self._direct.pop(mid, None)
+        if code >= 0x80 and topic is not None and topic not in self._refused_topics:
+            self._refused_topics.add(topic)
+            log_event(logger, "publish refused by the broker", level=logging.ERROR, topic=topic, code=hex(code),
+                      reason=reason_name(code), fix="grant the topic to this device in the broker's ACL")  # fmt: skip
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         level = "device" if message.topic == self.device_desired_topic else "group"
@@ -193,6 +212,16 @@ class MqttSync:
             self.on_desired(effective)
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _publish_direct(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """A retained QoS 1 publish outside the outbox (status, reported state); its refusal is logged."""
+        with self._paho_lock:  # the PUBACK cannot be handled before the mid is known
+            info = self.client.publish(topic, payload, qos=QOS, retain=True)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                if len(self._direct) > 1000:  # PUBACKs lost with a connection leave entries behind
+                    self._direct.clear()
+                self._direct[info.mid] = topic
+        return info
+
     def _topic(self, kind: str) -> str:
         return device_topic(self.device_id, kind)
 

@@ -7,6 +7,10 @@ transaction that stores the message, so numbers are contiguous and survive resta
 bounded: past `max_messages`, the oldest telemetry windows are dropped (events are kept) and the loss is
 counted in `dropped` so the next window reports it; never silent.
 
+A message the broker refuses (MQTT 5 PUBACK reason code >= 0x80, e.g. 0x87 not authorized by its ACL) is never
+deleted: it is marked `refused` with the reason code and held back until `retry_at`, then offered again (the
+publisher also releases every held message after a reconnection). Refusals are counted in `refused_total`.
+
 A new outbox (a new or wiped state directory) gets an `epoch`, its creation time in Unix milliseconds, that
 every message carries: sequence numbers restart at 1 with it, and the cloud keys messages on (device, epoch,
 seq), so a reinstalled device's windows are not mistaken for duplicates. An outbox made before epochs existed
@@ -31,6 +35,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
+    refused INTEGER,
+    retry_at REAL,
     UNIQUE (stream, seq)
 );
 CREATE TABLE IF NOT EXISTS counters (
@@ -60,6 +66,10 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         existed = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'counters'").fetchone() is not None
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for column, kind in (("refused", "INTEGER"), ("retry_at", "REAL")):  # an outbox made before refusals
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
         self.epoch = self._load_epoch(existed)
         """Creation time of this outbox (Unix ms), carried by every message; 0 for a pre-epoch outbox."""
 
@@ -117,13 +127,47 @@ class Outbox:
             self._set_counter("dropped:telemetry", self._counter("dropped:telemetry") + dropped)
 
     def pending(self, limit: int, after_id: int = 0) -> list[PendingMessage]:
-        """The oldest unacknowledged messages with id > after_id, in the order they were written."""
+        """The oldest unacknowledged messages with id > after_id, in the order they were written (refused
+        messages held back are left out)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, stream, seq, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, stream, seq, topic, payload FROM outbox WHERE id > ? AND retry_at IS NULL"
+                " ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
         return [PendingMessage(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows]
+
+    def refuse_many(self, refusals: list[tuple[int, int]], retry_at: float) -> None:
+        """Mark messages `(id, reason code)` the broker refused; they are held back until `retry_at` (Unix s)."""
+        if not refusals:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE outbox SET refused = ?, retry_at = ? WHERE id = ?",
+                [(code, retry_at, message_id) for message_id, code in refusals],
+            )
+            self._set_counter("refused:total", self._counter("refused:total") + len(refusals))
+            self._db.execute("COMMIT")
+
+    def due_refused(self, limit: int, now: float, retry_at: float) -> list[PendingMessage]:
+        """Refused messages whose hold ended by `now`, oldest first; each is held again until `retry_at` (so it
+        is offered once per hold, not in a loop) unless its PUBACK now succeeds and deletes it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                "SELECT id, stream, seq, topic, payload FROM outbox WHERE retry_at <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            self._db.executemany("UPDATE outbox SET retry_at = ? WHERE id = ?", [(retry_at, r[0]) for r in rows])
+            self._db.execute("COMMIT")
+        return [PendingMessage(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows]
+
+    def release_refused(self) -> int:
+        """End the hold of every refused message (after a reconnection): they go out again with the rest, in
+        order. Returns how many were released."""
+        with self._lock:
+            return int(self._db.execute("UPDATE outbox SET retry_at = NULL WHERE retry_at IS NOT NULL").rowcount)
 
     def acknowledge(self, message_id: int) -> None:
         self.acknowledge_many([message_id])
@@ -145,6 +189,18 @@ class Outbox:
     def last_seq(self, stream: str) -> int:
         with self._lock:
             return self._counter(f"seq:{stream}")
+
+    def refused_held(self) -> int:
+        """Messages in the outbox whose last publish the broker refused."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE refused IS NOT NULL").fetchone()
+        return int(count)
+
+    @property
+    def refused_total(self) -> int:
+        """Publishes the broker refused, since the state directory was created (a retry refused again counts)."""
+        with self._lock:
+            return self._counter("refused:total")
 
     @property
     def dropped(self) -> int:

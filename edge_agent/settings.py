@@ -92,6 +92,10 @@ class AgentSettings(EdgeloopSettings):
     """Messages kept on disk while the broker is away; past it the oldest windows are dropped and counted."""
     outbox_max_inflight: int = Field(default=100, ge=1)
     """QoS 1 messages sent and not yet acknowledged by the broker, at most."""
+    outbox_refused_retry_s: float = Field(default=300.0, gt=0)
+    """A message the broker refuses (MQTT 5 PUBACK reason code >= 0x80, e.g. 0x87: its ACL does not grant the
+    topic) stays in the outbox, counted, and is offered again after this many seconds and after every
+    reconnection, never in a loop."""
     feedback_capacity: int = Field(default=100_000, ge=1)
     """Recent prediction ids remembered for POST /v1/feedback (oldest forgotten first)."""
     intra_op_threads: int = Field(default=1, ge=0)

@@ -4,42 +4,32 @@ agent works under it (TLS, password, its own topics)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import logging
+import os
+import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.agent_helpers import AgentServer, free_port
-from tests.conftest import Broker, TrainedBundle, _spawn_mosquitto, _wait_port
-
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
+from tests.agent_helpers import AgentServer, record_of
+from tests.conftest import Broker, TrainedBundle
+from tests.secure_broker import start_secure_broker
 
 
 @pytest.fixture()
 def acl_broker(tmp_path: Path) -> Iterator[tuple[Broker, Path]]:
-    work = tmp_path / "broker"
-    shutil.copytree(DEPLOY, work)
-    subprocess.run(["./make-certs.sh", "127.0.0.1", "localhost"], cwd=work, check=True, capture_output=True)
-    for user, group, password in (("gw-1", "plant-a", "pw1"), ("gw-2", "plant-b", "pw2"), ("cloud", "--cloud", "pwc")):
-        env = {"PASSWORD": password, "PATH": "/usr/bin:/bin:/usr/sbin"}
-        subprocess.run(["./add-device.sh", user, group], cwd=work, check=True, capture_output=True, env=env)
-    port = free_port()
-    config = (work / "mosquitto.conf").read_text()
-    config = config.replace("listener 8883", f"listener {port} 127.0.0.1").replace("persistence true", "")
-    config = config.replace("persistence_location /var/lib/mosquitto/", "")
-    for name in ("passwd", "acl", "certs/"):
-        config = config.replace(f" {name}", f" {work}/{name}")
-    (work / "test.conf").write_text(config + "user root\n")
-    broker = Broker("127.0.0.1", port, _spawn_mosquitto(work / "test.conf"), work / "test.conf")
-    _wait_port("127.0.0.1", port)
-    yield broker, work / "certs" / "ca.pem"
-    broker.stop()
+    secure = start_secure_broker(
+        tmp_path, [("gw-1", "plant-a", "pw1"), ("gw-2", "plant-b", "pw2"), ("cloud", "--cloud", "pwc")]
+    )
+    yield secure.broker, secure.ca
+    secure.stop()
 
 
 class Client:
@@ -124,4 +114,68 @@ def test_a_device_is_confined_to_its_own_topics_and_its_group(
         if agent is not None:
             agent.stop()
         gw1.stop()
+        cloud.stop()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_publish_the_acl_refuses_is_kept_counted_and_logged_once(
+    acl_broker: tuple[Broker, Path], tmp_path: Path, rf_bundle: TrainedBundle
+) -> None:
+    """MQTT 5: Mosquitto answers a denied QoS 1 publish with PUBACK 0x87; the agent keeps the message."""
+    broker, ca = acl_broker
+    cloud = Client(broker, ca, "cloud", "pwc", ["edgeloop/v1/devices/gw-1/#"])
+    records = _Records()
+    logging.getLogger("edgeloop.agent.publisher").addHandler(records)
+    # gw-2's credentials on a device configured as gw-1: the shipped ACL grants user gw-2 no gw-1 topic.
+    agent = AgentServer(
+        state_dir=tmp_path / "state", bundle=rf_bundle.bundle, public_key=rf_bundle.public_key,
+        mqtt_url=f"mqtts://127.0.0.1:{broker.port}", mqtt_ca_file=ca, mqtt_username="gw-2", mqtt_password="pw2",
+        device_id="gw-1", group="plant-a", telemetry_interval_s=0.2, outbox_refused_retry_s=1.0,
+    )  # fmt: skip
+    try:
+        outbox, publisher = agent.agent.outbox, agent.agent.sync and agent.agent.sync.publisher
+        assert outbox is not None and publisher is not None
+        assert agent.predict({"records": [record_of(rf_bundle.bundle)]}).status_code == 200
+        deadline = time.monotonic() + 15
+        while outbox.refused_held() < 3:
+            assert time.monotonic() < deadline, f"refused: {outbox.refused_held()} of {outbox.size()}"
+            time.sleep(0.05)
+        time.sleep(2.5)  # a few windows more, and every held message offered again after 1 s
+        held, total, size = outbox.refused_held(), outbox.refused_total, outbox.size()
+        assert held >= 3 and size >= held  # kept, not deleted
+        assert total > held  # offered again after the hold and refused again: counted each time ...
+        assert total <= held * 5  # ... but no hot loop (about one retry per message per second here)
+        metrics = agent.client.get("/metrics").text
+        counted = re.search(r'edgeloop_outbox_refused_total\{code="0x87",stream="telemetry"\} (\d+)', metrics)
+        assert counted and int(float(counted.group(1))) >= 3, metrics
+        assert re.search(r"edgeloop_outbox_refused_messages \d", metrics)
+        status = agent.client.get("/v1/model").json()
+        assert status["outbox_refused"] >= 3 and status["outbox_refused_total"] >= status["outbox_refused"]
+        refusals = [r for r in records.records if r.getMessage().startswith("publish refused")]
+        topics = [getattr(r, "fields", {})["topic"] for r in refusals]
+        assert sorted(set(topics)) == topics and "edgeloop/v1/devices/gw-1/telemetry" in topics  # once per topic
+        assert getattr(refusals[0], "fields", {})["code"] == "0x87"
+        assert not [t for t, _ in cloud.messages if t.endswith("/telemetry")]
+        # The operator grants the topics and reloads the broker: the held windows go through.
+        windows = outbox.last_seq("telemetry")
+        with (broker.config.parent / "acl").open("a") as acl:
+            acl.write("\nuser gw-2\ntopic write edgeloop/v1/devices/gw-1/#\n")
+        os.kill(broker.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while outbox.refused_held():
+            assert time.monotonic() < deadline, f"still refused: {outbox.refused_held()}"
+            time.sleep(0.05)
+        seqs = {orjson.loads(p)["seq"] for t, p in cloud.messages if t.endswith("/telemetry")}
+        assert set(range(1, windows + 1)) <= seqs
+    finally:
+        logging.getLogger("edgeloop.agent.publisher").removeHandler(records)
+        agent.stop()
         cloud.stop()
