@@ -1,5 +1,5 @@
 """Telemetry ingest throughput and lag: a fleet simulator plays many devices from one process through a real,
-private Mosquitto into the cloud's ingest (cloud_sync.ingest.Ingest, the real class) on SQLite and PostgreSQL.
+private Mosquitto into the cloud's ingest (cloud_sync.ingest.subscriber.Ingest) on SQLite and PostgreSQL.
 
     .venv/bin/python bench/bench_ingest.py                       # 10,000 devices every 10 s = 1,000 windows/s
     .venv/bin/python bench/bench_ingest.py --devices 2000 --duration 10 --burst 20000
@@ -35,9 +35,9 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_sync.ingest import Ingest
-from cloud_sync.ingest_writer import Incoming, IngestWriter, parse_message
-from cloud_sync.store import Store, windows
+from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.ingest.writer import Incoming, IngestWriter, parse_message
+from cloud_sync.store.db import Store, windows
 from contracts.telemetry import CategoricalCounts, NumericCounts, TelemetryWindow
 
 CTX = mp.get_context("spawn")  # the parent runs threads (paho, SQLAlchemy): never fork it

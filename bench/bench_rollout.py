@@ -1,7 +1,7 @@
 """Rollout reach: how long from `deploy` until every device of a large group runs the new version, and until
 the cloud has seen every device report it. The real `edgeloop cloud` (SQLite store) and a private Mosquitto;
-the fleet is `cloud_sync.simulator.SimDevice` (one MQTT connection each, the agent's wire behaviour: desired
-state, version policy, retained reported state, `deployed` events), driven by `cloud_sync.sim_fleet.SimFleet`
+the fleet is `cloud_sync.fleet.simulator.SimDevice` (one MQTT connection each, the agent's wire behaviour: desired
+state, version policy, retained reported state, `deployed` events), driven by `cloud_sync.fleet.sim_fleet.SimFleet`
 (one epoll thread per worker process, 1,000 devices per worker by default).
 
     .venv/bin/python bench/bench_rollout.py                      # 1,000, 2,000 and 5,000 devices
@@ -82,8 +82,8 @@ def make_bundles(tmp: Path) -> tuple[Path, list[Path]]:
 def fleet_worker(port: int, ids: list[str], ready: Any, stop: Any, out: Any) -> None:
     """Runs `ids` as SimDevices on v1 in one `SimFleet` (one network thread); reports ("ready", n) once connected,
     then (version, when) each time all of them run a new version."""
-    from cloud_sync.sim_fleet import SimFleet
-    from cloud_sync.simulator import SimDevice
+    from cloud_sync.fleet.sim_fleet import SimFleet
+    from cloud_sync.fleet.simulator import SimDevice
 
     fleet = SimFleet()
     for index, device_id in enumerate(ids):
@@ -131,7 +131,7 @@ def start_cloud(tmp: Path, port: int, keys: Path) -> tuple[subprocess.Popen[byte
 
 
 def upload(url: str, bundle: Path) -> None:
-    from cloud_sync.bundles import bundle_tar
+    from cloud_sync.store.bundles import bundle_tar
 
     httpx.put(f"{url}/v1/bundles", content=bundle_tar(bundle), timeout=60).raise_for_status()
 

@@ -15,16 +15,16 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from cloud_sync.alerts import AlertEvaluator, load_rules
-from cloud_sync.api import CloudContext, create_app
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.impact import load_value_matrices
-from cloud_sync.ingest import Ingest
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollout_checks import Limits
-from cloud_sync.rollouts import Rollouts
+from cloud_sync.alerts.evaluator import AlertEvaluator, load_rules
+from cloud_sync.api.app import CloudContext, create_app
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.loop.impact import load_value_matrices
+from cloud_sync.rollouts.checks import Limits
+from cloud_sync.rollouts.controller import Rollouts
 from cloud_sync.settings import CloudSettings
-from cloud_sync.store import Store
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store
 from contracts.logs import log_event
 from contracts.signing import PUBLIC_KEY_FILE, load_public_key
 
@@ -74,7 +74,7 @@ class CloudService:
         )
         self.retrains = None
         if s.retrain_policies:
-            from cloud_sync.retrain_triggers import RetrainTriggers, load_policy_triggers
+            from cloud_sync.loop.retrain_triggers import RetrainTriggers, load_policy_triggers
 
             token = s.retrain_token or next((t.rpartition(":")[2] for t in s.operator_tokens), None)
             self.retrains = RetrainTriggers(
@@ -91,7 +91,7 @@ class CloudService:
 
     def _prune_feedback_rows(self, stop: threading.Event, interval_s: float) -> None:
         """Bounded retention of the feedback rows devices send (age and count), checked every interval."""
-        from cloud_sync.feedback_rows import prune
+        from cloud_sync.loop.feedback_rows import prune
 
         s = self.settings
         while True:

@@ -175,7 +175,7 @@ def deploy(
 
     A/B on gw-1: [cyan]edgeloop deploy m/3 --group line-1 --canary gw-1 --ab-fraction 0.2 --ab-key machine_id[/cyan]
     """
-    from cloud_sync.bundles import bundle_tar
+    from cloud_sync.store.bundles import bundle_tar
 
     if ab_key is not None and ab_fraction is None:
         raise InputError("--ab-key needs --ab-fraction (the challenger's share of the request keys)")
@@ -349,7 +349,7 @@ def audit(
         text = result
     if out is not None:
         if text is None:
-            from cloud_sync.audit import export
+            from cloud_sync.store.audit import export
 
             text = export(result, "jsonl")
         out.write_text(text)

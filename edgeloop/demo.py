@@ -381,7 +381,7 @@ class Demo:
                 self._stop.wait(0.1)
 
     def _wait_for_fleet(self) -> None:
-        from cloud_sync.fleet import device_list
+        from cloud_sync.fleet.stats import device_list
 
         deadline = time.monotonic() + 30
         while len(device_list(self.service.store, GROUP)) < len(DEVICES):

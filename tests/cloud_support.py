@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_sync.store import Store
+from cloud_sync.store.db import Store
 
 PG_USERS = ("postgres", "root")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import uvicorn
 
-from cloud_sync.api import CloudContext, create_app
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollouts import Rollouts
+from cloud_sync.api.app import CloudContext, create_app
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.store.bundles import BundleRegistry
 from contracts.signing import load_public_key
 from tests.agent_helpers import free_port
 from tests.cloud_support import make_store
@@ -98,7 +98,7 @@ def slow_server(delay: float) -> Iterator[str]:
 
 def start_ingest(store: Any, broker: Broker) -> Any:
     """The cloud's real MQTT ingest on `store`, connected to the test broker (stop it with .stop())."""
-    from cloud_sync.ingest import Ingest
+    from cloud_sync.ingest.subscriber import Ingest
 
     ingest = Ingest(store, broker.url, client_id=f"loop-ingest-{time.monotonic_ns()}")
     ingest.start()

@@ -14,12 +14,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_sync.alerts import AlertEvaluator, acknowledge, alert_list, load_rules
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.ingest_writer import Incoming, IngestWriter
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.simulator import iso_utc, make_window
-from cloud_sync.store import Store, rollouts
+from cloud_sync.alerts.evaluator import AlertEvaluator, acknowledge, alert_list, load_rules
+from cloud_sync.fleet.simulator import iso_utc, make_window
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.ingest.writer import Incoming, IngestWriter
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store, rollouts
 from contracts.errors import InputError
 from contracts.messages import DeviceStatus
 from contracts.signing import load_public_key

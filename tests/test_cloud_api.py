@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud_sync.api import CloudContext, create_app
-from cloud_sync.bundles import BundleRegistry, bundle_tar
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollouts import Rollouts
+from cloud_sync.api.app import CloudContext, create_app
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.store.bundles import BundleRegistry, bundle_tar
 from contracts.manifest import sha256_file
 from contracts.signing import load_public_key
 from tests.cloud_support import make_store
@@ -105,7 +105,7 @@ def test_a_version_number_cannot_be_reused_for_another_model(tmp_path, rf_bundle
     """Uploading v2 again is a no-op; uploading a different model under an existing name/version is a 409."""
     import shutil
 
-    from cloud_sync.bundles import BundleRegistry
+    from cloud_sync.store.bundles import BundleRegistry
     from contracts.errors import ConflictError
     from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
     from contracts.signing import load_public_key

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.fleet import stats
-from cloud_sync.ingest_writer import Incoming, IngestWriter
-from cloud_sync.simulator import make_window
-from cloud_sync.store import Store
+from cloud_sync.fleet.simulator import make_window
+from cloud_sync.fleet.stats import stats
+from cloud_sync.ingest.writer import Incoming, IngestWriter
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store
 from contracts.signing import load_public_key
 from contracts.telemetry import TelemetryWindow, merge_counts, score_drift
 from contracts.topics import device_topic

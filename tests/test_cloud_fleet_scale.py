@@ -13,16 +13,16 @@ import pytest
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_sync import overrides
-from cloud_sync.audit import entries
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.fleet import device_list
-from cloud_sync.ingest import Ingest
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollouts import Rollouts
-from cloud_sync.sim_fleet import SimFleet
-from cloud_sync.simulator import SimDevice
-from cloud_sync.store import Store, desired_overrides, rollouts
+from cloud_sync.fleet.sim_fleet import SimFleet
+from cloud_sync.fleet.simulator import SimDevice
+from cloud_sync.fleet.stats import device_list
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.rollouts import overrides
+from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.store.audit import entries
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store, desired_overrides, rollouts
 from contracts.errors import ServiceUnavailableError
 from contracts.signing import load_public_key
 from contracts.topics import device_topic

@@ -10,10 +10,10 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from cloud_sync.fleet import dead_letter_list, device_list, gap_list
-from cloud_sync.ingest import Ingest
-from cloud_sync.simulator import iso_utc, make_window
-from cloud_sync.store import Store, audit_log, dead_letters, devices, events, windows
+from cloud_sync.fleet.simulator import iso_utc, make_window
+from cloud_sync.fleet.stats import dead_letter_list, device_list, gap_list
+from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.store.db import Store, audit_log, dead_letters, devices, events, windows
 from contracts.messages import DeviceEvent, DeviceStatus
 from contracts.topics import device_topic
 from tests.cloud_support import Publisher, count, make_store, wait_until

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from cloud_sync.audit import entries
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.fleet import device_list
-from cloud_sync.ingest import Ingest
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollout_checks import Limits
-from cloud_sync.rollouts import Rollouts
-from cloud_sync.simulator import SimDevice, make_window
-from cloud_sync.store import Store
+from cloud_sync.fleet.simulator import SimDevice, make_window
+from cloud_sync.fleet.stats import device_list
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.rollouts.checks import Limits
+from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.store.audit import entries
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store
 from contracts.errors import ConflictError
 from contracts.manifest import Manifest, canonical_bytes
 from contracts.signing import load_public_key, verify_bytes

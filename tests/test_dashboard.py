@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_sync.audit import entries
+from cloud_sync.fleet.simulator import SimDevice, make_window
 from cloud_sync.service import CloudService
 from cloud_sync.settings import CloudSettings
-from cloud_sync.simulator import SimDevice, make_window
+from cloud_sync.store.audit import entries
 from contracts.manifest import Manifest
 from tests.cloud_support import wait_until
 from tests.conftest import Broker, TrainedBundle, free_port

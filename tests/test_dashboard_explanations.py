@@ -133,8 +133,8 @@ def test_models_page_shows_importance_and_explanation_availability_per_version(c
 
 def test_explanations_of_bundles_without_the_blocks_say_why(rf_bundle: TrainedBundle) -> None:
     """Older bundles (no importance) and a logistic regression converted before explainers: the line says why."""
-    from cloud_sync.bundles import BundleRegistry
-    from cloud_sync.governance import explanations
+    from cloud_sync.loop.governance import explanations
+    from cloud_sync.store.bundles import BundleRegistry
 
     manifest = BundleRegistry(rf_bundle.bundle.parent).get(rf_bundle.name, 1).manifest
     old_tree = explanations(manifest.model_copy(update={"importance": None}))

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_sync.simulator import SimDevice, make_window
+from cloud_sync.fleet.simulator import SimDevice, make_window
 from tests.cloud_support import wait_until
 from tests.conftest import Broker, TrainedBundle
 from tests.test_dashboard import CHROMIUM, OPERATOR, SCREENSHOTS, RunningCloud, dashboard_page, running_cloud
@@ -83,7 +83,7 @@ def _windows_of(cloud: RunningCloud, version: int) -> int:
     """Windows of that version in the cloud's store (ingest is asynchronous)."""
     import sqlalchemy as sa
 
-    from cloud_sync.store import windows
+    from cloud_sync.store.db import windows
 
     query = sa.select(sa.func.count()).select_from(windows).where(windows.c.model_version == version)
     with cloud.service.store.engine.connect() as conn:

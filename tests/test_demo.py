@@ -23,7 +23,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from cloud_sync.store import Store, rollouts, windows
+from cloud_sync.store.db import Store, rollouts, windows
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cloud_sync.store import dead_letters, events, gaps, windows
+from cloud_sync.store.db import dead_letters, events, gaps, windows
 from edge_agent.outbox import Outbox
 from tests.agent_helpers import desired_state, free_port, record_of
 from tests.conftest import Broker, TrainedBundle

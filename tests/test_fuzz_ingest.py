@@ -15,9 +15,9 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from cloud_sync.ingest import Ingest
-from cloud_sync.simulator import iso_utc, make_window
-from cloud_sync.store import Store, dead_letters, devices, events, feedback_rows, windows
+from cloud_sync.fleet.simulator import iso_utc, make_window
+from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.store.db import Store, dead_letters, devices, events, feedback_rows, windows
 from contracts.messages import DeviceEvent, DeviceStatus, FeedbackRow, FeedbackRows, ReportedState
 from contracts.topics import device_topic
 from tests.cloud_support import Publisher, count, make_store, wait_until
@@ -107,7 +107,7 @@ def _fuzz_payloads(kind: str, valid: dict[str, dict[str, Any]], rng: random.Rand
 
 def _assert_valid_kinds(valid: dict[str, dict[str, Any]]) -> None:
     """The reference payloads themselves are accepted (else the fuzz would prove nothing)."""
-    from cloud_sync.ingest_writer import Incoming, Parsed, parse_message
+    from cloud_sync.ingest.writer import Incoming, Parsed, parse_message
 
     for kind, message in valid.items():
         parsed = parse_message(Incoming(device_topic(DEVICE, kind), orjson.dumps(message), time.time()))

@@ -17,10 +17,10 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.schemas import BaseSchema
 
-from cloud_sync.api import CloudContext, create_app
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollouts import Rollouts
+from cloud_sync.api.app import CloudContext, create_app
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.store.bundles import BundleRegistry
 from contracts.signing import load_public_key
 from edge_agent.app import Agent
 from edge_agent.settings import AgentSettings

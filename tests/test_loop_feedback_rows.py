@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
-from cloud_sync.feedback_rows import prune
-from cloud_sync.store import feedback_rows, windows
+from cloud_sync.loop.feedback_rows import prune
+from cloud_sync.store.db import feedback_rows, windows
 from contracts.messages import FeedbackRow, FeedbackRows
 from contracts.topics import device_topic
 from edge_agent.feedback_rows import RowPolicy

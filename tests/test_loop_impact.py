@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_sync.impact import ValueMatrix, load_value_matrices
-from cloud_sync.ingest import Ingest
-from cloud_sync.store import windows
+from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.loop.impact import ValueMatrix, load_value_matrices
+from cloud_sync.store.db import windows
 from contracts.errors import InputError
 from tests.agent_helpers import AgentServer
 from tests.cloud_support import count, wait_until
@@ -136,7 +136,7 @@ def test_value_matrix_file_shorthand_and_general_forms(tmp_path: Path) -> None:
     )
     matrices = load_value_matrices(path)
     assert matrices["mf"].values == {"1": {"1": 5, "0": -9}, "0": {"1": -1, "0": 0}}
-    from cloud_sync.impact import value_of
+    from cloud_sync.loop.impact import value_of
 
     total, labels, unvalued = value_of({"a": {"a": 2, "b": 1}, "b": {"a": 4, "b": 1}}, matrices["abc"])
     assert (total, labels, unvalued) == (2 * 1 - 2 + 3, 8, ["b->a"])  # an unnamed pair is listed, never hidden

@@ -134,7 +134,7 @@ def test_shadow_canary_promotes_or_rolls_back_on_measured_accuracy(
         assert sent.status_code == 200, sent.text
         assert canary.agent.telemetry is not None
         canary.agent.telemetry.flush()
-        from cloud_sync.rollout_checks import shadow_comparison
+        from cloud_sync.rollouts.checks import shadow_comparison
 
         wait_until(
             lambda: (
@@ -179,7 +179,7 @@ def test_shadow_canary_promotes_or_rolls_back_on_measured_accuracy(
 def test_a_store_from_before_shadow_canaries_gets_the_mode_column(tmp_path: Path) -> None:
     import sqlalchemy as sa
 
-    from cloud_sync.store import Store, rollouts
+    from cloud_sync.store.db import Store, rollouts
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = sa.MetaData()

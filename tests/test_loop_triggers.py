@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from cloud_sync.retrain_triggers import load_policy_triggers
+from cloud_sync.loop.retrain_triggers import load_policy_triggers
 from cloud_sync.service import CloudService
 from cloud_sync.settings import CloudSettings
 from contracts.errors import InputError

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_sync.simulator import SimDevice
+from cloud_sync.fleet.simulator import SimDevice
 from contracts.errors import RolloutFailed, RolloutRolledBack, RolloutWaitTimeout
 from tests.conftest import Broker, TrainedBundle
 from tests.fault_helpers import CloudProcess

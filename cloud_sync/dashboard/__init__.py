@@ -20,8 +20,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from cloud_sync.alerts import parse_duration
-from cloud_sync.api import CloudContext, Principal, _AuthError, _token_table
+from cloud_sync.alerts.evaluator import parse_duration
+from cloud_sync.api.app import CloudContext, Principal, _AuthError, _token_table
 from cloud_sync.dashboard import queries
 from cloud_sync.dashboard.live import LiveHub, sse_stream
 from contracts.errors import InputError, NotFoundError

@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from cloud_sync.audit import iso
-from cloud_sync.ingest import IngestStats
-from cloud_sync.store import Store, alerts, devices, events, rollouts, windows
+from cloud_sync.ingest.subscriber import IngestStats
+from cloud_sync.store.audit import iso
+from cloud_sync.store.db import Store, alerts, devices, events, rollouts, windows
 
 __all__ = ["LiveHub", "sse_stream"]
 

@@ -1,7 +1,7 @@
-"""The dashboard's read models, computed from the store like `cloud_sync.fleet` (merged counts, never averaged
+"""The dashboard's read models, computed from the store like `cloud_sync.fleet.stats` (merged counts, never averaged
 scores): the fleet overview rows, a device's time series and histograms, its recent events, and the models
 page (versions, lineage, model card, permutation importance and per-prediction explanation availability
-(`cloud_sync.governance`), where each version runs, live accuracy per version).
+(`cloud_sync.loop.governance`), where each version runs, live accuracy per version).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync.alerts import alert_list
-from cloud_sync.audit import iso
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.fleet import WindowRecord, device_list, load_windows
-from cloud_sync.governance import explanations
-from cloud_sync.store import Store, devices, events
+from cloud_sync.alerts.evaluator import alert_list
+from cloud_sync.fleet.stats import WindowRecord, device_list, load_windows
+from cloud_sync.loop.governance import explanations
+from cloud_sync.store.audit import iso
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store, devices, events
 from contracts.drift import psi_band
 from contracts.manifest import CategoricalProfile, Manifest, NumericProfile
 from contracts.telemetry import CategoricalCounts, NumericCounts, WindowCounts, merge_counts, score_drift

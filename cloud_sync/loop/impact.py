@@ -33,9 +33,9 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cloud_sync.audit import iso
-from cloud_sync.fleet import WindowRecord, load_windows
-from cloud_sync.store import Store, rollouts
+from cloud_sync.fleet.stats import WindowRecord, load_windows
+from cloud_sync.store.audit import iso
+from cloud_sync.store.db import Store, rollouts
 from contracts.errors import InputError
 from contracts.telemetry import merge_counts
 

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from cloud_sync.bundles import BundleInfo, BundleRegistry
+from cloud_sync.store.bundles import BundleInfo, BundleRegistry
 from contracts.bundle import load_bundle
 from contracts.errors import NotFoundError
 from contracts.runtime import OnnxModel

@@ -24,10 +24,10 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cloud_sync import audit
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.fleet import WindowRecord, load_windows
-from cloud_sync.store import Store, alerts, devices, rollouts
+from cloud_sync.fleet.stats import WindowRecord, load_windows
+from cloud_sync.store import audit
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store, alerts, devices, rollouts
 from contracts.errors import InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.telemetry import merge_counts, score_drift

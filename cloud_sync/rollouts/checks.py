@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.fleet import load_windows
-from cloud_sync.store import Store, events, windows
+from cloud_sync.fleet.stats import load_windows
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store, events, windows
 from contracts.telemetry import ArmCounts, WindowCounts, merge_counts, score_drift
 
 __all__ = [

@@ -17,9 +17,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync.audit import iso
-from cloud_sync.bundles import BundleRegistry
-from cloud_sync.store import Store, dead_letters, devices, gaps, windows
+from cloud_sync.store.audit import iso
+from cloud_sync.store.bundles import BundleRegistry
+from cloud_sync.store.db import Store, dead_letters, devices, gaps, windows
 from contracts.telemetry import WindowCounts, merge_counts, score_drift
 
 __all__ = ["WindowRecord", "dead_letter_list", "device_list", "gap_list", "load_windows", "stats", "summarize"]

@@ -10,10 +10,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync import audit
-from cloud_sync.fleet import device_list
-from cloud_sync.rollout_checks import ab_comparison
-from cloud_sync.store import Store, devices
+from cloud_sync.fleet.stats import device_list
+from cloud_sync.rollouts.checks import ab_comparison
+from cloud_sync.store import audit
+from cloud_sync.store.db import Store, devices
 
 __all__ = ["on_target", "public", "report"]
 

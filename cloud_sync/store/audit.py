@@ -18,7 +18,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud_sync.store import Store, audit_log
+from cloud_sync.store.db import Store, audit_log
 
 __all__ = ["entries", "export", "iso", "record"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from cloud_sync.ingest import make_client
+from cloud_sync.ingest.subscriber import make_client
 from contracts.errors import ServiceUnavailableError
 from contracts.logs import log_event
 

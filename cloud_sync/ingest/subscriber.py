@@ -28,8 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_sync.ingest_writer import BatchResult, Incoming, IngestWriter
-from cloud_sync.store import Store
+from cloud_sync.ingest.writer import BatchResult, Incoming, IngestWriter
+from cloud_sync.store.db import Store
 from contracts.logs import log_event
 from contracts.topics import PREFIX
 

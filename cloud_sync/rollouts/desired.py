@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cloud_sync import audit
-from cloud_sync.bundles import BundleInfo
+from cloud_sync.store import audit
+from cloud_sync.store.bundles import BundleInfo
 from contracts.manifest import canonical_bytes
 from contracts.messages import ABSplit, DesiredState, ShadowBundle
 from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes

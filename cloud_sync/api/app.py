@@ -21,12 +21,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
-from cloud_sync import audit, fleet
-from cloud_sync.alerts import acknowledge, alert_list, parse_duration
-from cloud_sync.bundles import BundleRegistry, bundle_router
-from cloud_sync.ingest import IngestStats
-from cloud_sync.rollouts import Rollouts
-from cloud_sync.store import Store
+from cloud_sync.alerts.evaluator import acknowledge, alert_list, parse_duration
+from cloud_sync.fleet import stats as fleet
+from cloud_sync.ingest.subscriber import IngestStats
+from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.store import audit
+from cloud_sync.store.bundles import BundleRegistry, bundle_router
+from cloud_sync.store.db import Store
 from contracts.errors import EdgeloopError, InputError
 
 __all__ = ["CloudContext", "Principal", "create_app"]
@@ -52,7 +53,7 @@ class CloudContext:
     score_bundles: dict[str, str] = field(default_factory=dict)
     """Hybrid inference: model name -> NAME or NAME/VERSION of the bundle POST /v1/score answers with."""
     value_matrices: dict[str, Any] = field(default_factory=dict)
-    """Business impact: model name -> `cloud_sync.impact.ValueMatrix` (GET /v1/impact)."""
+    """Business impact: model name -> `cloud_sync.loop.impact.ValueMatrix` (GET /v1/impact)."""
     max_body_bytes: int = 256 * 2**20
     """Largest request body (a bundle upload is the largest); over it -> 413 before it is all read."""
 
@@ -155,7 +156,7 @@ def _period(since: str, until: str | None) -> tuple[float, float]:
 
 
 def _when(value: str) -> float:
-    from cloud_sync.ingest_writer import epoch
+    from cloud_sync.ingest.writer import epoch
 
     try:
         return epoch(value)
@@ -327,10 +328,10 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         media = "text/csv" if format == "csv" else "application/x-ndjson"
         return PlainTextResponse(audit.export(rows, format), media_type=media)
 
-    from cloud_sync.scoring import Scorer, scoring_router
+    from cloud_sync.loop.scoring import Scorer, scoring_router
 
     app.include_router(scoring_router(Scorer(ctx.registry, ctx.score_bundles), as_viewer))  # POST /v1/score
-    __import__("cloud_sync.loop_api", fromlist=["mount"]).mount(app, ctx, as_viewer, as_operator)  # retrains, impact
-    __import__("cloud_sync.governance", fromlist=["mount"]).mount(app, ctx, as_viewer)  # importance, explanations
+    __import__("cloud_sync.api.routes.loop", fromlist=["mount"]).mount(app, ctx, as_viewer, as_operator)  # retrains
+    __import__("cloud_sync.loop.governance", fromlist=["mount"]).mount(app, ctx, as_viewer)  # importance, explanations
     __import__("cloud_sync.dashboard", fromlist=["mount"]).mount(app, ctx)  # the fleet dashboard at / and /dashboard
     return app

@@ -1,12 +1,12 @@
 """How the rollout controller advances an active rollout in each mode, once its canary passed
-`rollout_checks.check_canary` at this tick (`Rollouts._advance` runs these under the controller's lock).
+`checks.check_canary` at this tick (`Rollouts._advance` runs these under the controller's lock).
 
 Mode `serving`: the canary devices get the new version; once every one of them reports it the soak starts
 (else rollback after rollout_confirm_timeout_s); after the soak the rollout is promoted.
 
 Mode `shadow` (a shadow canary): the canary devices get the champion (the group's version) with the
 challenger in shadow (`DesiredState.shadow`); during the soak the controller compares the challenger's shadow
-accuracy with the champion's on the same feedback (`rollout_checks.shadow_comparison`, at least
+accuracy with the champion's on the same feedback (`checks.shadow_comparison`, at least
 `min_samples` labels). After the soak: at least as good -> promoted (the challenger becomes the served
 version of the group); worse -> rolled back (the canary gets the champion without a shadow); not enough
 labels within the soak plus rollout_confirm_timeout_s -> rolled back.
@@ -14,7 +14,7 @@ labels within the soak plus rollout_confirm_timeout_s -> rolled back.
 Mode `ab` (an A/B test): the canary devices get the champion with the challenger as an A/B split
 (`DesiredState.ab`: the challenger answers `ab_fraction` of the request keys, by a stable hash of the key,
 `ab_key` names the record field that is the key, else the `X-Request-Key` header). Every tick the controller
-merges the canary's per-arm counts (`rollout_checks.ab_arms`) and rolls back when `check_ab` fails: the
+merges the canary's per-arm counts (`checks.ab_arms`) and rolls back when `check_ab` fails: the
 challenger's error rate or p99 above the limits, or its accuracy more than `max_accuracy_drop` below the
 champion arm's (at least `min_samples` requests / labels on each arm). `status` shows requests, failures,
 records and accuracy per arm (computed afresh for the detailed status; `per_device=False` polling gets the
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from cloud_sync.rollout_checks import ab_arms, ab_report, check_ab, shadow_comparison
-from cloud_sync.store import Store, devices, rollouts
+from cloud_sync.rollouts.checks import ab_arms, ab_report, check_ab, shadow_comparison
+from cloud_sync.store.db import Store, devices, rollouts
 from contracts.logs import log_event
 
 if TYPE_CHECKING:
-    from cloud_sync.rollouts import Rollouts
+    from cloud_sync.rollouts.controller import Rollouts
 
 __all__ = ["advance_ab", "advance_serving", "advance_shadow", "reported"]
 

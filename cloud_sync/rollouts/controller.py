@@ -3,7 +3,7 @@ or an automatic rollback that says why.
 
     deploy   -> retained DesiredState (signed manifest + model_url) on each canary device's topic
     canary   -> every canary device reports the version (else rollback after rollout_confirm_timeout_s)
-    soaking  -> rollout_checks.check_canary every tick; a failure rolls back at once
+    soaking  -> checks.check_canary every tick; a failure rolls back at once
     promoted -> retained DesiredState on the group topic, then the device-level overrides of the group are
                 cleared (empty retained payload) so every device follows the group again
     rolled_back -> the previous version's manifest, re-signed with rollback=true (devices refuse an older
@@ -11,7 +11,7 @@ or an automatic rollback that says why.
 
 Modes `shadow` (the canary serves the champion with the challenger in shadow; its measured accuracy decides
 after the soak) and `ab` (an A/B split on the canary; promotion is manual): how the controller advances each
-mode is in `rollout_modes`; the desired states (and the re-signed rollback) are built in `desired`.
+mode is in `modes.advance`; the desired states (and the re-signed rollback) are built in `desired`.
 
 Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies).
 """
@@ -29,14 +29,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync import audit, overrides, rollout_status
-from cloud_sync.bundles import BundleInfo, BundleRegistry
-from cloud_sync.desired import desired_state, rollback_state
-from cloud_sync.fleet import device_list
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.rollout_checks import Limits, check_canary
-from cloud_sync.rollout_modes import advance_ab, advance_serving, advance_shadow
-from cloud_sync.store import Store, rollouts
+from cloud_sync.fleet.stats import device_list
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.rollouts import overrides
+from cloud_sync.rollouts import status as rollout_status
+from cloud_sync.rollouts.checks import Limits, check_canary
+from cloud_sync.rollouts.desired import desired_state, rollback_state
+from cloud_sync.rollouts.modes.advance import advance_ab, advance_serving, advance_shadow
+from cloud_sync.store import audit
+from cloud_sync.store.bundles import BundleInfo, BundleRegistry
+from cloud_sync.store.db import Store, rollouts
 from contracts.errors import ConflictError, EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.messages import DesiredState

@@ -27,7 +27,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from cloud_sync.simulator import SimDevice
+from cloud_sync.fleet.simulator import SimDevice
 
 __all__ = ["SimFleet"]
 

@@ -2,7 +2,7 @@
 
 POST /v1/retrains   (operator) a retraining job that ran: model, new version, run id, trigger, data lineage
 GET  /v1/retrains   (viewer)   the retrains recorded, oldest first
-GET  /v1/impact     (viewer)   estimated value per version, per period and per rollout (cloud_sync.impact)
+GET  /v1/impact     (viewer)   estimated value per version, per period and per rollout (cloud_sync.loop.impact)
 GET  /v1/feedback-rows (operator) labelled rows devices sent (opt-in), the newest `limit`, for retraining
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
-from cloud_sync import audit
+from cloud_sync.store import audit
 from contracts.errors import InputError, NotFoundError
 
 __all__ = ["RetrainRecord", "mount"]
@@ -64,9 +64,9 @@ def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operat
     ) -> dict[str, Any]:
         """Estimated business value from the merged feedback confusion counts and the model's cost/benefit
         matrix: per version, per period, and the change each rollout made against the version before."""
-        from cloud_sync.alerts import parse_duration
-        from cloud_sync.api import _period
-        from cloud_sync.impact import impact
+        from cloud_sync.alerts.evaluator import parse_duration
+        from cloud_sync.api.app import _period
+        from cloud_sync.loop.impact import impact
 
         matrix = getattr(ctx, "value_matrices", {}).get(model)
         if matrix is None:
@@ -90,7 +90,7 @@ def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operat
         limit: int = Query(50_000, ge=1, le=1_000_000),
     ) -> dict[str, Any]:
         """Labelled rows with the fields devices kept (operator: this is data, not statistics)."""
-        from cloud_sync.feedback_rows import rows_for
+        from cloud_sync.loop.feedback_rows import rows_for
 
         rows = rows_for(ctx.store, model, limit, version, group)
         return {"model": model, "count": len(rows), "rows": rows}

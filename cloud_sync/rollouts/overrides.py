@@ -16,8 +16,8 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 
-from cloud_sync.publisher import MqttPublisher
-from cloud_sync.store import Store, desired_overrides, devices
+from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.store.db import Store, desired_overrides, devices
 from contracts.topics import device_topic
 
 __all__ = ["clear", "publish", "recorded"]

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
-from cloud_sync import audit
-from cloud_sync.store import Store, dead_letters, devices, events, feedback_rows, gaps, windows
+from cloud_sync.store import audit
+from cloud_sync.store.db import Store, dead_letters, devices, events, feedback_rows, gaps, windows
 from contracts.messages import DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
 from contracts.telemetry import TelemetryWindow
 from contracts.topics import parse_device_topic

@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync.audit import iso
-from cloud_sync.store import Store, feedback_rows
+from cloud_sync.store.audit import iso
+from cloud_sync.store.db import Store, feedback_rows
 
 __all__ = ["prune", "rows_for"]
 
