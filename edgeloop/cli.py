@@ -190,9 +190,13 @@ from edgeloop.cmd_agent import register as _register_agent  # noqa: E402
 
 _register_agent(app)
 
-__import__("edgeloop.cmd_cloud", fromlist=["register"]).register(app)  # cloud, deploy, rollout, audit
-__import__("edgeloop.cmd_demo", fromlist=["register"]).register(app)  # demo: the whole loop on one machine
-__import__("edgeloop.cmd_loop", fromlist=["register"]).register(app)  # lineage, model-card, retrain, impact
+from edgeloop.cmd_cloud import register as _register_cloud  # noqa: E402
+from edgeloop.cmd_demo import register as _register_demo  # noqa: E402
+from edgeloop.cmd_loop import register as _register_loop  # noqa: E402
+
+_register_cloud(app)  # cloud, deploy, rollout, audit
+_register_demo(app)  # demo: the whole loop on one machine
+_register_loop(app)  # lineage, model-card, retrain, impact
 
 
 def main() -> None:

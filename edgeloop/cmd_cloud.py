@@ -18,7 +18,7 @@ from rich.table import Table
 
 from contracts.errors import EdgeloopError, InputError, ModelRejected, NotFoundError, ServiceUnavailableError
 
-__all__ = ["register"]
+__all__ = ["call_cloud", "register"]
 
 console = Console()
 rollout_app = typer.Typer(
@@ -72,7 +72,7 @@ def cloud(
 
 
 # -- API client -------------------------------------------------------------------------------------
-def _call(method: str, url: str, path: str, token: str | None, **kwargs: Any) -> Any:
+def call_cloud(method: str, url: str, path: str, token: str | None, **kwargs: Any) -> Any:
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -189,7 +189,7 @@ def deploy(
         bundle = _bundle_from_registry(reference, tracking_uri)
     else:
         raise InputError(f"{reference!r} is neither a bundle directory nor NAME@ALIAS / NAME/VERSION")
-    info = _call("PUT", cloud_url, "/v1/bundles", token, content=bundle_tar(bundle))
+    info = call_cloud("PUT", cloud_url, "/v1/bundles", token, content=bundle_tar(bundle))
     body = {
         "model_name": info["name"],
         "model_version": info["version"],
@@ -200,7 +200,7 @@ def deploy(
     }
     if ab_fraction is not None:
         body |= {"ab_fraction": ab_fraction, "ab_key": ab_key}
-    rollout = _call("POST", cloud_url, "/v1/rollouts", token, json=body)
+    rollout = call_cloud("POST", cloud_url, "/v1/rollouts", token, json=body)
     _print_rollout(rollout)
 
 
@@ -269,14 +269,14 @@ def rollout_status(
 
     In CI: [cyan]edgeloop rollout status --group line-1 --wait --timeout 3600[/cyan]
     """
-    current = _call("GET", cloud_url, _rollout_path(rollout_id, group), token)
+    current = call_cloud("GET", cloud_url, _rollout_path(rollout_id, group), token)
     if wait:
         from edgeloop.rollout_wait import wait_for_rollout
 
         path = f"/v1/rollouts/{current['id']}?devices=false"  # counts only: light for a group of thousands
         try:
             wait_for_rollout(
-                lambda: _call("GET", cloud_url, path, token),
+                lambda: call_cloud("GET", cloud_url, path, token),
                 timeout_s=timeout,
                 interval_s=interval,
                 report=lambda line: console.print(escape(line), highlight=False),
@@ -290,7 +290,7 @@ def rollout_status(
 def _print_final(cloud_url: str, rollout_id: str, token: str | None) -> None:
     """The full status once the wait is over; a cloud gone by then must not hide why the wait ended."""
     with contextlib.suppress(EdgeloopError):
-        _print_rollout(_call("GET", cloud_url, f"/v1/rollouts/{rollout_id}", token))
+        _print_rollout(call_cloud("GET", cloud_url, f"/v1/rollouts/{rollout_id}", token))
 
 
 @rollout_app.command("promote")
@@ -305,8 +305,10 @@ def rollout_promote(
 
     Example: [cyan]edgeloop rollout promote --group line-1 --reason "verified on the line"[/cyan]
     """
-    current = _call("GET", cloud_url, _rollout_path(rollout_id, group), token)
-    _print_rollout(_call("POST", cloud_url, f"/v1/rollouts/{current['id']}/promote", token, json={"reason": reason}))
+    current = call_cloud("GET", cloud_url, _rollout_path(rollout_id, group), token)
+    _print_rollout(
+        call_cloud("POST", cloud_url, f"/v1/rollouts/{current['id']}/promote", token, json={"reason": reason})
+    )
 
 
 @rollout_app.command("rollback")
@@ -321,8 +323,10 @@ def rollout_rollback(
 
     Example: [cyan]edgeloop rollout rollback --group line-1 --reason "false alarms on line 1"[/cyan]
     """
-    current = _call("GET", cloud_url, _rollout_path(rollout_id, group), token)
-    _print_rollout(_call("POST", cloud_url, f"/v1/rollouts/{current['id']}/rollback", token, json={"reason": reason}))
+    current = call_cloud("GET", cloud_url, _rollout_path(rollout_id, group), token)
+    _print_rollout(
+        call_cloud("POST", cloud_url, f"/v1/rollouts/{current['id']}/rollback", token, json={"reason": reason})
+    )
 
 
 def audit(
@@ -339,7 +343,7 @@ def audit(
     if format not in ("table", "jsonl", "csv"):
         raise InputError(f"--format {format!r}: use table, jsonl or csv")
     query = f"?format={'json' if format == 'table' else format}" + (f"&action={action}" if action else "")
-    result = _call("GET", cloud_url, f"/v1/audit{query}", token)
+    result = call_cloud("GET", cloud_url, f"/v1/audit{query}", token)
     if format == "table":
         table = Table("at", "actor", "action", "target", "reason")
         for row in result:

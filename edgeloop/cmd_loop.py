@@ -272,7 +272,7 @@ def retrain(
 
     Example: [cyan]edgeloop retrain machine-failure --policy retrain.yaml --cloud-url http://127.0.0.1:8700[/cyan]
     """
-    from edgeloop.retrain import _edgeloop, load_policy, run_retrain
+    from edgeloop.retrain import load_policy, run_edgeloop_process, run_retrain
 
     loaded = load_policy(policy)
     if loaded.model != name:
@@ -286,7 +286,7 @@ def retrain(
     console.print(f"registered [bold]{result.name}[/bold] version {result.version} (run {result.run_id})")
     console.print(f"data {result.data_path} sha256 {result.data_sha256[:16]}…, {result.feedback_rows} feedback rows")
     if cloud_url:
-        from edgeloop.cmd_cloud import _call
+        from edgeloop.cmd_cloud import call_cloud
 
         body = {
             "model": result.name,
@@ -299,20 +299,20 @@ def retrain(
             "deploy": loaded.result.deploy,
             "reason": reason,
         }
-        _call("POST", cloud_url, "/v1/retrains", token, json=body)
+        call_cloud("POST", cloud_url, "/v1/retrains", token, json=body)
         console.print("recorded in the audit log (action retrain)")
     if loaded.result.deploy != "wait" and cloud_url and loaded.result.group:
         reference = f"{result.name}/{result.version}"
         extra = ["--tracking-uri", tracking_uri] if tracking_uri else []
         out = workdir / "bundles" / f"{result.name}-v{result.version}"
-        _edgeloop(["convert", reference, "--out", str(out), *extra])
+        run_edgeloop_process(["convert", reference, "--out", str(out), *extra])
         deploy_args = ["deploy", str(out), "--group", loaded.result.group, "--canary", loaded.result.canary]
         deploy_args += ["--soak", str(loaded.result.soak_minutes), "--cloud-url", cloud_url]
         if loaded.result.deploy == "shadow-canary":
             deploy_args.append("--shadow")
         if token:
             deploy_args += ["--token", token]
-        _edgeloop(deploy_args)
+        run_edgeloop_process(deploy_args)
         how = "in shadow on" if loaded.result.deploy == "shadow-canary" else "rolled out to"
         console.print(f"challenger v{result.version} {how} the canary of group {loaded.result.group}")
 

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.errors import EdgeloopError, InputError
 
-__all__ = ["RetrainPolicy", "RetrainResult", "load_policy", "run_retrain"]
+__all__ = ["RetrainPolicy", "RetrainResult", "load_policy", "run_edgeloop_process", "run_retrain"]
 
 
 class _Strict(BaseModel):
@@ -194,7 +194,7 @@ def build_training_data(
     return out, feedback_rows, feedback_sha, source if feedback_path is not None else None
 
 
-def _edgeloop(args: list[str]) -> str:
+def run_edgeloop_process(args: list[str]) -> str:
     """Run `edgeloop ARGS` as a separate process (same interpreter); its one-line error becomes ours."""
     command = [sys.executable, "-m", "edgeloop", *args]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
@@ -219,7 +219,7 @@ def run_retrain(
         args += ["--ignore", column]
     if tracking_uri:
         args += ["--tracking-uri", tracking_uri]
-    output = " ".join(_edgeloop(args).split())
+    output = " ".join(run_edgeloop_process(args).split())
     registered = re.search(r"registered (\S+) version (\d+) as @(\w+)", output)
     run = re.search(r"\brun ([0-9a-f]{32})\b", output)
     if not registered or not run:
