@@ -14,6 +14,7 @@ that the mapping lives in one place. Messages say what went wrong and what to do
     ├── ServiceUnavailableError    tracking server, broker or bundle server unreachable   (exit 6, HTTP 503)
     ├── ConflictError              the request contradicts stored state (e.g. a version reused) (exit 8, HTTP 409)
     ├── ModelRejected              an update was refused by the device (reason attached)  (exit 7, HTTP 409)
+    │   └── UnsupportedOperator    the numpy runtime lacks an operator the bundle uses (`operator` names it)
     └── RolloutNotPromoted         `rollout status --wait` ended without a promotion        (HTTP 409)
         ├── RolloutRolledBack      the rollout was rolled back (by the cloud or by hand)   (exit 10)
         ├── RolloutFailed          the rollout failed (its rollback could not be made)     (exit 11)
@@ -38,6 +39,7 @@ __all__ = [
     "SchemaError",
     "ServiceUnavailableError",
     "UnsupportedModelError",
+    "UnsupportedOperator",
 ]
 
 
@@ -127,3 +129,11 @@ class RolloutFailed(RolloutNotPromoted):
 
 class RolloutWaitTimeout(RolloutNotPromoted):
     exit_code = 12
+
+
+class UnsupportedOperator(ModelRejected):
+    """The numpy runtime does not implement an operator (or an operator's form) that model.onnx uses."""
+
+    def __init__(self, message: str, operator: str | None = None) -> None:
+        super().__init__(message)
+        self.operator = operator

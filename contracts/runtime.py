@@ -1,11 +1,14 @@
-"""The one model runtime interface and its onnxruntime implementation.
+"""The one model runtime interface, served by onnxruntime or by the numpy runtime.
 
 Every place that runs a bundle (edge agent, batch scoring, the converter's golden-sample replay) goes
 through `OnnxModel`, so records are encoded the same way everywhere and predictions are identical.
 
-    model = OnnxModel.load(bundle)
+    model = OnnxModel.load(bundle)                     # runtime="auto": onnxruntime when it imports, else numpy
+    model = OnnxModel.load(bundle, runtime="numpy")    # contracts/runtime_numpy.py: numpy only (32-bit ARM)
     result = model.predict_records([{"temperature_c": 71.2, "machine_type": "press", ...}])
-    result.labels, result.probabilities
+    result.labels, result.probabilities, model.runtime
+
+onnxruntime is imported only when it serves, so a device without it (or choosing numpy) never loads it.
 """
 
 from __future__ import annotations
@@ -13,16 +16,60 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from contracts.bundle import Bundle
-from contracts.errors import IntegrityError, ModelRejected, SchemaError
+from contracts.errors import InputError, IntegrityError, ModelRejected, SchemaError
 from contracts.manifest import MISSING_CATEGORY, FeatureSpec, Manifest
+from contracts.runtime_numpy import NumpySession
 
-__all__ = ["OnnxModel", "Prediction", "encode_columns", "encode_records"]
+__all__ = [
+    "RUNTIMES",
+    "OnnxModel",
+    "Prediction",
+    "RuntimeChoice",
+    "Session",
+    "encode_columns",
+    "encode_records",
+    "onnxruntime_importable",
+    "resolve_runtime",
+]
+
+RuntimeChoice = Literal["auto", "onnxruntime", "numpy"]
+RUNTIMES = ("onnxruntime", "numpy")
+
+
+class Session(Protocol):
+    """What `OnnxModel` needs of a backend: onnxruntime's `InferenceSession.run` or `NumpySession.run`."""
+
+    def run(self, output_names: Any, input_feed: Any, /) -> Any: ...
+
+
+def onnxruntime_importable() -> bool:
+    """True when `import onnxruntime` works here (it is absent on 32-bit ARM, where PyPI has no wheel)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(choice: str = "auto") -> Literal["onnxruntime", "numpy"]:
+    """The backend that serves for a `runtime` setting: auto = onnxruntime when it imports, else numpy."""
+    if choice == "numpy":
+        return "numpy"
+    if choice not in ("auto", "onnxruntime"):
+        raise InputError(f"runtime must be auto, onnxruntime or numpy, got {choice!r}")
+    if onnxruntime_importable():
+        return "onnxruntime"
+    if choice == "onnxruntime":
+        raise InputError(
+            'runtime = "onnxruntime" but onnxruntime cannot be imported here; install it '
+            '(pip install onnxruntime) or set runtime = "numpy" (EDGELOOP_AGENT_RUNTIME=numpy)'
+        )
+    return "numpy"
 
 
 @dataclass(frozen=True)
@@ -122,23 +169,41 @@ def _python(value: Any) -> Any:
 
 
 class OnnxModel:
-    """A loaded bundle: an onnxruntime session plus the manifest that describes it."""
+    """A loaded bundle: a backend session (onnxruntime or numpy) plus the manifest that describes it."""
 
-    def __init__(self, manifest: Manifest, session: ort.InferenceSession) -> None:
+    def __init__(self, manifest: Manifest, session: Session) -> None:
         self.manifest = manifest
         self.session = session
+        self.runtime: Literal["onnxruntime", "numpy"] = "numpy" if isinstance(session, NumpySession) else "onnxruntime"
         self.classes = np.asarray(manifest.classes)
         self._outputs = [manifest.onnx.label_output, manifest.onnx.probabilities_output]
 
     @classmethod
     def load(
-        cls, bundle: Bundle, intra_op_threads: int = 0, inter_op_threads: int = 1, spin: bool = False
+        cls,
+        bundle: Bundle,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        spin: bool = False,
+        *,
+        runtime: str = "auto",
     ) -> OnnxModel:
         """Create a session for a verified bundle; intra_op_threads=0 lets onnxruntime use every core.
 
+        `runtime` picks the backend (see `resolve_runtime`); the thread settings apply to onnxruntime only.
         Thread spinning is off by default: on a busy 2-core device a spinning pool steals the CPU that the
         web server and the other process need (measured: a 10k-row batch took 297 ms spinning vs 140 ms not).
         """
+        expected = bundle.manifest.feature_names
+        if resolve_runtime(runtime) == "numpy":
+            numpy_session = NumpySession.load(bundle.model_path)
+            if sorted(numpy_session.input_names) != sorted(expected):
+                raise IntegrityError(
+                    f"model inputs {numpy_session.input_names} do not match the manifest's schema {expected}"
+                )
+            return cls(bundle.manifest, numpy_session)
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
@@ -152,7 +217,6 @@ class OnnxModel:
             )
         except Exception as exc:  # onnxruntime raises several untyped errors for bad files
             raise IntegrityError(f"onnxruntime cannot load {bundle.model_path}: {exc}") from None
-        expected = bundle.manifest.feature_names
         actual = [node.name for node in session.get_inputs()]
         if sorted(actual) != sorted(expected):
             raise IntegrityError(f"model inputs {actual} do not match the manifest's schema {expected}")
