@@ -9,12 +9,12 @@ BUNDLE := bundles/$(MODEL)
 export EDGELOOP_HOME ?= $(CURDIR)/.edgeloop
 export MLFLOW_ALLOW_FILE_STORE ?= false
 
-.PHONY: setup train convert demo demo-smoke test lint format bench check-edge test-faults cd-check clean help
+.PHONY: setup train convert demo demo-smoke test lint format bench check-edge check-secure-broker test-faults cd-check clean help
 
 help:
 	@echo "make demo   - set up, then the whole loop: cloud + dashboard, three agents, drift, a canary rollout"
 	@echo "make test   - set up, lint, type-check and run the test suite"
-	@echo "make setup | train | convert | lint | bench | check-edge | test-faults | cd-check | clean"
+	@echo "make setup | train | convert | lint | bench | check-edge | check-secure-broker | test-faults | cd-check | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
@@ -83,3 +83,8 @@ clean:
 check-edge: setup $(DATA)
 	@test -f $(BUNDLE)/manifest.json || $(MAKE) --no-print-directory train convert
 	deploy/check_edge.sh $(BUNDLE) $(EDGELOOP_HOME)/keys/edgeloop-signing.pub $(PYTHON)
+
+# Deployment profile 3: Mosquitto from deploy/mosquitto/ as shipped (TLS, passwords, ACL), `edgeloop cloud` over
+# TLS, two agent processes on MQTT 5 with feedback rows, shadow and A/B; every topic of docs/mqtt.md (about 1 min).
+check-secure-broker: setup
+	$(BIN)/pytest -q -m secure_broker tests/test_profile_secure_broker.py

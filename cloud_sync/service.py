@@ -49,7 +49,9 @@ class CloudService:
         self.registry = BundleRegistry(s.bundles_dir, public_key)
         self.rules = load_rules(s.alert_rules)
         self.value_matrices = load_value_matrices(s.value_matrices)
-        self.publisher = MqttPublisher(s.mqtt_url, f"{s.ingest_client_id}-control", s.mqtt_username, s.mqtt_password)
+        self.publisher = MqttPublisher(
+            s.mqtt_url, f"{s.ingest_client_id}-control", s.mqtt_username, s.mqtt_password, ca_file=s.mqtt_ca_file
+        )
         self.ingest = Ingest(
             self.store,
             s.mqtt_url,
@@ -58,6 +60,7 @@ class CloudService:
             s.ingest_batch,
             s.mqtt_username,
             s.mqtt_password,
+            s.mqtt_ca_file,
         )
         limits = Limits(
             s.rollout_max_error_rate,

@@ -33,6 +33,9 @@ class CloudSettings(EdgeloopSettings):
     """Broker user name."""
     mqtt_password: str | None = None
     """Broker password."""
+    mqtt_ca_file: Path | None = None
+    """CA certificate that signed the broker's (mqtts://), e.g. certs/ca.pem from deploy/mosquitto/make-certs.sh;
+    default: the system's CAs."""
     ingest_client_id: str = "edgeloop-cloud-ingest-1"
     """MQTT client id of this ingest worker; give each worker its own (they share the load through the
     shared subscription and each keeps a persistent session, so a restart loses nothing)."""

@@ -8,19 +8,16 @@ import logging
 import os
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.agent_helpers import AgentServer, record_of
 from tests.conftest import Broker, TrainedBundle
-from tests.secure_broker import start_secure_broker
+from tests.secure_broker import Client, start_secure_broker
 
 
 @pytest.fixture()
@@ -30,42 +27,6 @@ def acl_broker(tmp_path: Path) -> Iterator[tuple[Broker, Path]]:
     )
     yield secure.broker, secure.ca
     secure.stop()
-
-
-class Client:
-    def __init__(self, broker: Broker, ca: Path, user: str, password: str, subscribe: list[str]) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{user}-{time.monotonic_ns()}")
-        self.client.username_pw_set(user, password)
-        self.client.tls_set(ca_certs=str(ca))
-        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
-        self.client.on_subscribe = lambda *_a: self.ready.set()
-
-        def on_connect(c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
-            if reason.is_failure:
-                return
-            if subscribe:
-                c.subscribe([(t, 1) for t in subscribe])
-            else:
-                self.ready.set()
-
-        self.client.on_connect = on_connect
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        if not self.ready.wait(5):
-            self.stop()
-            raise AssertionError(f"{user} could not connect/subscribe")
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-
-    def topics(self) -> set[str]:
-        return {topic for topic, _ in self.messages}
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def test_a_device_is_confined_to_its_own_topics_and_its_group(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,9 +33,10 @@ class MqttPublisher:
         username: str | None = None,
         password: str | None = None,
         max_inflight: int = 1000,
+        ca_file: Path | None = None,
     ) -> None:
         self.url = url
-        self.client, self.host, self.port = make_client(url, client_id, username, password)
+        self.client, self.host, self.port = make_client(url, client_id, username, password, ca_file=ca_file)
         self.client.max_inflight_messages_set(max_inflight)  # the broker's receive maximum still applies
         self.connected = threading.Event()
         self.client.on_connect = self._on_connect

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,9 +41,16 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 def make_client(
-    url: str, client_id: str, username: str | None = None, password: str | None = None, manual_ack: bool = False
+    url: str,
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    *,
+    manual_ack: bool = False,
+    ca_file: Path | None = None,
 ) -> tuple[mqtt.Client, str, int]:
-    """A paho MQTT 5 client for `url` (mqtt:// or mqtts://), not yet connected; returns (client, host, port)."""
+    """A paho MQTT 5 client for `url` (mqtt:// or mqtts://; the broker's certificate checked against `ca_file`,
+    default the system's CAs), not yet connected; returns (client, host, port)."""
     parts = urlsplit(url)
     tls = parts.scheme == "mqtts"
     host, port = parts.hostname or "localhost", parts.port or (8883 if tls else 1883)
@@ -50,7 +58,7 @@ def make_client(
     if username or parts.username:
         client.username_pw_set(username or parts.username, password or parts.password)
     if tls:
-        client.tls_set()
+        client.tls_set(ca_certs=str(ca_file) if ca_file else None)
     client.reconnect_delay_set(1, 30)
     return client, host, port
 
@@ -97,6 +105,7 @@ class Ingest:
         batch: int = 500,
         username: str | None = None,
         password: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.writer = IngestWriter(store)
         self.batch = batch
@@ -109,7 +118,9 @@ class Ingest:
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="edgeloop-ingest-writer", daemon=True)
-        self.client, self.host, self.port = make_client(mqtt_url, client_id, username, password, manual_ack=True)
+        self.client, self.host, self.port = make_client(
+            mqtt_url, client_id, username, password, manual_ack=True, ca_file=ca_file
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
