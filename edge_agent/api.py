@@ -311,6 +311,7 @@ def create_app(
                 "golden_samples": len(m.golden_samples),
                 "lineage": m.lineage.model_dump(),
                 "bundle": current.bundle.path.name,
+                "runtime": current.model.runtime,
             }
         return _json(summary)
 

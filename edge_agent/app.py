@@ -46,7 +46,11 @@ class Agent:
         self.settings = settings
         self.key_path = settings.resolved_public_key()
         self.public_key = load_public_key(self.key_path) if self.key_path else None
+        from contracts.runtime import resolve_runtime
+
+        self.runtime = resolve_runtime(settings.runtime)  # one-line InputError when onnxruntime is asked for but absent
         self.metrics = AgentMetrics()
+        self.metrics.set_runtime(self.runtime)
         self.store = ModelStore(settings.state_dir, self.public_key, settings.keep_versions)
         self._lock_file = self._lock_state_dir()
         self.counter = EventCounter(self.store.state_dir / "events.seq")
@@ -148,7 +152,7 @@ class Agent:
         from contracts.runtime import OnnxModel
 
         bundle = load_bundle(path, self.public_key, require_signature=self.public_key is not None)
-        model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads)
+        model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads, runtime=self.runtime)
         model.check_golden_samples()
         self.service.set_shadow(model, bundle)
 
@@ -167,7 +171,8 @@ class Agent:
         current = self.service.current
         log_event(logger, "agent started", device=self.settings.device_id, group=self.settings.group,
                   model=current.manifest.ref if current else None, mqtt=self.settings.mqtt_url or "offline",
-                  public_key=self.key_path or "none (signatures not checked)", version=AGENT_VERSION)  # fmt: skip
+                  public_key=self.key_path or "none (signatures not checked)", version=AGENT_VERSION,
+                  runtime=self.runtime)  # fmt: skip
 
     def stop(self) -> None:
         """Close the telemetry window, drain the outbox briefly, publish offline and disconnect, let a running
@@ -194,6 +199,7 @@ class Agent:
             "last_error": self.updater.last_error,
             "stored_bundles": [path.name for path in self.store.installed()],
             "agent_version": AGENT_VERSION,
+            "runtime": self.runtime,
             "outbox_pending": None if self.outbox is None else self.outbox.size(),
             "telemetry_dropped_windows": None if self.outbox is None else self.outbox.dropped,
             "outbox_refused": None if self.outbox is None else self.outbox.refused_held(),

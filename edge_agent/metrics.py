@@ -8,6 +8,7 @@ Names follow the usual conventions so common dashboards work:
     edgeloop_prediction_errors_total{kind}       refused or failed predictions (schema_error, malformed_body, ...)
     edgeloop_model_info{name,version,sha256}     1 for the model being served
     edgeloop_model_updates_total{outcome}        deployed, rolled_back, unchanged, rejected
+    edgeloop_runtime_info{runtime}               1 for the runtime that serves models: onnxruntime or numpy
     edgeloop_feature_psi{feature}                PSI of each feature over the last telemetry window
     edgeloop_prediction_psi                      PSI of the predicted classes over the last window
     edgeloop_feedback_accuracy                   accuracy over the feedback of the last window (when any)
@@ -64,6 +65,10 @@ class AgentMetrics:
             "edgeloop_model_info", "The model being served (value 1).", ["name", "version", "sha256"],
             registry=self.registry,
         )  # fmt: skip
+        self.runtime_info = Gauge(
+            "edgeloop_runtime_info", "The model runtime serving (value 1): onnxruntime or numpy.", ["runtime"],
+            registry=self.registry,
+        )  # fmt: skip
         self.updates = Counter(
             "edgeloop_model_updates", "Model update attempts by outcome.", ["outcome"], registry=self.registry
         )
@@ -92,6 +97,10 @@ class AgentMetrics:
             self._children[key] = children
         children[0].observe(seconds)
         children[1].inc()
+
+    def set_runtime(self, runtime: str) -> None:
+        self.runtime_info.clear()
+        self.runtime_info.labels(runtime).set(1)
 
     def set_model(self, manifest: Manifest) -> None:
         self.model_info.clear()

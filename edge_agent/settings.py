@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -98,6 +98,9 @@ class AgentSettings(EdgeloopSettings):
     reconnection, never in a loop."""
     feedback_capacity: int = Field(default=100_000, ge=1)
     """Recent prediction ids remembered for POST /v1/feedback (oldest forgotten first)."""
+    runtime: Literal["auto", "onnxruntime", "numpy"] = "auto"
+    """Model runtime: `onnxruntime`, `numpy` (numpy only: 32-bit ARM, smallest memory; the operators the converter
+    emits) or `auto` = onnxruntime when it can be imported, else numpy. /v1/model and /metrics say which serves."""
     intra_op_threads: int = Field(default=1, ge=0)
     """onnxruntime threads per prediction; 1 is fastest for single records, 0 = one per core (big batches)."""
     hybrid_threshold: float | None = Field(default=None, gt=0, le=1)

@@ -288,7 +288,9 @@ class Updater:
         """Load `bundle` and replay its golden samples; a bundle just downloaded (`fresh`) that fails is removed
         from the store again."""
         try:
-            model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads)
+            model = OnnxModel.load(
+                bundle, intra_op_threads=self.settings.intra_op_threads, runtime=self.settings.runtime
+            )
             model.check_golden_samples()
         except EdgeloopError:
             if fresh:
