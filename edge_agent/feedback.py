@@ -16,10 +16,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from edge_agent.service import LoadedModel
+from edge_agent.loaded import LoadedModel
 
 __all__ = ["FeedbackStore", "RememberedPrediction"]
 

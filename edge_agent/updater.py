@@ -34,9 +34,10 @@ from contracts.runtime import OnnxModel
 from contracts.signing import verify_bytes
 from edge_agent.download import download_model
 from edge_agent.errors import DownloadFailed
+from edge_agent.loaded import LoadedModel
 from edge_agent.metrics import AgentMetrics
 from edge_agent.reporting import Reporter, utc_now
-from edge_agent.service import InferenceService, LoadedModel
+from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
 from edge_agent.store import ModelStore
 
