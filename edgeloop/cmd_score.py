@@ -67,11 +67,13 @@ def score_command(
     engine: str | None = typer.Option(None, help="local (streaming onnxruntime) or spark \\[default: local]."),
     batch_rows: int | None = typer.Option(None, min=1, help="Rows per batch fed to onnxruntime \\[default: 65536]."),
     master: str | None = typer.Option(None, help="Spark master URL for --engine spark \\[default: local[2]]."),
-    threads: int | None = typer.Option(None, min=0, help="onnxruntime threads, local engine \\[default: all cores]."),
+    threads: int | None = typer.Option(
+        None, min=0, help="Local engine: onnxruntime sessions, one thread each \\[default: one per core]."
+    ),
     spark_io: str | None = typer.Option(
         None,
-        help="--engine spark: `spark` (Spark reads and writes) or `pyarrow` (each task reads and writes Parquet "
-        "itself; shared paths only) \\[default: spark].",
+        help="--engine spark: `pyarrow` (each task reads and writes Parquet itself; shared paths only), `spark` "
+        "(Spark reads and writes; any URI) or `auto` (pyarrow for paths, spark for URIs) \\[default: auto].",
     ),
     public_key: Path | None = typer.Option(
         None, help="Verify the bundle's signature with this key \\[default: .edgeloop/keys/edgeloop-signing.pub]."

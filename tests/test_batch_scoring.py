@@ -106,7 +106,8 @@ def local_engine_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scor
 def spark_engine_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
     request.getfixturevalue("spark")
     out = request.getfixturevalue("tmp_path") / "spark.parquet"
-    score(str(case.trained.bundle), case.parquet, out, case.settings(engine="spark", tracking_uri=None))
+    settings = case.settings(engine="spark", spark_io="spark", tracking_uri=None)
+    score(str(case.trained.bundle), case.parquet, out, settings)
     return _sorted(pd.read_parquet(out), case.manifest)
 
 
@@ -259,6 +260,23 @@ def test_parquet_file_output_layout_passthrough_and_lineage(
     assert run.data.metrics["rows_per_s"] > 0
 
 
+def test_sessions_in_parallel_give_the_same_output_in_input_order(case: ScoringCase, tmp_path: Path) -> None:
+    """Many small batches over three sessions: the output is identical, value for value and in input order, to
+    one session scoring the batches one after another (CSV too, which has no row groups)."""
+    outputs = {}
+    for sessions in (1, 3):
+        for source in (case.parquet, case.trained.data):
+            out = tmp_path / f"{sessions}-{source.suffix[1:]}.parquet"
+            settings = case.settings(tracking_uri=None, threads=sessions, batch_rows=37)
+            assert score(str(case.trained.bundle), source, out, settings).rows == len(case.frame)
+            outputs[sessions, source.suffix] = _read(out)
+            lineage = orjson.loads(Path(f"{out}.lineage.json").read_bytes())
+            assert lineage["engine"]["sessions"] == sessions
+    for key, frame in outputs.items():
+        assert frame[ID].tolist() == case.frame[ID].tolist(), key
+        pd.testing.assert_frame_equal(frame, outputs[1, ".parquet"], check_exact=True)
+
+
 def test_parquet_directory_and_csv_give_the_same_output(case: ScoringCase, tmp_path: Path) -> None:
     reference = tmp_path / "reference.parquet"
     score(str(case.trained.bundle), case.parquet, reference, case.settings(tracking_uri=None))
@@ -321,7 +339,7 @@ def test_registry_alias_through_the_real_command(case: ScoringCase, tmp_path: Pa
     bad = subprocess.run([*command[:-4], "--spark-io", "hdfs"], capture_output=True, text=True, env=env, timeout=120)
     assert (
         bad.returncode != 0
-        and bad.stderr.strip() == "error: invalid setting spark_io: Input should be 'spark' or 'pyarrow'"
+        and bad.stderr.strip() == "error: invalid setting spark_io: Input should be 'auto', 'spark' or 'pyarrow'"
     )
 
 
@@ -527,7 +545,7 @@ def test_errors_are_one_line_and_leave_no_output(
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("io", ["spark", "pyarrow"])
+@pytest.mark.parametrize("io", ["spark", "pyarrow", "auto"])
 def test_spark_engine_writes_the_same_table_as_the_local_engine(
     io: str, case: ScoringCase, spark: object, tmp_path: Path
 ) -> None:
@@ -553,14 +571,43 @@ def test_spark_engine_writes_the_same_table_as_the_local_engine(
     assert worst <= case.manifest.parity.tolerance
     lineage = orjson.loads(Path(f"{spark_out}.lineage.json").read_bytes())
     assert lineage["engine"]["name"] == "spark" and lineage["output"]["rows"] == len(case.frame)
-    assert lineage["engine"]["io"] == io
+    assert lineage["engine"]["io"] == ("pyarrow" if io == "auto" else io)  # auto: paths, so pyarrow
     assert lineage["mlflow_run_id"]
-    if io == "pyarrow":  # tasks follow the input's row groups: in input order, at most ~4 per core
+    if io != "spark":  # tasks follow the input's row groups: in input order, at most ~4 per core
         parts = sorted(spark_out.glob("part-*.parquet"))
         assert 4 <= len(parts) <= 4 * 2 + 4
         rows = [pq.ParquetFile(p).metadata.num_rows for p in parts]
         assert sum(rows) == len(case.frame) and min(rows) > 0
         assert pq.read_table(spark_out)[ID].to_pylist() == case.frame[ID].tolist()
+
+
+def test_spark_io_auto_is_pyarrow_for_paths_and_spark_with_the_reason_for_uris() -> None:
+    import logging
+
+    from cloud_sync.batch.job import spark_io_for
+    from contracts.errors import InputError
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("edgeloop.batch")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        assert spark_io_for("auto", "/data/in.parquet", "/data/out") == "pyarrow"
+        assert spark_io_for("auto", "file:///data/in.parquet", "/data/out") == "pyarrow"
+        assert records == []
+        assert spark_io_for("auto", "/data/in.parquet", "s3a://bucket/scored") == "spark"
+        assert spark_io_for("spark", "/data/in.parquet", "/data/out") == "spark"
+        with pytest.raises(InputError, match="use spark_io=spark for URIs"):
+            spark_io_for("pyarrow", "hdfs:///data/in", "/data/out")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(records) == 1
+    fields = records[0].fields  # type: ignore[attr-defined]
+    assert fields["io"] == "spark" and fields["reason"].startswith("s3a://bucket/scored is a URI")
 
 
 @pytest.mark.spark

@@ -25,7 +25,7 @@ from contracts.errors import InputError
 from contracts.logs import log_event
 from contracts.tracking import ensure_tracking_reachable
 
-__all__ = ["ProgressCallback", "ScoreResult", "score"]
+__all__ = ["ProgressCallback", "ScoreResult", "score", "spark_io_for"]
 
 logger = logging.getLogger("edgeloop.batch")
 
@@ -52,6 +52,26 @@ def _is_remote(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+def spark_io_for(setting: str, source: str, target: str) -> str:
+    """The Spark engine's I/O mode: `auto` is pyarrow (faster: the rows never enter the JVM) when input and
+    output are paths, else spark, with the reason logged; an explicit `pyarrow` with a URI is an error."""
+    uri = next((location for location in (source, target) if _is_remote(location)), None)
+    if setting == "pyarrow" and uri is not None:
+        raise InputError("spark_io=pyarrow reads and writes paths on a shared file system; use spark_io=spark for URIs")
+    if setting != "auto":
+        return setting
+    if uri is None:
+        return "pyarrow"
+    log_event(
+        logger,
+        "Spark I/O chosen",
+        io="spark",
+        reason=f"{uri} is a URI: pyarrow I/O needs paths that every executor and the driver see, so Spark reads "
+        "and writes",
+    )
+    return "spark"
+
+
 def score(
     model: str,
     input_location: str | Path,
@@ -65,9 +85,8 @@ def score(
     remote = _is_remote(source) or _is_remote(target)
     if remote and settings.engine != "spark":
         raise InputError("the local engine reads and writes local paths; use --engine spark for URIs")
-    direct = settings.engine == "spark" and settings.spark_io == "pyarrow"
-    if remote and direct:
-        raise InputError("spark_io=pyarrow reads and writes paths on a shared file system; use spark_io=spark for URIs")
+    spark_io = spark_io_for(settings.spark_io, source, target) if settings.engine == "spark" else settings.spark_io
+    direct = settings.engine == "spark" and spark_io == "pyarrow"
     resolved = resolve_bundle(model, settings)
     manifest = resolved.bundle.manifest
     input_format, arrow_schema, total = "parquet", None, None
@@ -92,18 +111,18 @@ def score(
             if on_progress is not None:
                 on_progress(done, total, "rows")
 
-        threads = settings.threads or available_cores()
+        sessions = settings.threads or available_cores()
         rows = score_local(
             resolved.bundle,
             table,
             plan,
             Path(target.removeprefix("file://")),
             settings.batch_rows,
-            threads,
-            settings.compression,
-            advance,
+            sessions=sessions,
+            compression=settings.compression,
+            on_batch=advance,
         )
-        options: dict[str, object] = {"threads": threads, "batch_rows": settings.batch_rows}
+        options: dict[str, object] = {"threads": sessions, "sessions": sessions, "batch_rows": settings.batch_rows}
     else:
         from cloud_sync.batch.spark_engine import score_spark
 
@@ -144,7 +163,7 @@ def score(
         else:
             with staged_output(Path(target.removeprefix("file://"))) as staged:
                 rows, master = run_spark(str(staged))
-        options = {"master": master, "batch_rows": settings.batch_rows, "io": settings.spark_io}
+        options = {"master": master, "batch_rows": settings.batch_rows, "io": spark_io}
     duration = time.perf_counter() - started
     record = JobRecord(
         resolved=resolved,

@@ -34,7 +34,8 @@ class ScoreSettings(EdgeloopSettings):
     """Rows per record batch fed to onnxruntime (local engine) or per Arrow batch (Spark engine). Memory grows
     with it; 64k rows keeps onnxruntime's per-call overhead below 1 %."""
     threads: int = Field(default=0, ge=0)
-    """onnxruntime intra-op threads for the local engine; 0 = every core this process may run on."""
+    """onnxruntime sessions of the local engine, scoring batches in parallel with one intra-op thread each;
+    0 = one per core this process may run on."""
     tracking_uri: str | None = None
     """MLflow tracking URI used to resolve NAME@ALIAS and to record a lineage run in experiment
     `edgeloop-batch-scoring`. Unset: models resolve from the trainer's store ($EDGELOOP_TRACKING_URI, else
@@ -50,12 +51,13 @@ class ScoreSettings(EdgeloopSettings):
     master: str = "local[2]"
     """Spark master URL for `--engine spark` (local[N], spark://host:7077, yarn, k8s://...). Ignored when the
     job is started with spark-submit, which has already chosen the master."""
-    spark_io: Literal["spark", "pyarrow"] = "spark"
-    """How the Spark engine reads and writes: `spark` = Spark's own readers and writer (any location Spark
-    can read, hdfs://, s3a://...; rows cross JVM <-> Python as Arrow); `pyarrow` = Spark only schedules the
-    tasks, each task reads its row groups and writes its part file with pyarrow (the rows never enter the
-    JVM: faster, see docs/batch-scoring.md; input and output must be paths every executor and the driver see:
-    a local or shared file system)."""
+    spark_io: Literal["auto", "spark", "pyarrow"] = "auto"
+    """How the Spark engine reads and writes: `pyarrow` = Spark only schedules the tasks, each task reads its
+    row groups and writes its part file with pyarrow (the rows never enter the JVM: faster, see
+    docs/batch-scoring.md; input and output must be paths every executor and the driver see: a local or
+    shared file system); `spark` = Spark's own readers and writer (any location Spark can read, hdfs://,
+    s3a://...; rows cross JVM <-> Python as Arrow); `auto` = pyarrow when input and output are paths, spark
+    (with the reason logged) when either is a URI."""
     spark_ui: bool = False
     """Start the Spark web UI (port 4040) during a Spark job; off by default to keep scoring quiet."""
     spark_log_level: str = "WARN"
