@@ -43,6 +43,7 @@ __all__ = [
     "NumericTerm",
     "OnnxInfo",
     "ParityReport",
+    "RuntimeParity",
     "canonical_bytes",
     "sha256_file",
     "why_no_explanation",
@@ -130,11 +131,28 @@ class OnnxInfo(_Strict):
     probabilities_output: str = "probabilities"
 
 
+class RuntimeParity(_Strict):
+    """What one runtime answered at conversion, against the sklearn model."""
+
+    runtime: Literal["onnxruntime", "numpy"]
+    rows: int
+    """Held-out rows compared."""
+    label_mismatches: int
+    max_abs_diff: float
+    """Largest |probability difference| on the held-out rows."""
+    golden_max_abs_diff: float
+    """Largest |probability difference| on the golden samples."""
+
+
 class ParityReport(_Strict):
+    """The parity gate's result; the top-level numbers are onnxruntime's (as before both runtimes existed)."""
+
     rows: int
     label_mismatches: int
     max_abs_diff: float
     tolerance: float
+    runtimes: list[RuntimeParity] | None = None
+    """Each runtime's replay (onnxruntime and numpy); absent in bundles converted before the numpy runtime."""
 
 
 class FeatureImportance(_Strict):
@@ -247,6 +265,8 @@ def _plain(manifest: Manifest) -> dict:
     for key in _OMIT_WHEN_ABSENT:
         if data.get(key) is None:
             data.pop(key, None)
+    if data["parity"].get("runtimes") is None:  # appended later too: older signed bytes stay unchanged
+        data["parity"].pop("runtimes", None)
     return data
 
 

@@ -4,7 +4,8 @@
 
 Steps, each a gate that fails the conversion with a report naming the cause: resolve the reference ->
 held-out metric floors (`min_metrics`, converter/gates.py) -> load the sklearn pipeline and edgeloop's run
-artifacts -> skl2onnx + onnx.checker -> parity on held-out rows -> golden samples replayed through onnxruntime
+artifacts -> skl2onnx + onnx.checker -> parity on held-out rows and golden samples, each through onnxruntime and
+through the numpy runtime (both recorded in the parity report) -> golden samples replayed on both runtimes
 from the written, signed bundle. The bundle is built in a temporary directory and renamed into place only
 when every gate passed. Then the ONNX flavour is logged back to the run and the model version is tagged
 with the bundle's digests.
@@ -39,13 +40,12 @@ from contracts.manifest import (
     canonical_bytes,
     sha256_file,
 )
-from contracts.runtime import OnnxModel
 from contracts.signing import PRIVATE_KEY_FILE, generate_keypair, load_private_key, sign_bytes
 from contracts.tracking import ensure_tracking_reachable
 from converter.explain import checked_explainer
 from converter.export import to_onnx
 from converter.gates import check_metric_floors
-from converter.parity import check_parity, golden_rows, records_of
+from converter.parity import check_runtimes, golden_rows, records_of, replay_golden_samples
 from converter.resolve import ResolvedModel, resolve_reference
 from converter.settings import ConvertSettings
 
@@ -169,21 +169,23 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
             }
         )
         unsigned = Bundle(path=building, manifest=draft, signed=False)
-        parity = check_parity(sklearn_model, OnnxModel.load(unsigned), features, settings.parity_tolerance)
+        parity = check_runtimes(sklearn_model, unsigned, features, settings.parity_tolerance)
         log_event(
             logger,
             "parity gate passed",
             rows=parity.rows,
             label_mismatches=parity.label_mismatches,
             max_abs_diff=f"{parity.max_abs_diff:.2e}",
+            numpy_max_abs_diff=f"{(parity.runtimes or [])[-1].max_abs_diff:.2e}",
             tolerance=f"{parity.tolerance:.0e}",
         )
         manifest = draft.model_copy(update={"parity": parity})
         (building / MANIFEST_FILE).write_bytes(manifest.to_json_bytes())
         (building / SIGNATURE_FILE).write_bytes(sign_bytes(canonical_bytes(manifest), private_key))
         verified = load_bundle(building, private_key.public_key())
-        worst = OnnxModel.load(verified).check_golden_samples()
-        log_event(logger, "golden samples replayed", samples=len(samples), max_abs_diff=f"{worst:.2e}")
+        worst = replay_golden_samples(verified)
+        log_event(logger, "golden samples replayed", samples=len(samples),
+                  max_abs_diff=f"{worst['onnxruntime']:.2e}", numpy_max_abs_diff=f"{worst['numpy']:.2e}")  # fmt: skip
     bundle = load_bundle(out, private_key.public_key())
     _log_back(client, resolved, bundle, onnx_model)
     log_event(logger, "bundle written", path=str(out), name=manifest.name, version=manifest.version)

@@ -1,6 +1,8 @@
-"""The parity gate: the ONNX model must agree with the sklearn model on held-out rows.
+"""The parity gate: the ONNX model must agree with the sklearn model on held-out rows, on every runtime.
 
 Labels must be identical and probabilities within a tolerance; the report names how far off they were.
+`check_runtimes` runs the gate and the golden-sample replay through onnxruntime and through the numpy runtime
+(what a device without onnxruntime serves with) and records both in the parity report.
 """
 
 from __future__ import annotations
@@ -8,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from contracts.errors import ParityCheckFailed
-from contracts.manifest import FeatureSpec, ParityReport
-from contracts.runtime import OnnxModel, encode_columns
+from contracts.bundle import Bundle
+from contracts.errors import ConversionError, ModelRejected, ParityCheckFailed, UnsupportedOperator
+from contracts.manifest import FeatureSpec, ParityReport, RuntimeParity
+from contracts.runtime import RUNTIMES, OnnxModel, encode_columns
 
-__all__ = ["check_parity", "golden_rows", "records_of"]
+__all__ = ["check_parity", "check_runtimes", "golden_rows", "records_of", "replay_golden_samples"]
 
 
 def check_parity(
@@ -26,14 +29,55 @@ def check_parity(
     mismatches = int(np.sum(result.labels != expected_labels))
     report = ParityReport(rows=len(features), label_mismatches=mismatches, max_abs_diff=diff, tolerance=tolerance)
     if mismatches or diff > tolerance:
+        where = "" if onnx_model.runtime == "onnxruntime" else f" ({onnx_model.runtime} runtime)"
         raise ParityCheckFailed(
-            f"parity gate failed on {len(features)} held-out rows: {mismatches} label mismatches, "
+            f"parity gate failed on {len(features)} held-out rows{where}: {mismatches} label mismatches, "
             f"max abs probability difference {diff:.2e} (tolerance {tolerance:.0e})",
             max_abs_diff=diff,
             tolerance=tolerance,
             label_mismatches=mismatches,
         )
     return report
+
+
+def _load(bundle: Bundle, runtime: str) -> OnnxModel:
+    try:
+        return OnnxModel.load(bundle, runtime=runtime)
+    except UnsupportedOperator as exc:
+        raise ConversionError(
+            f"the numpy runtime (devices without onnxruntime) cannot run this model: it lacks {exc.operator}; "
+            "convert a pipeline of the supported steps or add the operator to contracts/numpy_ops.py"
+        ) from None
+
+
+def _golden(model: OnnxModel) -> float:
+    try:
+        return model.check_golden_samples()
+    except ModelRejected as exc:
+        raise ConversionError(f"{model.runtime} runtime: {exc.message}") from None
+
+
+def replay_golden_samples(bundle: Bundle) -> dict[str, float]:
+    """Replay the bundle's golden samples on every runtime: runtime -> max |dp|. A failure names the runtime."""
+    return {runtime: _golden(_load(bundle, runtime)) for runtime in RUNTIMES}
+
+
+def check_runtimes(sklearn_model: object, bundle: Bundle, features: pd.DataFrame, tolerance: float) -> ParityReport:
+    """The parity gate, then the golden replay, on both runtimes; the top-level numbers are onnxruntime's."""
+    replays, reports = [], {}
+    for runtime in RUNTIMES:
+        model = _load(bundle, runtime)
+        report = reports[runtime] = check_parity(sklearn_model, model, features, tolerance)
+        replays.append(
+            RuntimeParity(
+                runtime=model.runtime,
+                rows=report.rows,
+                label_mismatches=report.label_mismatches,
+                max_abs_diff=report.max_abs_diff,
+                golden_max_abs_diff=_golden(model),
+            )
+        )
+    return reports["onnxruntime"].model_copy(update={"runtimes": replays})
 
 
 def records_of(frame: pd.DataFrame, inputs: list[FeatureSpec]) -> list[dict]:

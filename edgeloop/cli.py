@@ -127,6 +127,11 @@ def convert(
         f"max |dp| {m.parity.max_abs_diff:.1e} <= {m.parity.tolerance:.0e}; "
         f"{len(m.golden_samples)} golden samples; onnx sha256 {m.onnx.sha256[:16]}…; signed"
     )
+    for replay in m.parity.runtimes or []:
+        console.print(
+            f"  {replay.runtime}: {replay.label_mismatches} label mismatches, max |dp| {replay.max_abs_diff:.1e} "
+            f"(held-out), {replay.golden_max_abs_diff:.1e} (golden samples)"
+        )
 
 
 @app.command()

@@ -158,6 +158,12 @@ def test_onnx_matches_sklearn(store: ParityStore, dataset: str, kind: str, tmp_p
     assert manifest.parity.label_mismatches == 0
     assert manifest.parity.tolerance == TOLERANCE
     assert manifest.parity.max_abs_diff == pytest.approx(holdout_diff, abs=1e-9)
+    replays = {replay.runtime: replay for replay in manifest.parity.runtimes or []}
+    assert sorted(replays) == ["numpy", "onnxruntime"]
+    assert replays["onnxruntime"].max_abs_diff == manifest.parity.max_abs_diff
+    for replay in replays.values():
+        assert replay.rows == len(holdout) and replay.label_mismatches == 0
+        assert replay.max_abs_diff <= TOLERANCE and replay.golden_max_abs_diff <= TOLERANCE
     print(f"{dataset}/{kind}: max |dp| {holdout_diff:.2e} on {len(holdout)} held-out rows")
 
 

@@ -205,3 +205,41 @@ def test_runtime_choice() -> None:
     assert resolve_runtime("auto") == resolve_runtime("onnxruntime") == "onnxruntime"  # installed here
     with pytest.raises(InputError, match="auto, onnxruntime or numpy"):
         resolve_runtime("tensorrt")
+
+
+def test_the_converter_gate_refuses_a_model_the_numpy_runtime_cannot_run(
+    rf_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    """check_runtimes is the converter's parity gate on both runtimes; an operator numpy lacks fails it, named."""
+    import pandas as pd
+
+    from contracts.bundle import Bundle
+    from contracts.errors import ConversionError
+    from converter.parity import check_runtimes
+
+    bundle = load_bundle(rf_bundle.bundle)
+    model = onnx.load(str(bundle.model_path))
+    last = [node for node in model.graph.node if "probabilities" in node.output][-1]
+    last.output[list(last.output).index("probabilities")] = "raw_probabilities"
+    model.graph.node.append(helper.make_node("Abs", ["raw_probabilities"], ["probabilities"]))
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    edited = Bundle(path=tmp_path, manifest=bundle.manifest, signed=False)
+    names = bundle.manifest.feature_names
+    features = pd.DataFrame(
+        {
+            name: pd.Series([sample.inputs[name] for sample in bundle.manifest.golden_samples], dtype=object)
+            for name in names
+        }
+    )
+
+    class Answers:  # the golden answers as a "sklearn model": what the converter compares with
+        def predict(self, frame: pd.DataFrame) -> np.ndarray:
+            return np.asarray([sample.label for sample in bundle.manifest.golden_samples])
+
+        def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+            return np.asarray([sample.probabilities for sample in bundle.manifest.golden_samples])
+
+    report = check_runtimes(Answers(), load_bundle(rf_bundle.bundle), features, TOLERANCE)
+    assert [replay.runtime for replay in report.runtimes or []] == ["onnxruntime", "numpy"]
+    with pytest.raises(ConversionError, match="lacks Abs"):
+        check_runtimes(Answers(), edited, features, TOLERANCE)
