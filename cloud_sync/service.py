@@ -16,7 +16,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from cloud_sync.alerts.evaluator import AlertEvaluator, load_rules
-from cloud_sync.api.app import CloudContext, create_app
+from cloud_sync.api.app import create_app
+from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.ingest.subscriber import Ingest
 from cloud_sync.loop.impact import load_value_matrices

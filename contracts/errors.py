@@ -5,7 +5,10 @@ that the mapping lives in one place. Messages say what went wrong and what to do
 
     EdgeloopError
     ├── InputError                 bad user input: path, file format, column, value      (exit 2, HTTP 422)
-    │   └── SchemaError            a record does not match the model's input schema      (exit 2, HTTP 422)
+    │   ├── SchemaError            a record does not match the model's input schema      (exit 2, HTTP 422)
+    │   └── PayloadTooLarge        a request body over the server's limit                 (exit 2, HTTP 413)
+    ├── Unauthorized               missing or unknown bearer token                       (exit 2, HTTP 401)
+    │   └── Forbidden              a valid token without the role the route needs         (exit 2, HTTP 403)
     ├── NotFoundError              unknown model, alias, version, prediction id          (exit 3, HTTP 404)
     ├── IntegrityError             sha256 or signature mismatch, tampered bundle         (exit 4, HTTP 422)
     ├── ConversionError            the model cannot be converted or fails a gate         (exit 5, HTTP 422)
@@ -27,17 +30,20 @@ __all__ = [
     "ConflictError",
     "ConversionError",
     "EdgeloopError",
+    "Forbidden",
     "InputError",
     "IntegrityError",
     "ModelRejected",
     "NotFoundError",
     "ParityCheckFailed",
+    "PayloadTooLarge",
     "RolloutFailed",
     "RolloutNotPromoted",
     "RolloutRolledBack",
     "RolloutWaitTimeout",
     "SchemaError",
     "ServiceUnavailableError",
+    "Unauthorized",
     "UnsupportedModelError",
     "UnsupportedOperator",
 ]
@@ -68,6 +74,25 @@ class SchemaError(InputError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class PayloadTooLarge(InputError):
+    """A request body over the server's limit (the cloud's max_body_bytes)."""
+
+    http_status = 413
+
+
+class Unauthorized(EdgeloopError):
+    """No bearer token, or one the server does not know (answered with `WWW-Authenticate: Bearer`)."""
+
+    exit_code = 2
+    http_status = 401
+
+
+class Forbidden(Unauthorized):
+    """A known token without the role the route needs (a viewer token on an operator route)."""
+
+    http_status = 403
 
 
 class NotFoundError(EdgeloopError):

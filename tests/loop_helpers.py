@@ -14,7 +14,8 @@ from typing import Any
 
 import uvicorn
 
-from cloud_sync.api.app import CloudContext, create_app
+from cloud_sync.api.app import create_app
+from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.rollouts.controller import Rollouts
 from cloud_sync.store.bundles import BundleRegistry

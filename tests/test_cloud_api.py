@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud_sync.api.app import CloudContext, create_app
+from cloud_sync.api.app import create_app
+from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.rollouts.controller import Rollouts
 from cloud_sync.store.bundles import BundleRegistry, bundle_tar

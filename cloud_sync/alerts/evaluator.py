@@ -28,26 +28,16 @@ from cloud_sync.fleet.stats import WindowRecord, load_windows
 from cloud_sync.store import audit
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, alerts, devices, rollouts
+from cloud_sync.times import parse_duration
 from contracts.errors import InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.telemetry import merge_counts, score_drift
 from contracts.topics import PREFIX
 
-__all__ = ["DEFAULT_RULES", "AlertEvaluator", "Rule", "acknowledge", "alert_list", "load_rules", "parse_duration"]
+__all__ = ["DEFAULT_RULES", "AlertEvaluator", "Rule", "acknowledge", "alert_list", "load_rules"]
 
 logger = logging.getLogger("edgeloop.cloud.alerts")
 Kind = Literal["accuracy_below", "psi_above", "device_offline", "p99_above", "error_rate_above", "rollout_failed"]
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: str | float | int) -> float:
-    """`90`, `90s`, `10m`, `1h`, `2d` -> seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-    if not match:
-        raise ValueError(f"{value!r} is not a duration like 30s, 10m, 1h or 2d")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 class Rule(BaseModel):

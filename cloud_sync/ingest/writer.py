@@ -11,7 +11,6 @@ the audit log, once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,11 +20,12 @@ from sqlalchemy.engine import Connection
 
 from cloud_sync.store import audit
 from cloud_sync.store.db import Store, dead_letters, devices, events, feedback_rows, gaps, windows
+from cloud_sync.times import epoch
 from contracts.messages import DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
 from contracts.telemetry import TelemetryWindow
 from contracts.topics import parse_device_topic
 
-__all__ = ["BatchResult", "Incoming", "IngestWriter", "Parsed", "epoch", "parse_message"]
+__all__ = ["BatchResult", "Incoming", "IngestWriter", "Parsed", "parse_message"]
 
 _MODELS: dict[str, type[BaseModel]] = {
     "telemetry": TelemetryWindow,
@@ -65,14 +65,6 @@ class BatchResult:
     gaps: int = 0
     feedback_rows: int = 0
     dead_reasons: list[str] = field(default_factory=list)
-
-
-def epoch(stamp: str) -> float:
-    """ISO 8601 (with Z or an offset; naive = UTC) -> epoch seconds."""
-    value = datetime.fromisoformat(stamp)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
 
 
 def parse_message(incoming: Incoming) -> Parsed | str | None:

@@ -1,6 +1,6 @@
 """What explains a model version, read from the signed manifest the bundle server stores: for auditors.
 
-    GET /v1/bundles/{name}/{version}/explanations   (viewer)   explanations(registry.get(name, version).manifest)
+    GET /v1/bundles/{name}/{version}/explanations   (viewer, api/routes/bundles.py)   explanations(manifest)
 
 Two facts per version: the trainer's global permutation importance (`Manifest.importance`: the metric, the
 rows and repeats, and each input feature's mean drop +- std, most important first) and whether the edge agent
@@ -11,14 +11,13 @@ The dashboard's models page shows the same dict per version (`/v1/dashboard/mode
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from fastapi import Depends, FastAPI, Path
 from pydantic import BaseModel, Field
 
 from contracts.manifest import GlobalImportance, Manifest, why_no_explanation
 
-__all__ = ["EXPLAIN_ROUTE", "Explanations", "PerPrediction", "explanations", "mount"]
+__all__ = ["EXPLAIN_ROUTE", "Explanations", "PerPrediction", "explanations"]
 
 EXPLAIN_ROUTE = "POST /v1/explain"
 """The edge agent's route for per-prediction contributions (edge_agent/explain.py)."""
@@ -70,16 +69,3 @@ def explanations(manifest: Manifest) -> Explanations:
         importance=manifest.importance,
         per_prediction=per_prediction(manifest),
     )
-
-
-def mount(app: FastAPI, ctx: Any, as_viewer: Any) -> None:
-    @app.get("/v1/bundles/{name}/{version}/explanations", tags=["bundles"], response_model=Explanations)
-    def bundle_explanations(
-        *,
-        _p: Any = Depends(as_viewer),
-        name: str,
-        version: int = Path(ge=1, le=2**63 - 1),
-    ) -> Explanations:
-        """The version's global permutation importance and whether devices explain single predictions
-        (from the signed manifest on the bundle server; 404 for an unknown bundle)."""
-        return explanations(ctx.registry.get(name, version).manifest)

@@ -27,9 +27,9 @@ from typing import IO, Any
 import sqlalchemy as sa
 import yaml
 
-from cloud_sync.alerts.evaluator import parse_duration
 from cloud_sync.store import audit
 from cloud_sync.store.db import Store, alerts, devices
+from cloud_sync.times import parse_duration
 from contracts.errors import InputError
 from contracts.logs import log_event
 

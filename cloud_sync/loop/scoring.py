@@ -12,10 +12,8 @@ through `contracts.runtime.OnnxModel`, the same runtime as on the device; sessio
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from cloud_sync.store.bundles import BundleInfo, BundleRegistry
@@ -23,7 +21,7 @@ from contracts.bundle import load_bundle
 from contracts.errors import NotFoundError
 from contracts.runtime import OnnxModel
 
-__all__ = ["ScoreRequest", "Scorer", "scoring_router"]
+__all__ = ["ScoreRequest", "Scorer"]
 
 MAX_RECORDS = 1000
 
@@ -78,14 +76,3 @@ class Scorer:
                 for label, row in zip(labels, result.probabilities.tolist(), strict=True)
             ],
         }
-
-
-def scoring_router(scorer: Scorer, as_viewer: Callable[[Request], Any]) -> APIRouter:
-    router = APIRouter(tags=["scoring"])
-
-    @router.post("/v1/score")
-    def score(*, _p: Any = Depends(as_viewer), body: ScoreRequest) -> dict[str, Any]:
-        """Score records with the cloud's model for hybrid inference (a device's low-confidence records)."""
-        return scorer.score(body)
-
-    return router

@@ -2,7 +2,7 @@
 
     registry = BundleRegistry(settings.bundles_dir, public_key)
     registry.add(Path("bundles/machine-failure"))      # verified (sha256 + signature), copied atomically
-    app.include_router(bundle_router(registry))        # GET /bundles/{name}/{version}/model.onnx ...
+    registry.get("machine-failure", 2)                 # served by api/routes/bundles.py: GET /bundles/...
 
 Downloads carry the file's sha256 as a strong ETag (If-None-Match -> 304) and honour HTTP range requests
 (an interrupted device download resumes). Devices need no token: what they fetch is signed, and they check
@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse
 
 from contracts.bundle import atomic_directory, load_bundle, parse_manifest
 from contracts.errors import ConflictError, InputError, NotFoundError
 from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, sha256_file
 
-__all__ = ["BundleInfo", "BundleRegistry", "bundle_router", "bundle_tar"]
+__all__ = ["BUNDLE_FILES", "BundleInfo", "BundleRegistry", "bundle_tar"]
 
-_FILES = (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE)
+BUNDLE_FILES = (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE)
+"""The three files of a bundle, the only ones the bundle server serves."""
 _MAX_UPLOAD = 1 << 30
 
 
@@ -136,7 +135,7 @@ class BundleRegistry:
                     "register a new version instead of reusing the number"
                 )
         with atomic_directory(target) as tmp:
-            for name in _FILES:
+            for name in BUNDLE_FILES:
                 shutil.copyfile(bundle.path / name, tmp / name)
         return self._read(target)
 
@@ -149,13 +148,13 @@ class BundleRegistry:
                 with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
                     for member in archive.getmembers():
                         name = Path(member.name).name
-                        if member.isfile() and name in _FILES:
+                        if member.isfile() and name in BUNDLE_FILES:
                             handle = archive.extractfile(member)
                             if handle is not None:
                                 (Path(tmp) / name).write_bytes(handle.read())
             except tarfile.TarError as exc:
                 raise InputError(f"bundle upload is not a tar archive: {exc}") from None
-            missing = [name for name in _FILES if not (Path(tmp) / name).is_file()]
+            missing = [name for name in BUNDLE_FILES if not (Path(tmp) / name).is_file()]
             if missing:
                 raise InputError(f"bundle upload lacks {', '.join(missing)}")
             return self.add(Path(tmp))
@@ -177,26 +176,6 @@ def bundle_tar(path: Path) -> bytes:
     """The upload body for a bundle directory (used by `edgeloop deploy`)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name in _FILES:
+        for name in BUNDLE_FILES:
             archive.add(path / name, arcname=name)
     return buffer.getvalue()
-
-
-def bundle_router(registry: BundleRegistry) -> APIRouter:
-    router = APIRouter(tags=["bundle server"])
-
-    @router.get("/bundles/{name}/{version}/{filename}", summary="Download a bundle file (ETag = sha256, ranges)")
-    def download(name: str, version: int, filename: str, request: Request) -> Response:
-        if filename not in _FILES:
-            raise NotFoundError(f"a bundle has {', '.join(_FILES)}; not {filename!r}")
-        info = registry.get(name, version)
-        path = info.path / filename
-        if not path.is_file():
-            raise NotFoundError(f"{filename} of bundle {name}/{version} is missing on the server")
-        etag = f'"{registry.file_digest(path)}"'
-        if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
-            return Response(status_code=304, headers={"ETag": etag})
-        media = "application/octet-stream" if filename == MODEL_FILE else "application/json"
-        return FileResponse(path, media_type=media, headers={"ETag": etag, "Cache-Control": "no-cache"})
-
-    return router

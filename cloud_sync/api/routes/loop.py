@@ -8,16 +8,21 @@ GET  /v1/feedback-rows (operator) labelled rows devices sent (opt-in), the newes
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
+from cloud_sync import times
+from cloud_sync.api.auth import Auth
+from cloud_sync.api.context import CloudContext, Principal
+from cloud_sync.api.errors import ERRORS
+from cloud_sync.loop.feedback_rows import rows_for
+from cloud_sync.loop.impact import impact
 from cloud_sync.store import audit
 from contracts.errors import InputError, NotFoundError
 
-__all__ = ["RetrainRecord", "mount"]
+__all__ = ["RetrainRecord", "router"]
 
 
 class RetrainRecord(BaseModel):
@@ -32,29 +37,31 @@ class RetrainRecord(BaseModel):
     reason: str | None = None
 
 
-def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operator: Callable[[Request], Any]) -> None:
-    @app.post("/v1/retrains", tags=["retraining"], status_code=201)
-    def record_retrain(*, principal: Any = Depends(as_operator), body: RetrainRecord) -> dict[str, Any]:
+def router(ctx: CloudContext, auth: Auth) -> APIRouter:
+    routes = APIRouter(responses=ERRORS)
+
+    @routes.post("/v1/retrains", tags=["retraining"], status_code=201)
+    def record_retrain(*, principal: Principal = Depends(auth.operator), body: RetrainRecord) -> dict[str, Any]:
         """Record a retraining job in the append-only audit log (action `retrain`)."""
         details = body.model_dump(exclude={"reason"})
         with ctx.store.engine.begin() as conn:
             audit.record(conn, principal.name, "retrain", f"{body.model}/{body.version}", body.reason, details)
         return {"recorded": True, "target": f"{body.model}/{body.version}", "actor": principal.name, **details}
 
-    @app.get("/v1/retrains", tags=["retraining"])
-    def retrains(*, _p: Any = Depends(as_viewer), model: str | None = None) -> list[dict[str, Any]]:
+    @routes.get("/v1/retrains", tags=["retraining"])
+    def retrains(*, _p: Principal = Depends(auth.viewer), model: str | None = None) -> list[dict[str, Any]]:
         rows = audit.entries(ctx.store, action="retrain")
         return [row for row in rows if model is None or row["details"].get("model") == model]
 
-    @app.get("/v1/impact/models", tags=["impact"])
-    def impact_models(*, _p: Any = Depends(as_viewer)) -> list[str]:
+    @routes.get("/v1/impact/models", tags=["impact"])
+    def impact_models(*, _p: Principal = Depends(auth.viewer)) -> list[str]:
         """Models that have a cost/benefit matrix (the others have no /v1/impact)."""
-        return sorted(getattr(ctx, "value_matrices", {}))
+        return sorted(ctx.value_matrices)
 
-    @app.get("/v1/impact", tags=["impact"])
+    @routes.get("/v1/impact", tags=["impact"])
     def business_impact(
         *,
-        _p: Any = Depends(as_viewer),
+        _p: Principal = Depends(auth.viewer),
         model: str,
         group: str | None = None,
         since: str = Query("7d", description="A duration back from `until` (7d, 24h) or an ISO time"),
@@ -64,33 +71,26 @@ def mount(app: FastAPI, ctx: Any, as_viewer: Callable[[Request], Any], as_operat
     ) -> dict[str, Any]:
         """Estimated business value from the merged feedback confusion counts and the model's cost/benefit
         matrix: per version, per period, and the change each rollout made against the version before."""
-        from cloud_sync.alerts.evaluator import parse_duration
-        from cloud_sync.api.app import _period
-        from cloud_sync.loop.impact import impact
-
-        matrix = getattr(ctx, "value_matrices", {}).get(model)
+        matrix = ctx.value_matrices.get(model)
         if matrix is None:
             raise NotFoundError(f"model {model!r} has no cost/benefit matrix (setting value_matrices, docs/loop.md)")
-        start, end = _period(since, until)
-        try:
-            period_s, compare_s = parse_duration(period), parse_duration(compare)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        start, end = times.period(since, until)
+        period_s, compare_s = times.duration(period), times.duration(compare)
         if period_s <= 0 or (end - start) / period_s > 1000:
             raise InputError(f"period {period!r} is too short for the range (at most 1000 buckets)")
         return impact(ctx.store, model, matrix, start, end, period_s, group, compare_s)
 
-    @app.get("/v1/feedback-rows", tags=["retraining"])
+    @routes.get("/v1/feedback-rows", tags=["retraining"])
     def feedback_row_list(
         *,
-        _p: Any = Depends(as_operator),
+        _p: Principal = Depends(auth.operator),
         model: str,
         version: int | None = Query(None, ge=1, le=2**63 - 1),
         group: str | None = None,
         limit: int = Query(50_000, ge=1, le=1_000_000),
     ) -> dict[str, Any]:
         """Labelled rows with the fields devices kept (operator: this is data, not statistics)."""
-        from cloud_sync.loop.feedback_rows import rows_for
-
         rows = rows_for(ctx.store, model, limit, version, group)
         return {"model": model, "count": len(rows), "rows": rows}
+
+    return routes

@@ -1,0 +1,106 @@
+"""Request and response models of the cloud API's device, rollout and alert routes (OpenAPI shows them; FastAPI checks
+every answer against them). The routes answer what `fleet.stats`, `rollouts.status` and `alerts.evaluator`
+build; times are ISO 8601 strings (UTC)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["Alert", "DeployRequest", "Device", "ReasonRequest", "Rollout", "RolloutDevice", "RolloutStatus"]
+
+
+class Device(BaseModel):
+    device_id: str
+    group: str | None
+    online: bool
+    last_seen: str | None
+    last_seen_s_ago: float
+    model_name: str | None
+    model_version: int | None
+    bundle_sha256: str | None
+    state: str | None = Field(description="What the agent last reported: serving, downloading, failed ...")
+    last_error: str | None
+    agent_version: str | None
+
+
+class Rollout(BaseModel):
+    id: str
+    group: str
+    model: str = Field(description="NAME/VERSION")
+    model_name: str
+    model_version: int
+    previous_version: int | None = Field(description="What the group ran before (the champion), if known")
+    canary: list[str]
+    soak_s: float
+    state: Literal["canary", "soaking", "promoted", "rolled_back", "failed"]
+    reason: str | None
+    actor: str
+    created_at: str | None
+    soak_started_at: str | None
+    finished_at: str | None
+    mode: Literal["serving", "shadow", "ab"]
+
+
+class RolloutDevice(BaseModel):
+    device_id: str
+    canary: bool
+    online: bool
+    model_version: int | None
+    on_target: bool = Field(description="Reports the rollout's version")
+    state: str | None
+    last_error: str | None
+
+
+class RolloutStatus(Rollout):
+    """A rollout with its group's devices (or, with `devices=false`, only the counts)."""
+
+    devices: list[RolloutDevice] | None = Field(default=None, description="Absent with devices=false")
+    group_devices: int | None = Field(default=None, description="Devices in the group (devices=false only)")
+    on_target: int | None = Field(default=None, description="How many devices report the rollout's version")
+    ab: dict[str, Any] | None = Field(default=None, description="A/B rollouts: per-arm requests, failures, accuracy")
+
+
+class Alert(BaseModel):
+    id: int
+    rule: str
+    subject: str
+    state: Literal["firing", "resolved"]
+    severity: str
+    value: float | None
+    threshold: float | None
+    message: str
+    fired_at: str | None
+    resolved_at: str | None
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+
+
+class DeployRequest(BaseModel):
+    model_name: str = Field(min_length=1)
+    model_version: int = Field(ge=1, le=2**63 - 1)
+    group: str = Field(min_length=1)
+    canary: str | None = Field(default=None, description="`25%` of the group, or `dev-1,dev-2`; `0` = no canary")
+    soak_minutes: float = Field(default=10.0, ge=0)
+    mode: Literal["serving", "shadow", "ab"] = Field(
+        default="serving",
+        description="`shadow`: the canary keeps serving the group's version with this one in shadow; promoted "
+        "after the soak if its measured accuracy is at least the champion's. `ab`: this one answers `ab_fraction` "
+        "of the request keys on the canary (stable hash of the key); status shows per-arm accuracy; promotion "
+        "is manual",
+    )
+    ab_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="`ab` mode: the challenger's share of request keys, in [0, 1]"
+    )
+    ab_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="`ab` mode: the record field that is the request key (e.g. `machine_id`); none = the "
+        "`X-Request-Key` header only",
+    )
+
+
+class ReasonRequest(BaseModel):
+    reason: str | None = None

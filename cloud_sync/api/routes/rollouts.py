@@ -1,0 +1,62 @@
+"""Rollout routes: list and status (viewer); deploy, promote, roll back (operator, recorded with the token's name)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from cloud_sync.api.auth import Auth
+from cloud_sync.api.context import CloudContext, Principal
+from cloud_sync.api.errors import ERRORS
+from cloud_sync.api.models import DeployRequest, ReasonRequest, Rollout, RolloutStatus
+
+__all__ = ["router"]
+
+
+def router(ctx: CloudContext, auth: Auth) -> APIRouter:
+    routes = APIRouter(tags=["rollouts"], responses=ERRORS)
+    status_model: dict[str, Any] = {"response_model": RolloutStatus, "response_model_exclude_unset": True}
+
+    @routes.get("/v1/rollouts", response_model=list[Rollout])
+    def rollout_list(*, _p: Principal = Depends(auth.viewer), group: str | None = None) -> list[dict[str, Any]]:
+        return ctx.rollouts.recent(group)
+
+    @routes.get("/v1/rollouts/latest", **status_model)
+    def rollout_latest(*, _p: Principal = Depends(auth.viewer), group: str | None = None) -> dict[str, Any]:
+        return ctx.rollouts.latest(group)
+
+    @routes.get("/v1/rollouts/{rollout_id}", **status_model)
+    def rollout_status(
+        *, _p: Principal = Depends(auth.viewer), rollout_id: str, devices: bool = True
+    ) -> dict[str, Any]:
+        """`devices=false`: counts only (`group_devices`, `on_target`), for polling a large group."""
+        return ctx.rollouts.status(rollout_id, per_device=devices)
+
+    @routes.post("/v1/rollouts", status_code=201, **status_model)
+    def deploy(*, principal: Principal = Depends(auth.operator), body: DeployRequest) -> dict[str, Any]:
+        return ctx.rollouts.deploy(
+            body.model_name,
+            body.model_version,
+            body.group,
+            body.canary,
+            body.soak_minutes * 60,
+            principal.name,
+            body.mode,
+            body.ab_fraction,
+            body.ab_key,
+        )
+
+    @routes.post("/v1/rollouts/{rollout_id}/promote", **status_model)
+    def promote(
+        *, principal: Principal = Depends(auth.operator), rollout_id: str, body: ReasonRequest | None = None
+    ) -> dict[str, Any]:
+        return ctx.rollouts.promote(rollout_id, principal.name, body.reason if body else None)
+
+    @routes.post("/v1/rollouts/{rollout_id}/rollback", **status_model)
+    def rollback(
+        *, principal: Principal = Depends(auth.operator), rollout_id: str, body: ReasonRequest | None = None
+    ) -> dict[str, Any]:
+        return ctx.rollouts.rollback(rollout_id, principal.name, body.reason if body else None)
+
+    return routes
