@@ -13,6 +13,9 @@ Same model (the trainer's 100-tree random forest, converted by the converter), s
 - bare FastAPI: a pydantic body model and onnxruntime, nothing else (the issue's reference endpoint).
 - lean Starlette: one route, orjson decode, onnxruntime (the ceiling of a Python route on uvicorn).
 - mlflow: `mlflow models serve --env-manager local` on the sklearn pipeline of the same run.
+- the agent's other protocols, rows `same agent, ...`: the same record through Open Inference Protocol V2
+  (`POST /v2/models/{name}/infer`, JSON tensors) and MLflow's `POST /invocations` (`dataframe_records`), on the
+  agent process above, in the same rounds; their req/s are also given as a ratio of `/v1/predict`'s.
 
 Servers run side by side and are loaded in interleaved rounds (medians reported), so that the background
 load of a shared machine does not favour one of them. Prints req/s, p50 and p99 at concurrency 1 and 16, RSS
@@ -430,6 +433,12 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
                            lua(work / f"{len(servers)}.lua", payload, headers))  # fmt: skip
             server.body, server.headers = payload, headers
             servers.append(server)
+            if server.result.name == label:  # its other protocols: same process, same record, same rounds
+                for route, route_url, route_body in _protocol_routes(url, manifest, record):
+                    script = lua(work / f"{len(servers)}.lua", route_body, headers)
+                    run_wrk(route_url, script, 4, 1)  # warm up
+                    row = Result(f"  same agent, {route}", server.result.start_s)
+                    servers.append(Server(row, server.process, route_url, script, route_body, headers))
         load_rounds(servers, args.concurrency, args.duration, args.rounds, args.tail)
     finally:
         for server in servers:
@@ -438,6 +447,24 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
             broker[0].terminate()
             broker[0].wait(10)
     return [server.result for server in servers]
+
+
+def _protocol_routes(predict_url: str, manifest: dict, record: dict) -> list[tuple[str, str, bytes]]:
+    """(label, URL, body) of the same record through Open Inference Protocol V2 and MLflow's /invocations."""
+    base = predict_url.removesuffix("/v1/predict")
+    tensors = [
+        {"name": spec["name"], "shape": [1, 1], "datatype": "FP32" if spec["kind"] == "numeric" else "BYTES",
+         "data": [record[spec["name"]]]}
+        for spec in manifest["inputs"]
+    ]  # fmt: skip
+    return [
+        (
+            "POST /v2/models/{name}/infer",
+            f"{base}/v2/models/{manifest['name']}/infer",
+            orjson.dumps({"inputs": tensors}),
+        ),
+        ("POST /invocations", f"{base}/invocations", orjson.dumps({"dataframe_records": [record]})),
+    ]
 
 
 def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int] | None:
@@ -479,6 +506,10 @@ def report(results: list[Result], concurrencies: list[int]) -> None:
     agent = results[0]
     print()
     for other in results[1:]:
+        if other.name.startswith("  same agent"):
+            ratios = ", ".join(f"c={c}: {other.rates[c][0] / agent.rates[c][0]:.2f}x" for c in concurrencies)
+            print(f"{other.name.strip()} / POST /v1/predict: {ratios}")
+            continue
         ratios = ", ".join(f"c={c}: {agent.rates[c][0] / other.rates[c][0]:.1f}x" for c in concurrencies)
         print(f"agent / {other.name}: {ratios}; RSS {agent.rss_mb / other.rss_mb:.2f}x")
     tails = [r for r in results if r.tail is not None]

@@ -44,8 +44,12 @@ from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.loaded import PredictionBatch
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics, error_kind
 from edge_agent.openapi_schema import ERRORS, install_openapi
+from edge_agent.protocol_mlflow import MLFLOW_OPERATIONS, install_mlflow
+from edge_agent.protocol_support import ProtocolContext, add_operations
+from edge_agent.protocol_v2 import V2_OPERATIONS, install_v2
 from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
+from edge_agent.updater import AGENT_VERSION
 
 __all__ = ["create_app", "parse_feedback", "parse_records"]
 
@@ -55,6 +59,16 @@ _ROUTES = {
     for p in ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 }
 _ROUTES["/v1/explain"] = "/v1/explain"
+_ROUTES |= {p: p for p in ("/invocations", "/ping", "/v2/health/live", "/v2/health/ready")}
+
+
+def _route_family(path: str) -> str:
+    """The metrics label of a path with parameters: the V2 model routes by their last segment, else `other`."""
+    if path.startswith("/v2/models/"):
+        return "/v2/models/{name}/infer" if path.endswith("/infer") else "/v2/models/{name}"
+    return "other"
+
+
 _NAN_TOKEN = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
 _INLINE_ROWS = 32  # bigger batches run in the thread pool so they do not stall the event loop
 
@@ -87,7 +101,7 @@ class _MetricsMiddleware:
         finally:
             current = self.service.current
             model = current.manifest.name if current else ""
-            route = _ROUTES.get(scope["path"], "other")
+            route = _ROUTES.get(scope["path"]) or _route_family(scope["path"])
             self.metrics.observe_request(model, route, status, time.perf_counter() - start)
 
 
@@ -335,4 +349,9 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     install_openapi(app, service, token is not None)
+    # The field's other protocols, over the same prediction path: Open Inference Protocol V2 and MLflow scoring.
+    protocols = ProtocolContext(service, metrics, check_auth, max_body, max_batch)
+    install_v2(app, protocols, AGENT_VERSION)
+    install_mlflow(app, protocols, AGENT_VERSION)
+    add_operations(app, {**V2_OPERATIONS, **MLFLOW_OPERATIONS})
     return app
