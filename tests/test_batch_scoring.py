@@ -260,9 +260,14 @@ def test_parquet_file_output_layout_passthrough_and_lineage(
     assert run.data.metrics["rows_per_s"] > 0
 
 
-def test_sessions_in_parallel_give_the_same_output_in_input_order(case: ScoringCase, tmp_path: Path) -> None:
+def test_sessions_in_parallel_give_the_same_output_in_input_order(
+    case: ScoringCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Many small batches over three sessions: the output is identical, value for value and in input order, to
-    one session scoring the batches one after another (CSV too, which has no row groups)."""
+    one session scoring the batches one after another (CSV too, which has no row groups); so is the output of
+    512-row batches cut into 50-row slices."""
+    from cloud_sync.batch import local_engine
+
     outputs = {}
     for sessions in (1, 3):
         for source in (case.parquet, case.trained.data):
@@ -272,6 +277,10 @@ def test_sessions_in_parallel_give_the_same_output_in_input_order(case: ScoringC
             outputs[sessions, source.suffix] = _read(out)
             lineage = orjson.loads(Path(f"{out}.lineage.json").read_bytes())
             assert lineage["engine"]["sessions"] == sessions
+    monkeypatch.setattr(local_engine, "SLICE_ROWS", 50)
+    sliced = tmp_path / "sliced.parquet"
+    score(str(case.trained.bundle), case.parquet, sliced, case.settings(tracking_uri=None, threads=3))
+    outputs[3, "sliced"] = _read(sliced)
     for key, frame in outputs.items():
         assert frame[ID].tolist() == case.frame[ID].tolist(), key
         pd.testing.assert_frame_equal(frame, outputs[1, ".parquet"], check_exact=True)

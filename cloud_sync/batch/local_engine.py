@@ -14,7 +14,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -133,6 +133,18 @@ class _Writer(threading.Thread):
             raise self.error
 
 
+SLICE_ROWS = 1 << 14
+"""Rows per `session.run` at most: each batch read is cut (without copying) into slices of up to this many rows,
+so that at the end of the input no session waits long for the last one (a 64k-row batch takes ~0.5 s on one
+core; a 16k slice ~0.12 s). Measured: a 16k-row call costs no more CPU per row than a 64k-row one."""
+
+
+def _slices(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
+
+
 def load_models(bundle: Bundle, count: int) -> list[OnnxModel]:
     """`count` sessions with one intra-op thread each, created in parallel (a forest takes ~0.1-0.3 s)."""
     if count == 1:
@@ -166,7 +178,7 @@ def score_local(
         writer = _Writer(tmp, plan.output_schema, compression)
         writer.start()
         try:
-            batches = (batch for batch in table.batches(batch_rows, depth=sessions + 1) if batch.num_rows)
+            batches = _slices(table.batches(batch_rows, depth=sessions + 1), SLICE_ROWS)
             for scored in pool.map(score_one, batches):
                 writer.put(scored)
                 rows += scored.num_rows
