@@ -79,10 +79,11 @@ bench: setup
 clean:
 	rm -rf $(VENV) .edgeloop data bundles .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
-# The device install (Dockerfile.edge's steps) in a fresh venv: base package only, serve a bundle, curl it.
+# The device install (Dockerfile.edge's steps) in a fresh venv: base package only, serve a bundle, curl it, then
+# the agent tests marked `device` with every agent a process of that venv (docs/edge-agent.md; about 4 minutes).
 check-edge: setup $(DATA)
 	@test -f $(BUNDLE)/manifest.json || $(MAKE) --no-print-directory train convert
-	deploy/check_edge.sh $(BUNDLE) $(EDGELOOP_HOME)/keys/edgeloop-signing.pub $(PYTHON)
+	deploy/check_edge.sh $(BUNDLE) $(EDGELOOP_HOME)/keys/edgeloop-signing.pub $(PYTHON) $(BIN)/python
 
 # Deployment profile 3: Mosquitto from deploy/mosquitto/ as shipped (TLS, passwords, ACL), `edgeloop cloud` over
 # TLS, two agent processes on MQTT 5 with feedback rows, shadow and A/B; every topic of docs/mqtt.md (about 1 min).

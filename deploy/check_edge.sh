@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `make check-edge`: prove the device install works with the base package only, using the SAME steps as
 # Dockerfile.edge (copy the sources, `pip install --upgrade pip wheel`, `pip install -c constraints.txt .`),
-# then start `edgeloop agent --bundle BUNDLE` on a free port, curl /readyz and one prediction, and stop it.
-#   usage: deploy/check_edge.sh BUNDLE_DIR PUBLIC_KEY [PYTHON]
+# then start `edgeloop agent --bundle BUNDLE` on a free port, curl /readyz and one prediction, and stop it;
+# then, when TEST_PYTHON is given (the dev venv's), the tests marked `device` with every agent a process of
+# this base venv (EDGELOOP_DEVICE_PYTHON, tests/device_helpers.py).
+#   usage: deploy/check_edge.sh BUNDLE_DIR PUBLIC_KEY [PYTHON [TEST_PYTHON]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bundle=$(realpath "$1"); public_key=$(realpath "$2"); python=${3:-python3.11}
+bundle=$(realpath "$1"); public_key=$(realpath "$2"); python=${3:-python3.11}; test_python=${4:-}
+repo=$(pwd)
 tmp=$(mktemp -d); pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
@@ -43,4 +46,9 @@ record=$("$tmp/venv/bin/python" -c "import json, sys; print(json.dumps(json.load
 echo "   predict: $(curl -fsS -H 'Authorization: Bearer check-edge' -H 'Content-Type: application/json' \
     -d "$record" "http://127.0.0.1:$port/v1/predict")"
 kill -TERM "$pid"; wait "$pid"; pid=""
+if [ -n "$test_python" ]; then
+    echo "== pytest -m device, agents from $tmp/venv/bin/python"
+    cd "$repo"
+    EDGELOOP_DEVICE_PYTHON="$tmp/venv/bin/python" "$test_python" -m pytest -q -p no:cacheprovider -m device
+fi
 echo "== check-edge passed"

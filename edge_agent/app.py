@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -258,6 +259,9 @@ def run_agent(settings: AgentSettings) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean exit (status 0) for
     # systemd and Docker instead of "killed by signal".
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    if agent.telemetry is not None:  # SIGUSR1: publish the telemetry window now (`kill -USR1`), off the signal frame
+        flush = agent.telemetry.flush
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: threading.Thread(target=flush, daemon=True).start())
     uvicorn.Server(config).run()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shutil
 import threading
 import time
@@ -258,3 +259,7 @@ class AgentServer:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(15)
+
+
+if os.environ.get("EDGELOOP_DEVICE_PYTHON"):  # the device install profile (make check-edge): agents are processes
+    from tests.device_helpers import ProcessAgentServer as AgentServer  # type: ignore[assignment]

@@ -41,6 +41,7 @@ def record(rf_bundle: TrainedBundle) -> dict[str, Any]:
     return record_of(rf_bundle.bundle)
 
 
+@pytest.mark.device
 def test_single_record_matches_the_golden_sample(agent: AgentServer, rf_bundle: TrainedBundle) -> None:
     manifest = manifest_of(rf_bundle.bundle)
     golden = manifest.golden_samples[0]
@@ -56,6 +57,7 @@ def test_single_record_matches_the_golden_sample(agent: AgentServer, rf_bundle: 
 
 
 @pytest.mark.parametrize("envelope", ["list", "records"])
+@pytest.mark.device
 def test_batch_answers_one_prediction_per_record_in_order(
     agent: AgentServer, rf_bundle: TrainedBundle, envelope: str
 ) -> None:
@@ -69,12 +71,14 @@ def test_batch_answers_one_prediction_per_record_in_order(
     assert len({p["prediction_id"] for p in predictions}) == len(records)
 
 
+@pytest.mark.device
 def test_a_batch_bigger_than_the_inline_limit_runs_in_the_thread_pool(agent: AgentServer, record: dict) -> None:
     response = agent.predict([record] * MAX_BATCH)
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == MAX_BATCH
 
 
+@pytest.mark.device
 def test_unknown_category_and_missing_values_are_accepted(agent: AgentServer, record: dict) -> None:
     unseen = {**record, "machine_type": "turbine", "site": "oslo"}
     assert agent.predict(unseen).status_code == 200
@@ -117,6 +121,7 @@ def _raw(record: dict[str, Any], field: str, token: str) -> bytes:
     return orjson.dumps({**record, field: 0.0}).replace(f'"{field}":0.0'.encode(), f'"{field}":{token}'.encode())
 
 
+@pytest.mark.device
 def test_every_bad_input_gets_a_4xx_naming_the_field(agent: AgentServer, record: dict[str, Any]) -> None:
     for case, payload, status, field in _bad_cases(record):
         if isinstance(payload, bytes):
@@ -132,12 +137,14 @@ def test_every_bad_input_gets_a_4xx_naming_the_field(agent: AgentServer, record:
     assert agent.predict(record).status_code == 200  # still serving
 
 
+@pytest.mark.device
 def test_nan_and_infinity_tokens_say_how_to_send_a_missing_value(agent: AgentServer, record: dict) -> None:
     response = agent.client.post("/v1/predict", content=_raw(record, "rpm", "NaN"))
     assert response.status_code == 400
     assert "NaN" in response.json()["detail"] and "null" in response.json()["detail"]
 
 
+@pytest.mark.device
 def test_a_chunked_body_over_the_limit_is_cut_off_while_reading(agent: AgentServer) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"site": "'
@@ -155,6 +162,7 @@ def test_a_chunked_body_over_the_limit_is_cut_off_while_reading(agent: AgentServ
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"}],
     ids=["missing", "wrong", "not-bearer", "empty"],
 )
+@pytest.mark.device
 def test_v1_needs_the_bearer_token(agent: AgentServer, record: dict, headers: dict[str, str]) -> None:
     with httpx.Client(base_url=agent.url, headers=headers) as anonymous:
         for response in (anonymous.post("/v1/predict", json=record), anonymous.get("/v1/model")):
@@ -163,6 +171,7 @@ def test_v1_needs_the_bearer_token(agent: AgentServer, record: dict, headers: di
             assert "token" in response.json()["detail"]
 
 
+@pytest.mark.device
 def test_health_readiness_metrics_and_docs_are_open(agent: AgentServer) -> None:
     with httpx.Client(base_url=agent.url) as anonymous:
         assert anonymous.get("/healthz").json() == {"status": "ok"}
@@ -176,6 +185,7 @@ def test_health_readiness_metrics_and_docs_are_open(agent: AgentServer) -> None:
     assert schema["paths"]["/v1/predict"]["post"]["security"] == [{"bearer": []}]
 
 
+@pytest.mark.device
 def test_model_summary(agent: AgentServer, rf_bundle: TrainedBundle) -> None:
     body = agent.client.get("/v1/model").json()
     manifest = manifest_of(rf_bundle.bundle)
@@ -185,6 +195,7 @@ def test_model_summary(agent: AgentServer, rf_bundle: TrainedBundle) -> None:
     assert body["mqtt"] is None and body["stored_bundles"] == [body["model"]["bundle"]]
 
 
+@pytest.mark.device
 def test_metrics_use_conventional_names_and_count_errors(agent: AgentServer, record: dict) -> None:
     agent.predict(record)
     agent.predict({**record, "rpm": "x"})
@@ -199,6 +210,7 @@ def test_metrics_use_conventional_names_and_count_errors(agent: AgentServer, rec
     assert not re.search(r'edgeloop_requests_total\{code="5\d\d"', text), "bad input must never cause a 5xx"
 
 
+@pytest.mark.device
 def test_an_agent_without_a_model_is_alive_but_not_ready(tmp_path: Path, record: dict) -> None:
     server = AgentServer(state_dir=tmp_path / "empty")
     try:
@@ -223,6 +235,7 @@ def test_null_where_the_schema_forbids_it_names_the_field(agent: AgentServer, re
     assert strict.predict([{**record, "power_kw": None}]).predictions[0]["label"] in (0, 1)
 
 
+@pytest.mark.device
 def test_every_error_is_an_rfc9457_problem_documented_in_openapi(agent: AgentServer, record: dict[str, Any]) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=agent.url) as client:

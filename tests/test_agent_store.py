@@ -60,6 +60,7 @@ def test_tampered_or_foreign_bundles_never_enter_the_store(tmp_path: Path, rf_bu
     assert store.installed() == [] and foreign.installed() == []
 
 
+@pytest.mark.device
 def test_offline_start_serves_the_current_model_from_disk(tmp_path: Path, rf_bundle: TrainedBundle) -> None:
     first = AgentServer(state_dir=tmp_path / "state", bundle=rf_bundle.bundle, public_key=rf_bundle.public_key)
     first.stop()

@@ -3,10 +3,8 @@ across a broker outage or a SIGKILL of the agent."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 
 from tests.agent_helpers import AgentServer, MqttProbe, free_port
 from tests.conftest import Broker, TrainedBundle
+from tests.device_helpers import python_for_agents
 from trainer.sample_data import FEATURES, make_machines
 
 
@@ -51,6 +50,7 @@ def _windows_with_requests(probe: MqttProbe) -> list[dict[str, Any]]:
     return [w for w in probe.payloads("gw-t", "telemetry") if w["requests"]]
 
 
+@pytest.mark.device
 def test_windows_are_readable_and_show_drift_only_after_drifted_traffic(
     tmp_path: Path, broker: Broker, probe: MqttProbe, rf_bundle: TrainedBundle
 ) -> None:
@@ -81,6 +81,7 @@ def test_windows_are_readable_and_show_drift_only_after_drifted_traffic(
         agent.stop()
 
 
+@pytest.mark.device
 def test_feedback_accuracy_matches_an_independent_computation(
     tmp_path: Path, broker: Broker, probe: MqttProbe, rf_bundle: TrainedBundle
 ) -> None:
@@ -139,13 +140,15 @@ def test_broker_outage_loses_no_window(
         agent.stop()
 
 
+@pytest.mark.device
 def test_sigkill_with_a_backlog_then_restart_delivers_it(
     tmp_path: Path, broker: Broker, probe: MqttProbe, rf_bundle: TrainedBundle
 ) -> None:
-    env = {**os.environ, "EDGELOOP_HOME": str(tmp_path / "home"), "EDGELOOP_LOG_LEVEL": "WARNING"}
+    python, env = python_for_agents()  # the device venv's python under `make check-edge`
+    env |= {"EDGELOOP_HOME": str(tmp_path / "home"), "EDGELOOP_LOG_LEVEL": "WARNING"}
     port = free_port()
     args = [
-        sys.executable, "-m", "edge_agent", "--state-dir", str(tmp_path / "state"), "--bundle", str(rf_bundle.bundle),
+        python, "-m", "edge_agent", "--state-dir", str(tmp_path / "state"), "--bundle", str(rf_bundle.bundle),
         "--public-key", str(rf_bundle.public_key), "--device-id", "gw-t", "--group", "plant-t", "--port", str(port),
         "--mqtt-url", broker.url, "--telemetry-interval", "0.3",
     ]  # fmt: skip

@@ -81,6 +81,7 @@ def _assert_refused(probe: MqttProbe, agent: AgentServer, desired: DesiredState,
     return event
 
 
+@pytest.mark.device
 def test_update_switches_with_no_failed_request(
     tmp_path: Path,
     broker: Broker,
@@ -129,6 +130,7 @@ def test_update_switches_with_no_failed_request(
         agent.stop()
 
 
+@pytest.mark.device
 def test_tampered_onnx_is_refused_and_reported(
     tmp_path: Path,
     broker: Broker,
@@ -150,6 +152,7 @@ def test_tampered_onnx_is_refused_and_reported(
         agent.stop()
 
 
+@pytest.mark.device
 def test_bad_signature_is_refused_before_downloading(
     tmp_path: Path,
     broker: Broker,
@@ -176,6 +179,7 @@ def test_bad_signature_is_refused_before_downloading(
         agent.stop()
 
 
+@pytest.mark.device
 def test_older_version_replay_is_refused_and_signed_rollback_accepted(
     tmp_path: Path,
     broker: Broker,
@@ -204,6 +208,7 @@ def test_older_version_replay_is_refused_and_signed_rollback_accepted(
         agent.stop()
 
 
+@pytest.mark.device
 def test_unreachable_and_missing_bundle_urls_are_refused(
     tmp_path: Path,
     broker: Broker,
@@ -223,6 +228,7 @@ def test_unreachable_and_missing_bundle_urls_are_refused(
         agent.stop()
 
 
+@pytest.mark.device
 def test_golden_sample_failure_keeps_the_old_model(
     tmp_path: Path,
     broker: Broker,
@@ -246,6 +252,7 @@ def test_golden_sample_failure_keeps_the_old_model(
         agent.stop()
 
 
+@pytest.mark.device
 def test_device_desired_state_wins_over_the_group(
     tmp_path: Path,
     broker: Broker,

@@ -263,6 +263,7 @@ def agent(logreg_bundle_v2: TrainedBundle, tmp_path_factory: pytest.TempPathFact
     server.stop()
 
 
+@pytest.mark.device
 def test_rest_explain_answers_the_prediction_and_the_top_k(agent: AgentServer, logreg_bundle_v2: TrainedBundle) -> None:
     records = _records(logreg_bundle_v2, rows=3)
     body = agent.client.post("/v1/explain", json=records[0]).json()
@@ -278,6 +279,7 @@ def test_rest_explain_answers_the_prediction_and_the_top_k(agent: AgentServer, l
     assert all(item["check"]["ok"] for item in batch["explanations"])
 
 
+@pytest.mark.device
 def test_rest_explain_has_the_same_auth_and_validation_as_predict(
     agent: AgentServer, logreg_bundle_v2: TrainedBundle
 ) -> None:

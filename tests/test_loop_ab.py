@@ -72,8 +72,8 @@ def _probabilities(model: OnnxModel, record: dict[str, Any]) -> dict[str, float]
 
 
 def _ab_of(agent: AgentServer) -> int | None:
-    ab = agent.agent.service.ab
-    return None if ab is None else ab.model.manifest.version
+    ab = agent.agent.status()["ab"]  # through /v1/model for an agent of the device profile
+    return None if ab is None else int(ab["model"].rsplit("/", 1)[1])
 
 
 def _binomial_bounds(n: int, p: float, sigmas: float = 5.0) -> tuple[float, float]:
@@ -107,6 +107,7 @@ def test_the_arm_of_a_key_is_stable_and_the_fraction_is_respected() -> None:
     assert other.stdout.strip() == repr([bucket(f"machine-{i}") for i in range(50)])
 
 
+@pytest.mark.device
 def test_desired_state_ab_splits_traffic_by_key_counts_each_arm_and_stops(
     broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
 ) -> None:
@@ -249,6 +250,7 @@ def test_desired_state_ab_splits_traffic_by_key_counts_each_arm_and_stops(
         files.stop()
 
 
+@pytest.mark.device
 def test_edgeloop_deploy_ab_fraction_through_the_cloud_and_rollout_status_per_arm(
     broker: Broker,
     tmp_path: Path,
@@ -293,8 +295,8 @@ def test_edgeloop_deploy_ab_fraction_through_the_cloud_and_rollout_status_per_ar
         assert rollout["mode"] == "ab" and rollout["previous_version"] == 1
         wait_until(lambda: _ab_of(canary) == 2, 15, "canary splits with v2")
         assert canary.version() == 1 and _ab_of(other) is None
-        ab = canary.agent.service.ab
-        assert ab is not None and (ab.fraction, ab.key_field) == (0.5, "machine_id")
+        ab = canary.agent.status()["ab"]
+        assert ab is not None and (ab["fraction"], ab["key_field"]) == (0.5, "machine_id")
 
         batch = records(120, seed=21)
         for index, row in enumerate(batch):
@@ -381,6 +383,7 @@ def test_challenger_failures_are_counted_per_arm_and_the_champion_answers(
     assert (champion.requests, champion.errors, champion.records) == (3, 0, 6)
 
 
+@pytest.mark.device
 def test_key_fields_are_accepted_after_the_split_stops_and_by_the_setting(
     tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,6 +32,7 @@ def _agent(trained: TrainedBundle, tmp_path: Path, broker: Broker | None = None,
     )
 
 
+@pytest.mark.device
 def test_lineage_from_a_prediction_id_back_to_run_data_and_code(rf_bundle: TrainedBundle, tmp_path: Path) -> None:
     agent = _agent(rf_bundle, tmp_path, device_id="gw-7", group="line-3")
     try:

@@ -56,6 +56,7 @@ def _label_all(agent: AgentServer, seed: int, rows: int) -> tuple[list[dict], li
     return batch, truth, answers
 
 
+@pytest.mark.device
 def test_feedback_rows_from_device_to_cloud_to_retrain(
     cli: Cli, broker: Broker, tmp_path: Path, machines_csv: Path, rf_bundle: TrainedBundle
 ) -> None:
