@@ -16,14 +16,13 @@ Health, readiness and metrics stay open so that orchestrators and scrapers need 
 no data beyond the model's name and version. The predict route decodes the body itself with orjson (a
 pydantic body model would halve the throughput) and the schema check is `contracts.runtime.encode_records`;
 the pydantic models in `openapi_schema` only describe the API in OpenAPI. Every EdgeloopError maps to its `http_status`
-in one handler, so bad input gets a 4xx naming the field and never a 5xx; every error answers an RFC 9457
-problem (`application/problem+json`, contracts/problem.py), unknown routes and unexpected 500s included.
+in one handler (edge_agent/api_errors.py), so bad input gets a 4xx naming the field and never a 5xx; every error
+answers an RFC 9457 problem (`application/problem+json`, contracts/problem.py), unknown routes and 500s included.
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -31,18 +30,16 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import EdgeloopError, InputError, SchemaError
-from contracts.logs import log_event
-from contracts.problem import error_response, problem_response, problem_responses
+from contracts.problem import problem_responses
+from edge_agent.api_errors import install_error_handlers
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady, PayloadTooLarge, Unauthorized
 from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.loaded import PredictionBatch
-from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics, error_kind
+from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics
 from edge_agent.openapi_schema import ERRORS, install_openapi
 from edge_agent.protocol_mlflow import MLFLOW_OPERATIONS, install_mlflow
 from edge_agent.protocol_support import ProtocolContext, add_operations
@@ -53,7 +50,6 @@ from edge_agent.updater import AGENT_VERSION
 
 __all__ = ["create_app", "parse_feedback", "parse_records"]
 
-logger = logging.getLogger("edgeloop.agent.api")
 _ROUTES = {
     p: p
     for p in ("/v1/predict", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
@@ -211,33 +207,7 @@ def create_app(
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
             raise Unauthorized("wrong bearer token")
 
-    @app.exception_handler(EdgeloopError)
-    async def edgeloop_error(request: Request, exc: EdgeloopError) -> Response:
-        if request.scope["path"] == "/v1/predict":
-            metrics.prediction_errors.labels(error_kind(exc)).inc()
-            if not isinstance(exc, Unauthorized):
-                service.record_error(error_kind(exc))
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return error_response(exc, headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """Unknown route (404), wrong method (405): the same problem body as every other error."""
-        return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-        field = ".".join(where) or None
-        return problem_response(422, f"{field or 'request'}: {first.get('msg', 'invalid')}", field=field)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log_event(logger, "request failed", level=logging.ERROR, path=request.url.path, error=repr(exc))
-        if request.scope["path"] == "/v1/predict":
-            metrics.prediction_errors.labels("internal").inc()
-        return problem_response(500, f"{type(exc).__name__}: {exc}")
+    install_error_handlers(app, metrics, service)
 
     async def predict(request: Request) -> Response:
         check_auth(request)
