@@ -33,10 +33,10 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts.errors import EdgeloopError, InputError, SchemaError
+from contracts.errors import EdgeloopError, InputError, PayloadTooLarge, SchemaError, Unauthorized
 from contracts.problem import problem_responses
 from edge_agent.api_errors import install_error_handlers
-from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady, PayloadTooLarge, Unauthorized
+from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady
 from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.loaded import PredictionBatch
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics

@@ -15,10 +15,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contracts.errors import EdgeloopError
+from contracts.errors import EdgeloopError, Unauthorized
 from contracts.logs import log_event
 from contracts.problem import error_response, problem_response
-from edge_agent.errors import Unauthorized
 from edge_agent.metrics import AgentMetrics, error_kind
 from edge_agent.service import InferenceService
 

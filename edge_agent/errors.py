@@ -1,11 +1,12 @@
 """The edge agent's own errors, added under the shared tree so one handler maps every error to HTTP.
+The two the cloud's API raises too live in contracts.errors (one class, one problem `type` for both APIs).
 
 EdgeloopError (contracts.errors)
 ├── InputError
 │   ├── MalformedBody        the body is not JSON, or uses NaN/Infinity tokens     (HTTP 400)
-│   ├── PayloadTooLarge      the body is over max_body_bytes                       (HTTP 413)
+│   ├── PayloadTooLarge (contracts) the body is over max_body_bytes                (HTTP 413)
 │   └── BatchTooLarge        more records than max_batch                           (HTTP 413)
-├── Unauthorized             missing or wrong bearer token                         (HTTP 401)
+├── Unauthorized (contracts) missing or wrong bearer token                         (HTTP 401)
 ├── ServiceUnavailableError
 │   ├── ModelNotReady        no model is loaded yet                                (HTTP 503)
 │   └── DownloadFailed       the bundle URL cannot be fetched                      (HTTP 503)
@@ -14,8 +15,9 @@ EdgeloopError (contracts.errors)
 
 from __future__ import annotations
 
-from contracts.errors import EdgeloopError, InputError, ServiceUnavailableError
+from contracts.errors import InputError, PayloadTooLarge, ServiceUnavailableError, Unauthorized
 
+# PayloadTooLarge and Unauthorized are contracts' classes, named here too for the agent's callers.
 __all__ = ["BatchTooLarge", "DownloadFailed", "MalformedBody", "ModelNotReady", "PayloadTooLarge", "Unauthorized"]
 
 
@@ -23,17 +25,8 @@ class MalformedBody(InputError):
     http_status = 400
 
 
-class PayloadTooLarge(InputError):
-    http_status = 413
-
-
 class BatchTooLarge(InputError):
     http_status = 413
-
-
-class Unauthorized(EdgeloopError):
-    exit_code = 2
-    http_status = 401
 
 
 class ModelNotReady(ServiceUnavailableError):
