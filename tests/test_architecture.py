@@ -60,3 +60,18 @@ def test_the_script_exits_1_and_names_the_rule(tmp_path: Path) -> None:
     broken = subprocess.run([*script, "--root", str(bad), "pkg"], capture_output=True, text=True, check=False)
     assert broken.returncode == 1
     assert broken.stdout.startswith("architecture rule 'no-private-import' broken in pkg/a.py:1"), broken.stdout
+
+
+def test_excluded_modules_are_left_out_without_falling_back_to_their_package(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from pkg import a\n",
+            "pkg/a.py": "from pkg.wip.b import thing\n",
+            "pkg/wip/__init__.py": "",
+            "pkg/wip/b.py": "from pkg.wip.c import _private\nthing = 1\n",
+            "pkg/wip/c.py": "from pkg.wip import b\n_private = 2\n",
+        },
+    )
+    assert {v.rule for v in check(root, ("pkg",))} == {"no-private-import", "no-import-cycle"}
+    assert check(root, ("pkg",), ("pkg.wip",)) == []  # a.py's edge to pkg.wip.b is not taken for one to pkg
