@@ -20,6 +20,7 @@ from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.ingest.subscriber import Ingest
 from cloud_sync.rollouts import overrides
 from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.rollouts.model import RolloutRequest
 from cloud_sync.store.audit import entries
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, desired_overrides, rollouts
@@ -50,7 +51,7 @@ def test_a_sim_fleet_thread_runs_many_devices_through_a_canary_rollout(
         fleet.start()
         try:
             wait_until(lambda: len(device_list(store, "line-1")) == count, 30, "devices known to the cloud")
-            rollout = cloud.deploy(NAME, 2, "line-1", canary="1%", soak_s=0)
+            rollout = cloud.deploy(RolloutRequest(NAME, 2, "line-1", canary="1%", soak_s=0))
             canary = rollout["canary"]
             assert len(canary) == 4
             assert overrides.recorded(store, "line-1") == canary  # only the canary holds an override

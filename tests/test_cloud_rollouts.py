@@ -16,6 +16,7 @@ from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.ingest.subscriber import Ingest
 from cloud_sync.rollouts.checks import Limits
 from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.rollouts.model import RolloutRequest
 from cloud_sync.store.audit import entries
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store
@@ -83,13 +84,13 @@ def _versions(devices: list[SimDevice]) -> list[int | None]:
 
 def test_canary_then_group_promotion(cloud: Cloud) -> None:
     devices = cloud.devices(4)
-    first = cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0, actor="alice")
+    first = cloud.rollouts.deploy(RolloutRequest(NAME, 1, "line-1", canary="0", soak_s=0), actor="alice")
     assert first["state"] == "promoted"  # no canary: straight to the group
     for device in devices:
         assert device.wait_for(1)
     wait_until(lambda: cloud.rollouts.status(first["id"])["on_target"] == 4, what="group on v1")
 
-    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="25%", soak_s=1.5, actor="alice")
+    rollout = cloud.rollouts.deploy(RolloutRequest(NAME, 2, "line-1", canary="25%", soak_s=1.5), actor="alice")
     assert rollout["canary"] == ["dev-1"] and rollout["previous_version"] == 1
     assert devices[0].wait_for(2)
     time.sleep(0.3)
@@ -109,7 +110,7 @@ def test_canary_then_group_promotion(cloud: Cloud) -> None:
     assert ("device:dev-1", "device accepted") in actions
     # Deploying the older v1 again is refused up front (devices would refuse it as a replay), pointing at rollback.
     with pytest.raises(ConflictError, match=r"runs machine-failure/2: machine-failure/1 is older.*rollout rollback"):
-        cloud.rollouts.deploy(NAME, 1, "line-1", canary="25%", soak_s=0, actor="alice")
+        cloud.rollouts.deploy(RolloutRequest(NAME, 1, "line-1", canary="25%", soak_s=0), actor="alice")
     assert cloud.rollouts.latest("line-1")["id"] == rollout["id"]  # no rollout was created
 
 
@@ -118,10 +119,10 @@ def test_a_rejected_canary_is_rolled_back_automatically(cloud: Cloud) -> None:
         return "golden sample 3: label 1 != 0" if manifest["version"] == 2 else None
 
     devices = cloud.devices(3, reject=health_check)
-    cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0)
+    cloud.rollouts.deploy(RolloutRequest(NAME, 1, "line-1", canary="0", soak_s=0))
     for device in devices:
         assert device.wait_for(1)
-    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="dev-2", soak_s=60)
+    rollout = cloud.rollouts.deploy(RolloutRequest(NAME, 2, "line-1", canary="dev-2", soak_s=60))
     done = cloud.run_until(rollout["id"], ("rolled_back", "promoted"))
     assert done["state"] == "rolled_back"
     assert done["reason"] == "canary device dev-2 rejected machine-failure/2: golden sample 3: label 1 != 0"
@@ -137,10 +138,10 @@ def test_bad_canary_telemetry_rolls_back_with_a_signed_rollback_manifest(
     cloud: Cloud, failure: str, rf_bundle: TrainedBundle
 ) -> None:
     devices = cloud.devices(3)
-    cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0)
+    cloud.rollouts.deploy(RolloutRequest(NAME, 1, "line-1", canary="0", soak_s=0))
     for device in devices:
         assert device.wait_for(1)
-    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="dev-1", soak_s=60)
+    rollout = cloud.rollouts.deploy(RolloutRequest(NAME, 2, "line-1", canary="dev-1", soak_s=60))
     assert devices[0].wait_for(2)
     cloud.run_until(rollout["id"], ("soaking",))
     now = time.time()
@@ -187,10 +188,12 @@ def test_an_ab_challenger_is_guarded_by_comparing_its_arm_with_the_champions(clo
     """In mode ab the canary's windows carry the champion's version (the challenger is in `arms`), so the
     controller compares the arms: a failing or less accurate challenger is rolled back, a good one soaks on."""
     devices = cloud.devices(2)
-    cloud.rollouts.deploy(NAME, 1, "line-1", canary="0", soak_s=0)
+    cloud.rollouts.deploy(RolloutRequest(NAME, 1, "line-1", canary="0", soak_s=0))
     for device in devices:
         assert device.wait_for(1)
-    rollout = cloud.rollouts.deploy(NAME, 2, "line-1", canary="dev-1", soak_s=60, mode="ab", ab_fraction=0.5)
+    rollout = cloud.rollouts.deploy(
+        RolloutRequest(NAME, 2, "line-1", canary="dev-1", soak_s=60, mode="ab", ab_fraction=0.5)
+    )
     assert cloud.run_until(rollout["id"], ("soaking",))["state"] == "soaking"
     classes = [str(c) for c in cloud.v1.classes]
     errors = {"errors": 20, "good": 1}.get(challenger, 0)

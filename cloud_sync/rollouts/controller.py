@@ -11,7 +11,8 @@ or an automatic rollback that says why.
 
 Modes `shadow` (the canary serves the champion with the challenger in shadow; its measured accuracy decides
 after the soak) and `ab` (an A/B split on the canary; promotion is manual): how the controller advances each
-mode is in `modes.advance`; the desired states (and the re-signed rollback) are built in `desired`.
+mode is in `modes/` (one class per mode, one interface: `modes/base.py`): the controller applies the
+decision a mode returns; the desired states (and the re-signed rollback) are built in `desired`.
 
 Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies).
 """
@@ -23,6 +24,7 @@ import secrets
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,22 +37,24 @@ from cloud_sync.rollouts import overrides
 from cloud_sync.rollouts import status as rollout_status
 from cloud_sync.rollouts.checks import Limits, check_canary
 from cloud_sync.rollouts.desired import desired_state, rollback_state
-from cloud_sync.rollouts.modes.advance import advance_ab, advance_serving, advance_shadow
+from cloud_sync.rollouts.model import ACTIVE, Rollout, RolloutRequest, State
+from cloud_sync.rollouts.modes.ab import ABTest
+from cloud_sync.rollouts.modes.base import Decision, ModeView, RolloutMode
+from cloud_sync.rollouts.modes.serving import Serving
+from cloud_sync.rollouts.modes.shadow import Shadow
 from cloud_sync.store import audit
 from cloud_sync.store.bundles import BundleInfo, BundleRegistry
 from cloud_sync.store.db import Store, rollouts
 from contracts.errors import ConflictError, EdgeloopError, InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.messages import DesiredState
-from contracts.topics import group_desired, validate_id
+from contracts.topics import group_desired
 
-__all__ = ["ACTIVE", "MODES", "Rollouts", "parse_canary"]
+__all__ = ["MODES", "Rollouts", "parse_canary"]
 
 logger = logging.getLogger("edgeloop.cloud.rollouts")
-ACTIVE = ("canary", "soaking")
-MODES = ("serving", "shadow", "ab")
-_BESIDE = ("shadow", "ab")
-"""Modes where the canary keeps serving the champion with the challenger beside it."""
+MODES: dict[str, RolloutMode] = {mode.name: mode for mode in (Serving(), Shadow(), ABTest())}
+"""Every rollout mode by name; a new mode is a class in modes/ and one entry here."""
 
 
 def parse_canary(spec: str | None, group_devices: list[str]) -> list[str]:
@@ -91,42 +95,24 @@ class Rollouts:
         self.keys_dir = keys_dir
         self.limits = limits or Limits()
         self.confirm_timeout_s = confirm_timeout_s
+        self.view = ModeView(store, self.limits, confirm_timeout_s)
         self._lock = threading.RLock()
-        self.ab_last: dict[str, dict[str, Any]] = {}
-        """The per-arm report of each A/B rollout at the controller's last tick (for `per_device=False`)."""
+        self.last_report: dict[str, dict[str, Any]] = {}
+        """What each rollout's mode reported at the controller's last tick (A/B: per arm), for `per_device=False`."""
 
     # -- commands -----------------------------------------------------------------------------------
-    def deploy(
-        self,
-        name: str,
-        version: int,
-        group: str,
-        canary: str | None = None,
-        soak_s: float = 600.0,
-        actor: str = "operator",
-        mode: str = "serving",
-        ab_fraction: float | None = None,
-        ab_key: str | None = None,
-    ) -> dict[str, Any]:
-        try:
-            validate_id(group, "group")
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        if mode not in MODES:
-            raise InputError(f"rollout mode {mode!r}: use one of {', '.join(MODES)}")
-        if mode == "ab" and (ab_fraction is None or not 0 <= ab_fraction <= 1):
-            raise InputError("an A/B rollout needs ab_fraction between 0 and 1 (the challenger's share of keys)")
-        if mode != "ab" and (ab_fraction is not None or ab_key):
-            raise InputError("ab_fraction and ab_key are for an A/B rollout (mode ab)")
+    def deploy(self, request: RolloutRequest, *, actor: str = "operator") -> dict[str, Any]:
+        """Start a rollout: publish to the canary (or, with none, to the whole group at once)."""
+        mode = MODES[request.mode]
+        name, version, group = request.model_name, request.model_version, request.group
         with self._lock:
             info = self.registry.get(name, version)
-            active = self._rows(group=group, states=ACTIVE)
+            active = self._rollouts(group=group, states=ACTIVE)
             if active:
                 raise InputError(
-                    f"rollout {active[0]['id']} is still in progress in group {group}: promote or roll it back first"
+                    f"rollout {active[0].id} is still in progress in group {group}: promote or roll it back first"
                 )
-            members = [d["device_id"] for d in device_list(self.store, group)]
-            chosen = parse_canary(canary, members)
+            chosen = parse_canary(request.canary, [d["device_id"] for d in device_list(self.store, group)])
             previous = self._previous_version(group, name)
             if previous == version:
                 raise InputError(f"group {group} already runs {name}/{version}")
@@ -137,130 +123,107 @@ class Rollouts:
                     "or register the older model again as a new version"
                 )
             champion = None
-            if mode in _BESIDE:
-                what = "a shadow canary" if mode == "shadow" else "an A/B rollout"
+            if mode.beside:
                 if previous is None:
-                    raise InputError(f"{what} needs a champion: group {group} runs no version of {name}")
+                    raise InputError(f"{mode.label} needs a champion: group {group} runs no version of {name}")
                 if not chosen:
-                    raise InputError(f"{what} needs canary devices (--canary 0 leaves none)")
+                    raise InputError(f"{mode.label} needs canary devices (--canary 0 leaves none)")
                 champion = self.registry.get(name, previous)
-            now = time.time()
-            rollout_id = f"r-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-            row = {
-                "id": rollout_id,
-                "group_name": group,
-                "model_name": name,
-                "model_version": version,
-                "previous_version": previous,
-                "canary": chosen,
-                "soak_s": float(soak_s),
-                "state": "canary",
-                "reason": None,
-                "actor": actor,
-                "created_at": now,
-                "mode": mode,
-            }
-            if champion is not None and mode == "ab":
-                split = (info, float(ab_fraction or 0.0), ab_key or None)
-                desired = self._desired(champion, rollout_id, ab=split).model_dump_json()
-            elif champion is not None:
-                desired = self._desired(champion, rollout_id, shadow=info).model_dump_json()
-            else:
-                desired = self._desired(info, rollout_id).model_dump_json()
-            overrides.publish(self.store, self.publisher, group, chosen, desired, rollout_id)
-            with self.store.begin() as conn:
-                conn.execute(rollouts.insert().values(**row))
-                why = f"canary {', '.join(chosen)} then group, soak {soak_s:g}s" if chosen else "no canary"
-                if mode == "shadow":
-                    why = (
-                        f"shadow canary: {', '.join(chosen)} keep {name}/{previous} serving with {name}/{version} "
-                        f"in shadow; promoted after a soak of {soak_s:g}s if its accuracy is at least the champion's"
-                    )
-                if mode == "ab":
-                    key = f"record field {ab_key}, else the X-Request-Key header" if ab_key else "X-Request-Key header"
-                    why = (
-                        f"A/B: {name}/{version} answers {ab_fraction:g} of the request keys ({key}) beside "
-                        f"{name}/{previous} on {', '.join(chosen)}; promotion is manual"
-                    )
-                audit.record(
-                    conn,
-                    actor,
-                    "deploy",
-                    f"{name}/{version} -> group {group}",
-                    why,
-                    {"rollout_id": rollout_id, "previous_version": previous, "canary": chosen, "mode": mode}
-                    | ({"ab_fraction": ab_fraction, "ab_key": ab_key} if mode == "ab" else {}),
-                )
-            log_event(
-                logger,
-                "rollout started",
-                rollout=rollout_id,
-                model=f"{name}/{version}",
+            rollout = Rollout(
+                id=f"r-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}",
                 group=group,
-                canary=",".join(chosen) or "-",
-                mode=mode,
+                model_name=name,
+                model_version=version,
+                previous_version=previous,
+                canary=tuple(chosen),
+                soak_s=float(request.soak_s),
+                state="canary",
+                reason=None,
+                actor=actor,
+                created_at=time.time(),
+                mode=mode.name,
             )
+            desired = mode.publishes(
+                request, new=info, champion=champion, base_url=self.base_url, rollout_id=rollout.id
+            ).model_dump_json()
+            overrides.publish(self.store, self.publisher, group, chosen, desired, rollout.id)
+            self._record_start(rollout, request, mode.describe(request, canary=chosen, previous=previous))
             if not chosen:
-                return self.promote(rollout_id, actor, "no canary devices: published to the whole group")
-            return self.status(rollout_id)
+                return self.promote(rollout.id, actor=actor, reason="no canary devices: published to the whole group")
+            return self.status(rollout.id)
 
     def promote(
-        self, rollout_id: str, actor: str = "operator", reason: str | None = None, details: dict[str, Any] | None = None
+        self,
+        rollout_id: str,
+        *,
+        actor: str = "operator",
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         with self._lock:
-            row = self._get(rollout_id)
-            if row["state"] not in ACTIVE:
-                raise InputError(f"rollout {rollout_id} is {row['state']}; only an active rollout can be promoted")
-            info = self.registry.get(row["model_name"], row["model_version"])
-            self.publisher.publish(group_desired(row["group_name"]), self._desired(info, rollout_id).model_dump_json())
-            self._clear_overrides(row["group_name"], row["canary"])
+            rollout = self._get(rollout_id)
+            if not rollout.active:
+                raise InputError(f"rollout {rollout_id} is {rollout.state}; only an active rollout can be promoted")
+            info = self.registry.get(rollout.model_name, rollout.model_version)
+            self.publisher.publish(group_desired(rollout.group), self._desired(info, rollout_id).model_dump_json())
+            self._clear_overrides(rollout.group, list(rollout.canary))
             reason = reason or "promoted by hand before the soak ended"
-            self._finish(row, "promoted", reason, actor, "promote", details)
+            self._finish(rollout, "promoted", reason=reason, actor=actor, action="promote", details=details)
             return self.status(rollout_id)
 
     def rollback(
-        self, rollout_id: str, actor: str = "operator", reason: str | None = None, details: dict[str, Any] | None = None
+        self,
+        rollout_id: str,
+        *,
+        actor: str = "operator",
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         with self._lock:
-            row = self._get(rollout_id)
-            if row["state"] not in (*ACTIVE, "promoted"):
-                raise InputError(f"rollout {rollout_id} is {row['state']}; there is nothing to roll back")
+            rollout = self._get(rollout_id)
+            if rollout.state not in (*ACTIVE, "promoted"):
+                raise InputError(f"rollout {rollout_id} is {rollout.state}; there is nothing to roll back")
             reason = reason or "rolled back by hand"
-            name, previous = row["model_name"], row["previous_version"]
-            promoted = row["state"] == "promoted"
-            if row["mode"] in _BESIDE and not promoted:
-                # The canary served the champion all along: the same version without a shadow stops it.
+            name, previous, group, canary = rollout.model_name, rollout.previous_version, rollout.group, rollout.canary
+            promoted = rollout.state == "promoted"
+            if MODES[rollout.mode].beside and not promoted and previous is not None:
+                # The canary served the champion all along: the same version without a challenger stops it.
                 desired = self._desired(self.registry.get(name, previous), rollout_id).model_dump_json()
-                overrides.publish(self.store, self.publisher, row["group_name"], row["canary"], desired, rollout_id)
-                self._finish(row, "rolled_back", reason, actor, "rollback", details)
+                overrides.publish(self.store, self.publisher, group, list(canary), desired, rollout_id)
+                self._finish(rollout, "rolled_back", reason=reason, actor=actor, action="rollback", details=details)
                 return self.status(rollout_id)
             if previous is None:
-                self._clear_overrides(row["group_name"], row["canary"])
+                self._clear_overrides(group, list(canary))
                 note = f"{reason} (no previous version known: canary overrides cleared, devices keep what they run)"
-                self._finish(row, "rolled_back", note, actor, "rollback")
+                self._finish(rollout, "rolled_back", reason=note, actor=actor, action="rollback")
                 return self.status(rollout_id)
             try:
-                desired = self._rollback_desired(self.registry.get(name, previous), rollout_id).model_dump_json()
+                back = rollback_state(self.base_url, self.keys_dir, self.registry.get(name, previous), rollout_id)
             except EdgeloopError as exc:
-                self._finish(row, "failed", f"{reason}; rollback impossible: {exc.message}", actor, "rollback failed")
+                failed = f"{reason}; rollback impossible: {exc.message}"
+                self._finish(rollout, "failed", reason=failed, actor=actor, action="rollback failed")
                 raise
             if promoted:
-                self.publisher.publish(group_desired(row["group_name"]), desired)
-                self._clear_overrides(row["group_name"], [])
+                self.publisher.publish(group_desired(group), back.model_dump_json())
+                self._clear_overrides(group, [])
             else:
-                overrides.publish(self.store, self.publisher, row["group_name"], row["canary"], desired, rollout_id)
-            self._finish(row, "rolled_back", reason, actor, "rollback", details)
+                overrides.publish(self.store, self.publisher, group, list(canary), back.model_dump_json(), rollout_id)
+            self._finish(rollout, "rolled_back", reason=reason, actor=actor, action="rollback", details=details)
             return self.status(rollout_id)
 
     # -- controller ---------------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:
         """Advance every active rollout once (the controller thread calls this every rollout_tick_s)."""
-        for row in self._rows(states=ACTIVE):
+        for rollout in self._rollouts(states=ACTIVE):
             try:
-                self._advance(row, time.time() if now is None else now)
+                self._advance(rollout.id, time.time() if now is None else now)
             except EdgeloopError as exc:
                 log_event(
-                    logger, "rollout step failed, retrying", level=logging.WARNING, rollout=row["id"], error=exc.message
+                    logger,
+                    "rollout step failed, retrying",
+                    level=logging.WARNING,
+                    rollout=rollout.id,
+                    error=exc.message,
                 )
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
@@ -270,62 +233,94 @@ class Rollouts:
             except Exception:
                 logger.exception("rollout controller tick failed")
 
-    def _advance(self, row: dict[str, Any], now: float) -> None:
-        name, version, group, canary = row["model_name"], row["model_version"], row["group_name"], row["canary"]
-        since = row["created_at"]
+    def _advance(self, rollout_id: str, now: float) -> None:
+        """Check the canary, then apply what the rollout's mode decides."""
         with self._lock:
-            current = self._get(row["id"])
-            if current["state"] not in ACTIVE:
+            rollout = self._get(rollout_id)
+            if not rollout.active:
                 return
             failure = check_canary(
                 self.store,
                 self.registry,
-                group,
-                canary,
-                name,
-                version,
-                row["previous_version"],
-                since,
+                rollout.group,
+                list(rollout.canary),
+                rollout.model_name,
+                rollout.model_version,
+                rollout.previous_version,
+                rollout.created_at,
                 now,
                 self.limits,
             )
-            if failure:
-                self.rollback(row["id"], "controller", failure)
-                return
-            if current["mode"] == "shadow":
-                advance_shadow(self, current, now)
-            elif current["mode"] == "ab":
-                advance_ab(self, current, now)
-            else:
-                advance_serving(self, current, now)
+            decision = (
+                Decision("roll_back", failure) if failure else MODES[rollout.mode].advance(self.view, rollout, now)
+            )
+            self._apply(rollout, decision, now)
+
+    def _apply(self, rollout: Rollout, decision: Decision, now: float) -> None:
+        if decision.report is not None:
+            self.last_report[rollout.id] = decision.report
+        if decision.action == "soak":
+            with self.store.begin() as conn:
+                conn.execute(
+                    rollouts.update().where(rollouts.c.id == rollout.id).values(state="soaking", soak_started_at=now)
+                )
+            log_event(logger, "rollout soaking", rollout=rollout.id, soak_s=rollout.soak_s, why=decision.reason)
+        elif decision.action == "promote":
+            self.promote(rollout.id, actor="controller", reason=decision.reason, details=decision.details)
+        elif decision.action == "roll_back":
+            self.rollback(rollout.id, actor="controller", reason=decision.reason, details=decision.details)
 
     # -- queries ------------------------------------------------------------------------------------
     def recent(self, group: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return [rollout_status.public(row) for row in self._rows(group=group, limit=limit)]
+        return [rollout_status.public(rollout) for rollout in self._rollouts(group=group, limit=limit)]
 
     def latest(self, group: str | None = None) -> dict[str, Any]:
-        rows = self._rows(group=group, limit=1)
-        if not rows:
+        found = self._rollouts(group=group, limit=1)
+        if not found:
             raise NotFoundError("no rollout yet" + (f" in group {group}" if group else ""))
-        return self.status(rows[0]["id"])
+        return self.status(found[0].id)
 
     def status(self, rollout_id: str, per_device: bool = True) -> dict[str, Any]:
         """The rollout and each device of its group; `per_device=False`: only the counts `group_devices` and
         `on_target`, by one aggregate query (for polling a group of thousands)."""
-        return rollout_status.report(self.store, self._get(rollout_id), per_device, self.ab_last.get(rollout_id))
+        rollout = self._get(rollout_id)
+        return rollout_status.report(
+            self.view,
+            rollout,
+            MODES[rollout.mode],
+            per_device=per_device,
+            last_report=self.last_report.get(rollout_id),
+        )
+
+    def get(self, rollout_id: str) -> Rollout:
+        """One rollout, typed; NotFoundError for an unknown id."""
+        return self._get(rollout_id)
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _desired(
-        self,
-        info: BundleInfo,
-        rollout_id: str,
-        shadow: BundleInfo | None = None,
-        ab: tuple[BundleInfo, float, str | None] | None = None,
-    ) -> DesiredState:
-        return desired_state(self.base_url, info, rollout_id, shadow, ab)
+    def _desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
+        return desired_state(self.base_url, info, rollout_id)
 
-    def _rollback_desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
-        return rollback_state(self.base_url, self.keys_dir, info, rollout_id)
+    def _record_start(self, rollout: Rollout, request: RolloutRequest, why: str) -> None:
+        details: dict[str, Any] = {
+            "rollout_id": rollout.id,
+            "previous_version": rollout.previous_version,
+            "canary": list(rollout.canary),
+            "mode": rollout.mode,
+        }
+        if request.ab_fraction is not None or request.ab_key:
+            details |= {"ab_fraction": request.ab_fraction, "ab_key": request.ab_key}
+        with self.store.begin() as conn:
+            conn.execute(rollouts.insert().values(**rollout.as_row()))
+            audit.record(conn, rollout.actor, "deploy", f"{rollout.model} -> group {rollout.group}", why, details)
+        log_event(
+            logger,
+            "rollout started",
+            rollout=rollout.id,
+            model=rollout.model,
+            group=rollout.group,
+            canary=",".join(rollout.canary) or "-",
+            mode=rollout.mode,
+        )
 
     def _clear_overrides(self, group: str, extra: list[str]) -> None:
         """Empty retained payloads on the device-level desired topics that hold one (recorded when published),
@@ -335,12 +330,12 @@ class Rollouts:
 
     def _previous_version(self, group: str, name: str) -> int | None:
         """What the group runs: the last promoted rollout of `name`, else the version most of its devices report."""
-        for row in self._rows(group=group, states=("promoted",)):
-            if row["model_name"] == name:
-                return int(row["model_version"])
-        for row in self._rows(group=group, states=("rolled_back",)):
-            if row["model_name"] == name and row["previous_version"] is not None:
-                return int(row["previous_version"])
+        for rollout in self._rollouts(group=group, states=("promoted",)):
+            if rollout.model_name == name:
+                return rollout.model_version
+        for rollout in self._rollouts(group=group, states=("rolled_back",)):
+            if rollout.model_name == name and rollout.previous_version is not None:
+                return rollout.previous_version
         versions = Counter(
             d["model_version"]
             for d in device_list(self.store, group)
@@ -350,45 +345,41 @@ class Rollouts:
 
     def _finish(
         self,
-        row: dict[str, Any],
-        state: str,
+        rollout: Rollout,
+        state: State,
+        *,
         reason: str,
         actor: str,
         action: str,
         details: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> Rollout:
         now = time.time()
+        details = {
+            "rollout_id": rollout.id,
+            "previous_version": rollout.previous_version,
+            "canary": list(rollout.canary),
+            **(details or {}),
+        }
         with self.store.begin() as conn:
             conn.execute(
-                rollouts.update().where(rollouts.c.id == row["id"]).values(state=state, reason=reason, finished_at=now)
+                rollouts.update().where(rollouts.c.id == rollout.id).values(state=state, reason=reason, finished_at=now)
             )
-            audit.record(
-                conn,
-                actor,
-                action,
-                f"{row['model_name']}/{row['model_version']} in group {row['group_name']}",
-                reason,
-                {
-                    "rollout_id": row["id"],
-                    "previous_version": row["previous_version"],
-                    "canary": row["canary"],
-                    **(details or {}),
-                },
-                now,
-            )
+            target = f"{rollout.model} in group {rollout.group}"
+            audit.record(conn, actor, action, target, reason, details, now)
         level = logging.WARNING if state != "promoted" else logging.INFO
-        log_event(logger, f"rollout {state}", level=level, rollout=row["id"], reason=reason, actor=actor)
+        log_event(logger, f"rollout {state}", level=level, rollout=rollout.id, reason=reason, actor=actor)
+        return replace(rollout, state=state, reason=reason, finished_at=now)
 
-    def _get(self, rollout_id: str) -> dict[str, Any]:
+    def _get(self, rollout_id: str) -> Rollout:
         with self.store.engine.connect() as conn:
             row = conn.execute(sa.select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"rollout {rollout_id} not found; `edgeloop rollout status` lists them")
-        return dict(row)
+        return Rollout.from_row(row)
 
-    def _rows(
-        self, group: str | None = None, states: tuple[str, ...] | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+    def _rollouts(
+        self, *, group: str | None = None, states: tuple[str, ...] | None = None, limit: int | None = None
+    ) -> list[Rollout]:
         query = sa.select(rollouts).order_by(rollouts.c.created_at.desc())
         if group:
             query = query.where(rollouts.c.group_name == group)
@@ -397,4 +388,4 @@ class Rollouts:
         if limit:
             query = query.limit(limit)
         with self.store.engine.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
+            return [Rollout.from_row(row) for row in conn.execute(query).mappings()]

@@ -10,6 +10,7 @@ from cloud_sync.api.auth import Auth
 from cloud_sync.api.context import CloudContext, Principal
 from cloud_sync.api.errors import ERRORS
 from cloud_sync.api.models import DeployRequest, ReasonRequest, Rollout, RolloutStatus
+from cloud_sync.rollouts.model import RolloutRequest
 
 __all__ = ["router"]
 
@@ -35,28 +36,28 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
 
     @routes.post("/v1/rollouts", status_code=201, **status_model)
     def deploy(*, principal: Principal = Depends(auth.operator), body: DeployRequest) -> dict[str, Any]:
-        return ctx.rollouts.deploy(
-            body.model_name,
-            body.model_version,
-            body.group,
-            body.canary,
-            body.soak_minutes * 60,
-            principal.name,
-            body.mode,
-            body.ab_fraction,
-            body.ab_key,
+        request = RolloutRequest(
+            model_name=body.model_name,
+            model_version=body.model_version,
+            group=body.group,
+            canary=body.canary,
+            soak_s=body.soak_minutes * 60,
+            mode=body.mode,
+            ab_fraction=body.ab_fraction,
+            ab_key=body.ab_key,
         )
+        return ctx.rollouts.deploy(request, actor=principal.name)
 
     @routes.post("/v1/rollouts/{rollout_id}/promote", **status_model)
     def promote(
         *, principal: Principal = Depends(auth.operator), rollout_id: str, body: ReasonRequest | None = None
     ) -> dict[str, Any]:
-        return ctx.rollouts.promote(rollout_id, principal.name, body.reason if body else None)
+        return ctx.rollouts.promote(rollout_id, actor=principal.name, reason=body.reason if body else None)
 
     @routes.post("/v1/rollouts/{rollout_id}/rollback", **status_model)
     def rollback(
         *, principal: Principal = Depends(auth.operator), rollout_id: str, body: ReasonRequest | None = None
     ) -> dict[str, Any]:
-        return ctx.rollouts.rollback(rollout_id, principal.name, body.reason if body else None)
+        return ctx.rollouts.rollback(rollout_id, actor=principal.name, reason=body.reason if body else None)
 
     return routes

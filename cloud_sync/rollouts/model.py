@@ -1,0 +1,130 @@
+"""A rollout as the rollout code passes it around: `Rollout`, frozen and typed (one row of the `rollouts`
+table), and `RolloutRequest`, what an operator asks for (the API's `DeployRequest`, the CLI, tests).
+
+`RolloutRequest` states the rules a request must follow (a group id, a known mode, A/B settings only for
+and always with an A/B rollout) and checks them when it is made; `Rollouts.deploy` then checks only what
+needs the store (a rollout in progress, the group's current version, the canary devices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast, get_args
+
+from contracts.errors import InputError
+from contracts.topics import validate_id
+
+__all__ = ["ACTIVE", "MODE_NAMES", "Mode", "Rollout", "RolloutRequest", "State"]
+
+Mode = Literal["serving", "shadow", "ab"]
+State = Literal["canary", "soaking", "promoted", "rolled_back", "failed"]
+MODE_NAMES: tuple[str, ...] = get_args(Mode)
+ACTIVE: tuple[State, ...] = ("canary", "soaking")
+"""The states of a rollout the controller still advances."""
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """What to roll out where, and how: the model version, its group, the canary, the soak and the mode."""
+
+    model_name: str
+    model_version: int
+    group: str
+    canary: str | None = None
+    """`25%` of the group's devices (default 10%), or `dev-1,dev-2`; `0` = no canary (straight to the group)."""
+    soak_s: float = 600.0
+    mode: Mode = "serving"
+    ab_fraction: float | None = None
+    """`ab` mode: the challenger's share of request keys, in [0, 1]."""
+    ab_key: str | None = None
+    """`ab` mode: the record field that is the request key; none = the `X-Request-Key` header only."""
+
+    def __post_init__(self) -> None:
+        try:
+            validate_id(self.group, "group")
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if self.mode not in MODE_NAMES:
+            raise InputError(f"rollout mode {self.mode!r}: use one of {', '.join(MODE_NAMES)}")
+        if self.mode == "ab" and (self.ab_fraction is None or not 0 <= self.ab_fraction <= 1):
+            raise InputError("an A/B rollout needs ab_fraction between 0 and 1 (the challenger's share of keys)")
+        if self.mode != "ab" and (self.ab_fraction is not None or self.ab_key):
+            raise InputError("ab_fraction and ab_key are for an A/B rollout (mode ab)")
+
+    @property
+    def model(self) -> str:
+        return f"{self.model_name}/{self.model_version}"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One rollout: what it deploys where, its canary and soak, its state and why, with its times (epoch s)."""
+
+    id: str
+    group: str
+    model_name: str
+    model_version: int
+    previous_version: int | None
+    """The version the group ran before (the champion), if known."""
+    canary: tuple[str, ...]
+    soak_s: float
+    state: State
+    reason: str | None
+    actor: str
+    created_at: float
+    soak_started_at: float | None = None
+    finished_at: float | None = None
+    mode: Mode = "serving"
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Rollout:
+        """A row of the `rollouts` table."""
+        return cls(
+            id=row["id"],
+            group=row["group_name"],
+            model_name=row["model_name"],
+            model_version=int(row["model_version"]),
+            previous_version=None if row["previous_version"] is None else int(row["previous_version"]),
+            canary=tuple(row["canary"] or ()),
+            soak_s=float(row["soak_s"]),
+            state=cast(State, row["state"]),
+            reason=row["reason"],
+            actor=row["actor"],
+            created_at=float(row["created_at"]),
+            soak_started_at=row["soak_started_at"],
+            finished_at=row["finished_at"],
+            mode=cast(Mode, row.get("mode") or "serving"),
+        )
+
+    def as_row(self) -> dict[str, Any]:
+        """The values of its `rollouts` row (for an insert)."""
+        return {
+            "id": self.id,
+            "group_name": self.group,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "previous_version": self.previous_version,
+            "canary": list(self.canary),
+            "soak_s": self.soak_s,
+            "state": self.state,
+            "reason": self.reason,
+            "actor": self.actor,
+            "created_at": self.created_at,
+            "soak_started_at": self.soak_started_at,
+            "finished_at": self.finished_at,
+            "mode": self.mode,
+        }
+
+    @property
+    def model(self) -> str:
+        return f"{self.model_name}/{self.model_version}"
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def soak_start(self) -> float:
+        """When its soak started (its creation, if the soak has not been recorded)."""
+        return self.soak_started_at or self.created_at
