@@ -44,7 +44,7 @@ from rich.table import Table  # noqa: E402
 
 from cloud_sync.batch.columns import ScoringPlan, check_schema, score_batch  # noqa: E402
 from cloud_sync.batch.inputs import open_input  # noqa: E402
-from cloud_sync.batch.local_engine import _Writer, available_cores, load_model, score_local  # noqa: E402
+from cloud_sync.batch.local_engine import ParquetBatchWriter, available_cores, load_model, score_local  # noqa: E402
 from contracts.bundle import load_bundle  # noqa: E402
 from contracts.logs import configure_logging  # noqa: E402
 from contracts.runtime import OnnxModel  # noqa: E402
@@ -73,7 +73,7 @@ def _score_row_group(data: str, group: int) -> bytes:
 def processes(bundle: Path, data: Path, out: Path, workers: int) -> int:
     plan = check_schema(pq.read_schema(data), load_bundle(bundle).manifest, str(data))
     groups = pq.ParquetFile(data).metadata.num_row_groups
-    writer = _Writer(out, plan.output_schema, "snappy")
+    writer = ParquetBatchWriter(out, plan.output_schema, "snappy")
     writer.start()
     rows = 0
     context = multiprocessing.get_context("fork")

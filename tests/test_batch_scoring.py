@@ -207,9 +207,9 @@ def _read(path: Path) -> pd.DataFrame:
 def test_parquet_file_output_layout_passthrough_and_lineage(
     case: ScoringCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cloud_sync.batch.local_engine import _Writer
+    from cloud_sync.batch.local_engine import ParquetBatchWriter
 
-    monkeypatch.setattr(_Writer, "ROW_GROUP_ROWS", 1000)  # 512-row batches gather into row groups
+    monkeypatch.setattr(ParquetBatchWriter, "ROW_GROUP_ROWS", 1000)  # 512-row batches gather into row groups
     out = tmp_path / "scored.parquet"
     progress: list[tuple[int, int | None, str]] = []
     result = score(str(case.trained.bundle), case.parquet, out, case.settings(), lambda *p: progress.append(p))

@@ -33,12 +33,12 @@ from cloud_sync.batch.columns import check_schema
 from contracts.errors import InputError, NotFoundError
 from contracts.manifest import Manifest
 
-__all__ = ["InputTable", "arrow_error", "open_input"]
+__all__ = ["READ_BUFFER", "READ_ERRORS", "InputTable", "arrow_error", "conform_batch", "csv_reader", "open_input"]
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-_READ_BUFFER = 1 << 20
-_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError)
+READ_BUFFER = 1 << 20
+READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -64,27 +64,29 @@ class InputTable:
         for name in self.files:
             try:
                 if self.format == "parquet":
-                    source = pq.ParquetFile(name, pre_buffer=False, buffer_size=_READ_BUFFER)
+                    source = pq.ParquetFile(name, pre_buffer=False, buffer_size=READ_BUFFER)
                     batches: Iterator[pa.RecordBatch] = source.iter_batches(batch_size=batch_rows, use_threads=True)
                 else:
-                    batches = iter(_csv_reader(name, self.csv_types))
+                    batches = iter(csv_reader(name, self.csv_types))
                 for batch in batches:
-                    yield batch if batch.schema == self.schema else _conform(batch, self.schema, name)
-            except _READ_ERRORS as exc:
+                    yield batch if batch.schema == self.schema else conform_batch(batch, self.schema, name)
+            except READ_ERRORS as exc:
                 raise arrow_error(Path(name), exc, self.format) from None
 
 
-def _csv_reader(name: str, types: dict[str, pa.DataType]) -> pacsv.CSVStreamingReader:
+def csv_reader(name: str, types: dict[str, pa.DataType]) -> pacsv.CSVStreamingReader:
+    """pyarrow's streaming CSV reader with the model's column types (see the module docstring)."""
     return pacsv.open_csv(name, convert_options=pacsv.ConvertOptions(column_types=types))
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema, name: str) -> pa.RecordBatch:
+def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, name: str) -> pa.RecordBatch:
+    """`batch` of the file `name` with the columns and types of `schema` (the first file's), or an InputError."""
     missing = [column for column in schema.names if column not in batch.schema.names]
     if missing:
         raise InputError(f"{name} lacks the column '{missing[0]}' that the first file of the input has")
     try:
         columns = [batch.column(f.name).cast(f.type) for f in schema]
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise arrow_error(Path(name), exc, "input") from None
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
@@ -222,7 +224,7 @@ def open_input(path: Path, manifest: Manifest) -> InputTable:
             file_format = ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=types))
             dataset = ds.dataset(path, format=file_format)
             rows = None
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise arrow_error(path, exc, kind) from None
     assert isinstance(dataset, ds.FileSystemDataset)
     return InputTable(path, kind, tuple(dataset.files), dataset.schema, rows, types)

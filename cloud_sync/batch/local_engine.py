@@ -31,7 +31,7 @@ from contracts.errors import IntegrityError
 from contracts.logs import log_event
 from contracts.runtime import OnnxModel
 
-__all__ = ["available_cores", "load_model", "load_models", "score_local"]
+__all__ = ["ParquetBatchWriter", "available_cores", "load_model", "load_models", "score_local"]
 
 logger = logging.getLogger("edgeloop.batch")
 _DONE = object()
@@ -68,7 +68,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class _Writer(threading.Thread):
+class ParquetBatchWriter(threading.Thread):
     """Writes batches from a small queue, so that encoding and compressing Parquet overlaps inference.
 
     Batches are gathered into row groups of up to ROW_GROUP_ROWS rows or ROW_GROUP_BYTES (whichever comes
@@ -175,7 +175,7 @@ def score_local(
 
     rows = 0
     with staged_output(output) as tmp, ScoringPool(models) as pool:
-        writer = _Writer(tmp, plan.output_schema, compression)
+        writer = ParquetBatchWriter(tmp, plan.output_schema, compression)
         writer.start()
         try:
             batches = _slices(table.batches(batch_rows, depth=sessions + 1), SLICE_ROWS)

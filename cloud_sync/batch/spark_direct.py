@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cloud_sync.batch.columns import check_schema, score_batch
-from cloud_sync.batch.inputs import _READ_BUFFER, _READ_ERRORS, InputTable, _conform, _csv_reader, arrow_error
-from cloud_sync.batch.local_engine import _Writer
+from cloud_sync.batch.inputs import READ_BUFFER, READ_ERRORS, InputTable, arrow_error, conform_batch, csv_reader
+from cloud_sync.batch.local_engine import ParquetBatchWriter
 from cloud_sync.batch.spark_engine import executor_model, spark_job
 from contracts.bundle import Bundle
 from contracts.errors import InputError
@@ -65,7 +65,7 @@ def plan_splits(table: InputTable, target: int) -> list[Split]:
         return [Split(name) for name in table.files]
     try:
         groups = [(name, pq.ParquetFile(name).metadata.num_row_groups) for name in table.files]
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise arrow_error(table.path, exc, "parquet") from None
     per_split = max(1, math.ceil(sum(count for _, count in groups) / max(1, target)))
     return [
@@ -78,16 +78,16 @@ def plan_splits(table: InputTable, target: int) -> list[Split]:
 def _batches(split: Split, source: _Source, batch_rows: int) -> Iterator[pa.RecordBatch]:
     try:
         if source.format == "parquet":
-            reader = pq.ParquetFile(split.file, pre_buffer=False, buffer_size=_READ_BUFFER)
+            reader = pq.ParquetFile(split.file, pre_buffer=False, buffer_size=READ_BUFFER)
             # One task per core: Arrow's own decoding threads would only oversubscribe the cores.
             batches: Iterator[pa.RecordBatch] = reader.iter_batches(
                 batch_size=batch_rows, row_groups=split.row_groups, use_threads=False
             )
         else:
-            batches = iter(_csv_reader(split.file, source.csv_types))
+            batches = iter(csv_reader(split.file, source.csv_types))
         for batch in batches:
-            yield batch if batch.schema == source.schema else _conform(batch, source.schema, split.file)
-    except _READ_ERRORS as exc:
+            yield batch if batch.schema == source.schema else conform_batch(batch, source.schema, split.file)
+    except READ_ERRORS as exc:
         raise arrow_error(Path(split.file), exc, source.format) from None
 
 
@@ -95,7 +95,7 @@ def _score_split(model: OnnxModel, source: _Source, split: Split, part: Path, ba
     """Score one split into the part file `part` (written under a hidden name, renamed when complete)."""
     plan = check_schema(source.schema, model.manifest, split.file)
     attempt = part.with_name(f".{part.stem}.{uuid.uuid4().hex[:8]}.tmp")
-    writer = _Writer(attempt, plan.output_schema, compression)
+    writer = ParquetBatchWriter(attempt, plan.output_schema, compression)
     writer.start()
     rows = 0
     try:
