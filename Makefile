@@ -49,8 +49,8 @@ demo-smoke: setup
 # The architecture contract: import-linter's contracts ([tool.importlinter] in pyproject.toml) and the rules it cannot
 # state (tools/check_architecture.py: private names, __import__, import cycles) over ARCH_PACKAGES.
 ARCH_PACKAGES ?= contracts trainer converter edge_agent cloud_sync edgeloop
-# Not checked yet (issue 14 in progress): batch/ imports private names of its siblings. Remove it once it is fixed.
-ARCH_EXCEPT ?= cloud_sync.batch
+# Packages not checked yet (--except), e.g. while a refactor is in progress; none at the moment.
+ARCH_EXCEPT ?=
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
