@@ -26,6 +26,7 @@ import orjson
 import sqlalchemy as sa
 
 from cloud_sync.fleet.stats import load_windows
+from cloud_sync.rollouts.model import Rollout
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, events, windows
 from contracts.telemetry import ArmCounts, WindowCounts, merge_counts, score_drift
@@ -66,18 +67,10 @@ def rejections(store: Store, devices: list[str], name: str, version: int, since:
         return [(row.device_id, row.reason or "no reason given") for row in conn.execute(query)]
 
 
-def check_canary(
-    store: Store,
-    registry: BundleRegistry,
-    group: str,
-    canary: list[str],
-    name: str,
-    version: int,
-    previous: int | None,
-    since: float,
-    now: float,
-    limits: Limits,
-) -> str | None:
+def check_canary(store: Store, registry: BundleRegistry, rollout: Rollout, *, now: float, limits: Limits) -> str | None:
+    """The first reason to roll `rollout` back from what its canary reported since it started (module doc), or None."""
+    group, canary, name, version = rollout.group, list(rollout.canary), rollout.model_name, rollout.model_version
+    previous, since = rollout.previous_version, rollout.created_at
     refused = rejections(store, canary, name, version, since)
     if refused:
         device, reason = refused[0]

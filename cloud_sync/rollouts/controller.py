@@ -239,18 +239,7 @@ class Rollouts:
             rollout = self._get(rollout_id)
             if not rollout.active:
                 return
-            failure = check_canary(
-                self.store,
-                self.registry,
-                rollout.group,
-                list(rollout.canary),
-                rollout.model_name,
-                rollout.model_version,
-                rollout.previous_version,
-                rollout.created_at,
-                now,
-                self.limits,
-            )
+            failure = check_canary(self.store, self.registry, rollout, now=now, limits=self.limits)
             decision = (
                 Decision("roll_back", failure) if failure else MODES[rollout.mode].advance(self.view, rollout, now)
             )
