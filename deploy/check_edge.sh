@@ -45,6 +45,9 @@ echo "   readyz:  $(curl -fsS "http://127.0.0.1:$port/readyz")"
 record=$("$tmp/venv/bin/python" -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['golden_samples'][0]['inputs']))" "$bundle/manifest.json")
 echo "   predict: $(curl -fsS -H 'Authorization: Bearer check-edge' -H 'Content-Type: application/json' \
     -d "$record" "http://127.0.0.1:$port/v1/predict")"
+docs=$(curl -fsS -o /dev/null -w '%{http_code}, %{size_download} bytes' --compressed \
+    "http://127.0.0.1:$port/docs/assets/swagger-ui-bundle.js")
+echo "   docs:    swagger-ui-bundle.js from the install itself: $docs"
 kill -TERM "$pid"; wait "$pid"; pid=""
 if [ -n "$test_python" ]; then
     echo "== pytest -m device, agents from $tmp/venv/bin/python"

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts.errors import EdgeloopError, InputError, PayloadTooLarge, SchemaError, Unauthorized
 from contracts.problem import problem_responses
 from edge_agent.api_errors import install_error_handlers
+from edge_agent.docs_ui import install_docs
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady
 from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.loaded import PredictionBatch
@@ -192,6 +193,8 @@ def create_app(
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry hooks cost ~10% per request; the agent has its own metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        docs_url=None,  # /docs is docs_ui.py's: Swagger UI from the agent's own files, not a CDN (offline devices)
+        redoc_url=None,
     )
     app.add_middleware(_MetricsMiddleware, metrics=metrics, service=service)
     token = settings.token.encode() if settings.token else None
@@ -319,6 +322,7 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     install_openapi(app, service, token is not None)
+    install_docs(app)
     # The field's other protocols, over the same prediction path: Open Inference Protocol V2 and MLflow scoring.
     protocols = ProtocolContext(service, metrics, check_auth, max_body, max_batch)
     install_v2(app, protocols, AGENT_VERSION)
