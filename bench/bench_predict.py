@@ -1,16 +1,17 @@
-"""Prediction speed: the sklearn pipeline (`predict_proba`) against onnxruntime on the same signed bundle.
+"""Prediction speed: the sklearn pipeline (`predict_proba`) against onnxruntime and the numpy runtime, one bundle.
 
     .venv/bin/python bench/bench_predict.py                      # rf, logreg, gb on 6000 sample rows
     .venv/bin/python bench/bench_predict.py --single 100 --batch 10 --models rf
 
 Each model is trained by the trainer into a temporary MLflow store (SQLite) and converted by the converter,
-then both runtimes score the same rows, one after the other, in this process:
+then the three score the same rows, one after the other, in this process:
 
 - single row: sklearn `predict_proba` on a one-row DataFrame (how a Python service would call it) against
   `OnnxModel.predict_feed` on a prebuilt one-row feed (inference alone) and `OnnxModel.predict_records` on a
-  JSON-like record (schema check + encoding + inference: the edge agent's path).
+  JSON-like record (schema check + encoding + inference: the edge agent's path), each on onnxruntime (one
+  intra-op thread, as the agent runs it) and on the numpy runtime (`runtime="numpy"`, issue 16).
 - batch: 10,000 rows, sklearn on a DataFrame against onnxruntime on a prebuilt columnar feed, with the
-  session's intra-op threads left to onnxruntime (all cores), 1 and 2.
+  session's intra-op threads left to onnxruntime (all cores), 1 and 2, and the numpy runtime (one thread).
 
 Figures are medians of many calls; the contenders take turns in blocks so that a change in the machine's
 load hits them alike. Not a test: they depend on the machine and its load.
@@ -47,8 +48,10 @@ from contracts.signing import load_public_key  # noqa: E402
 class Row:
     model: str
     case: str
+    rows: int
     sklearn_ms: float | None
     onnx_ms: float
+    numpy_ms: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -110,6 +113,8 @@ def measure(
     names = bundle.manifest.feature_names
     rows: list[Row] = []
     default = OnnxModel.load(bundle)  # intra_op_threads=0: onnxruntime picks (all cores)
+    one_thread = OnnxModel.load(bundle, intra_op_threads=1)  # the agent's setting
+    numpy_model = OnnxModel.load(bundle, runtime="numpy")
 
     one = features.iloc[[7]]
     one_feed = encode_columns({name: one[name].to_numpy() for name in names}, inputs)
@@ -118,19 +123,23 @@ def measure(
     single_ms = medians_ms(
         {
             "sklearn": lambda: proba(one),
-            "feed": lambda: default.predict_feed(one_feed),
-            "records": lambda: default.predict_records([one_record]),
+            "feed": lambda: one_thread.predict_feed(one_feed),
+            "records": lambda: one_thread.predict_records([one_record]),
+            "numpy feed": lambda: numpy_model.predict_feed(one_feed),
+            "numpy records": lambda: numpy_model.predict_records([one_record]),
         },
         single,
     )
-    rows.append(Row(kind, "1 row: predict_feed", single_ms["sklearn"], single_ms["feed"]))
-    rows.append(Row(kind, "1 row: predict_records", single_ms["sklearn"], single_ms["records"]))
+    rows.append(Row(kind, "1 row: predict_feed", 1, single_ms["sklearn"], single_ms["feed"], single_ms["numpy feed"]))
+    rows.append(
+        Row(kind, "1 row: predict_records", 1, single_ms["sklearn"], single_ms["records"], single_ms["numpy records"])
+    )
 
     repeat = -(-batch_rows // len(features))
     many = pd.concat([features] * repeat, ignore_index=True).iloc[:batch_rows]
     many_feed = encode_columns({name: many[name].to_numpy() for name in names}, inputs)
     assert np.array_equal(default.predict_feed(many_feed).labels, sklearn_model.predict(many))  # type: ignore[attr-defined]
-    one_thread = OnnxModel.load(bundle, intra_op_threads=1)
+    assert np.array_equal(numpy_model.predict_feed(many_feed).labels, default.predict_feed(many_feed).labels)
     two_threads = OnnxModel.load(bundle, intra_op_threads=2)
     batch_ms = medians_ms(
         {
@@ -138,35 +147,50 @@ def measure(
             "auto": lambda: default.predict_feed(many_feed),
             "1": lambda: one_thread.predict_feed(many_feed),
             "2": lambda: two_threads.predict_feed(many_feed),
+            "numpy": lambda: numpy_model.predict_feed(many_feed),
         },
         batch,
     )
     label = f"{batch_rows // 1000}k rows"
-    rows.append(Row(kind, f"{label}: threads auto (0)", batch_ms["sklearn"], batch_ms["auto"]))
-    for threads in ("1", "2"):
-        rows.append(Row(kind, f"{label}: intra_op_threads={threads}", batch_ms["sklearn"], batch_ms[threads]))
+    rows.append(Row(kind, f"{label}: threads auto (0)", batch_rows, batch_ms["sklearn"], batch_ms["auto"]))
+    rows.append(
+        Row(kind, f"{label}: intra_op_threads=1", batch_rows, batch_ms["sklearn"], batch_ms["1"], batch_ms["numpy"])
+    )
+    rows.append(Row(kind, f"{label}: intra_op_threads=2", batch_rows, batch_ms["sklearn"], batch_ms["2"]))
     return rows
+
+
+def _rate(rows: int, ms: float | None) -> str:
+    return "" if ms is None or rows == 1 else f"{rows / ms * 1000:,.0f}"
 
 
 def render(rows: list[Row], args: argparse.Namespace) -> Table:
     table = Table(
         title=(
-            f"sklearn predict_proba vs onnxruntime, same bundle (median of {args.single} single / "
-            f"{args.batch} batch calls; {os.cpu_count()} cores)"
+            f"sklearn predict_proba vs onnxruntime vs the numpy runtime, same bundle (median of {args.single} "
+            f"single / {args.batch} batch calls; {os.cpu_count()} cores)"
         )
     )
     table.add_column("model")
     table.add_column("case")
     table.add_column("sklearn ms", justify="right")
     table.add_column("onnxruntime ms", justify="right")
+    table.add_column("numpy ms", justify="right")
+    table.add_column("onnxruntime rows/s", justify="right")
+    table.add_column("numpy rows/s", justify="right")
     table.add_column("sklearn / onnx", justify="right", style="bold")
+    table.add_column("numpy / onnx", justify="right", style="bold")
     for row in rows:
         table.add_row(
             row.model,
             row.case,
             "" if row.sklearn_ms is None else f"{row.sklearn_ms:.3f}",
             f"{row.onnx_ms:.3f}",
+            "" if row.numpy_ms is None else f"{row.numpy_ms:.3f}",
+            _rate(row.rows, row.onnx_ms),
+            _rate(row.rows, row.numpy_ms),
             "" if row.ratio is None else f"{row.ratio:.1f}x",
+            "" if row.numpy_ms is None else f"{row.numpy_ms / row.onnx_ms:.1f}x",
         )
     return table
 
@@ -192,8 +216,12 @@ def main() -> None:
     console.print(render(rows, args))
     console.print(
         "1 row: predict_feed is inference on a prebuilt feed; predict_records adds the schema check and encoding "
-        "of a JSON-like record. sklearn / onnx > 1 means onnxruntime is faster."
+        "of a JSON-like record. sklearn / onnx > 1 means onnxruntime is faster; numpy / onnx > 1 means the numpy "
+        "runtime is slower. Single rows on onnxruntime use one intra-op thread (the agent's setting)."
     )
+    for row in rows:
+        if row.model == "rf" and row.case == "1 row: predict_feed" and row.numpy_ms is not None:
+            console.print(f"rf (100 trees), 1 row on the numpy runtime: {row.numpy_ms * 1000:.0f} µs (goal <= 200 µs)")
 
 
 if __name__ == "__main__":
