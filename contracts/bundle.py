@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from contracts.errors import InputError, IntegrityError, NotFoundError
 from contracts.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, canonical_bytes, sha256_file
-from contracts.signing import verify_bytes
+from contracts.signing import PublicKey, verify_bytes
 
 __all__ = ["Bundle", "atomic_directory", "load_bundle", "parse_manifest"]
 
@@ -48,7 +47,7 @@ def parse_manifest(data: bytes, source: str = "manifest") -> Manifest:
         raise InputError(f"{source} does not match contract v1 at {where}: {first['msg']}") from None
 
 
-def load_bundle(path: Path, public_key: Ed25519PublicKey | None = None, require_signature: bool = True) -> Bundle:
+def load_bundle(path: Path, public_key: PublicKey | None = None, require_signature: bool = True) -> Bundle:
     """Parse and verify the bundle at `path`; raise a one-line error naming what is wrong."""
     path = Path(path)
     if not path.is_dir():

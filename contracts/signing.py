@@ -3,39 +3,85 @@
 The private key stays where the converter runs (never in a bundle); devices hold only the public key.
 `manifest.sig` is a small JSON document: algorithm, key id (first 16 hex digits of the sha256 of the raw
 public key) and the base64 signature over `canonical_bytes(manifest)`.
+
+Signing (key generation, `sign_bytes`) uses `cryptography`, imported where it is needed: it is the signer's
+library. Verification, all a device does, reads the PEM public key itself (an Ed25519 SubjectPublicKeyInfo is a
+fixed 12-byte prefix plus the 32-byte key) and checks signatures with PyNaCl (libsodium): the agent never loads
+cryptography's OpenSSL bindings (about 12 MB of RSS against 3.5 MB; docs/edge-agent.md). `verify_bytes` and
+`key_id` also take a cryptography public key, as the converter holds one.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from contracts.errors import InputError, IntegrityError, NotFoundError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
+    "PublicKey",
     "generate_keypair",
     "key_id",
     "load_private_key",
     "load_public_key",
+    "public_key_of",
     "sign_bytes",
     "verify_bytes",
 ]
 
 PRIVATE_KEY_FILE = "edgeloop-signing.key"
 PUBLIC_KEY_FILE = "edgeloop-signing.pub"
+_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+"""DER of an Ed25519 SubjectPublicKeyInfo up to its 32 key bytes (RFC 8410)."""
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An Ed25519 public key as its 32 raw bytes (what a device holds and verifies with)."""
+
+    raw: bytes
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> PublicKey:
+        """Parse a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) holding an Ed25519 key; ValueError otherwise."""
+        text = data.decode("ascii", errors="strict").strip()
+        header, footer = "-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----"
+        if not (text.startswith(header) and text.endswith(footer)):
+            raise ValueError("no PEM PUBLIC KEY block")
+        try:
+            der = base64.b64decode("".join(text[len(header) : -len(footer)].split()), validate=True)
+        except binascii.Error:
+            raise ValueError("the PEM body is not base64") from None
+        if len(der) != len(_SPKI_PREFIX) + 32 or not der.startswith(_SPKI_PREFIX):
+            raise ValueError("not an Ed25519 key")
+        return cls(der[len(_SPKI_PREFIX) :])
+
+
+def _raw(public_key: PublicKey | Ed25519PublicKey) -> bytes:
+    if isinstance(public_key, PublicKey):
+        return public_key.raw
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def generate_keypair(directory: Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write a new key pair into `directory` (private key mode 0600); returns (private, public) paths."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     directory.mkdir(parents=True, exist_ok=True)
     private_path, public_path = directory / PRIVATE_KEY_FILE, directory / PUBLIC_KEY_FILE
     if private_path.exists() and not overwrite:
@@ -57,6 +103,9 @@ def generate_keypair(directory: Path, overwrite: bool = False) -> tuple[Path, Pa
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if not path.is_file():
         raise NotFoundError(f"signing key {path} not found; create one with `edgeloop keys generate`")
     try:
@@ -68,21 +117,22 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
+def load_public_key(path: Path) -> PublicKey:
     if not path.is_file():
         raise NotFoundError(f"public key {path} not found; copy edgeloop-signing.pub from the signer")
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except ValueError as exc:
-        raise InputError(f"{path} is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise InputError(f"{path} is not an Ed25519 public key")
-    return key
+        return PublicKey.from_pem(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not an Ed25519 PEM public key ({exc}); copy edgeloop-signing.pub") from None
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+def public_key_of(private_key: Ed25519PrivateKey) -> PublicKey:
+    """The public half of a signer's key, as devices hold it."""
+    return PublicKey(_raw(private_key.public_key()))
+
+
+def key_id(public_key: PublicKey | Ed25519PublicKey) -> str:
+    return hashlib.sha256(_raw(public_key)).hexdigest()[:16]
 
 
 def sign_bytes(data: bytes, private_key: Ed25519PrivateKey) -> bytes:
@@ -96,7 +146,7 @@ def sign_bytes(data: bytes, private_key: Ed25519PrivateKey) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
-def verify_bytes(data: bytes, signature_document: bytes, public_key: Ed25519PublicKey) -> None:
+def verify_bytes(data: bytes, signature_document: bytes, public_key: PublicKey | Ed25519PublicKey) -> None:
     """Raise IntegrityError unless `signature_document` is a valid signature of `data` by `public_key`."""
     try:
         document = orjson.loads(signature_document)
@@ -105,9 +155,12 @@ def verify_bytes(data: bytes, signature_document: bytes, public_key: Ed25519Publ
         signature = base64.b64decode(document["signature"], validate=True)
     except (orjson.JSONDecodeError, KeyError, ValueError, AttributeError):
         raise IntegrityError("signature document is malformed; the bundle must be re-signed") from None
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
     try:
-        public_key.verify(signature, data)
-    except InvalidSignature:
+        VerifyKey(_raw(public_key)).verify(data, signature)
+    except (BadSignatureError, ValueError):  # ValueError: a signature of the wrong length
         expected, signer = key_id(public_key), document.get("key_id")
         if signer == expected:
             raise IntegrityError(

@@ -40,7 +40,7 @@ from contracts.manifest import (
     canonical_bytes,
     sha256_file,
 )
-from contracts.signing import PRIVATE_KEY_FILE, generate_keypair, load_private_key, sign_bytes
+from contracts.signing import PRIVATE_KEY_FILE, generate_keypair, load_private_key, public_key_of, sign_bytes
 from contracts.tracking import ensure_tracking_reachable
 from converter.explain import checked_explainer
 from converter.export import to_onnx
@@ -182,11 +182,11 @@ def convert_model(reference: str, out: Path, settings: ConvertSettings | None = 
         manifest = draft.model_copy(update={"parity": parity})
         (building / MANIFEST_FILE).write_bytes(manifest.to_json_bytes())
         (building / SIGNATURE_FILE).write_bytes(sign_bytes(canonical_bytes(manifest), private_key))
-        verified = load_bundle(building, private_key.public_key())
+        verified = load_bundle(building, public_key_of(private_key))
         worst = replay_golden_samples(verified)
         log_event(logger, "golden samples replayed", samples=len(samples),
                   max_abs_diff=f"{worst['onnxruntime']:.2e}", numpy_max_abs_diff=f"{worst['numpy']:.2e}")  # fmt: skip
-    bundle = load_bundle(out, private_key.public_key())
+    bundle = load_bundle(out, public_key_of(private_key))
     _log_back(client, resolved, bundle, onnx_model)
     log_event(logger, "bundle written", path=str(out), name=manifest.name, version=manifest.version)
     return bundle

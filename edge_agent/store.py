@@ -20,12 +20,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from contracts.bundle import Bundle, load_bundle
 from contracts.errors import EdgeloopError
 from contracts.logs import log_event
 from contracts.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest
+from contracts.signing import PublicKey
 
 __all__ = ["ModelStore", "bundle_dir_name"]
 
@@ -66,7 +65,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class ModelStore:
-    def __init__(self, state_dir: Path, public_key: Ed25519PublicKey | None, keep_versions: int = 3) -> None:
+    def __init__(self, state_dir: Path, public_key: PublicKey | None, keep_versions: int = 3) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.bundles_dir = self.state_dir / "bundles"
         self.tmp_dir = self.state_dir / "tmp"

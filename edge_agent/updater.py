@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contracts.bundle import Bundle, parse_manifest
 from contracts.errors import EdgeloopError, IntegrityError, ModelRejected, ServiceUnavailableError
@@ -31,7 +30,7 @@ from contracts.logs import log_event
 from contracts.manifest import Manifest, canonical_bytes
 from contracts.messages import ABSplit, DesiredState, ReportedState, ShadowBundle
 from contracts.runtime import OnnxModel
-from contracts.signing import verify_bytes
+from contracts.signing import PublicKey, verify_bytes
 from edge_agent.download import download_model
 from edge_agent.errors import DownloadFailed
 from edge_agent.loaded import LoadedModel
@@ -86,7 +85,7 @@ class Updater:
         store: ModelStore,
         service: InferenceService,
         reporter: Reporter,
-        public_key: Ed25519PublicKey | None,
+        public_key: PublicKey | None,
         metrics: AgentMetrics | None = None,
     ) -> None:
         self.settings = settings

@@ -97,6 +97,8 @@ def test_the_agent_serves_golden_samples_with_onnxruntime_hidden(
             process.wait()
     loaded = set(json.loads(report.read_text()))
     assert "edge_agent" in loaded and "onnxruntime" not in loaded
+    # Signatures are verified with PyNaCl; cryptography (the signer's library, ~12 MB of RSS) is never loaded.
+    assert "nacl" in loaded and "cryptography" not in loaded
 
 
 def test_runtime_onnxruntime_without_it_is_a_one_line_error(

@@ -243,3 +243,29 @@ def test_the_converter_gate_refuses_a_model_the_numpy_runtime_cannot_run(
     assert [replay.runtime for replay in report.runtimes or []] == ["onnxruntime", "numpy"]
     with pytest.raises(ConversionError, match="lacks Abs"):
         check_runtimes(Answers(), edited, features, TOLERANCE)
+
+
+def test_public_keys_are_read_without_cryptography_and_other_keys_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from contracts.signing import PublicKey, generate_keypair, key_id, load_private_key, load_public_key, sign_bytes
+
+    private_path, public_path = generate_keypair(tmp_path / "keys")
+    private = load_private_key(private_path)
+    public = load_public_key(public_path)
+    assert isinstance(public, PublicKey) and len(public.raw) == 32
+    assert key_id(public) == key_id(private.public_key())
+    from contracts.signing import verify_bytes
+
+    verify_bytes(b"data", sign_bytes(b"data", private), public)
+    with pytest.raises(IntegrityError, match="altered after signing"):
+        verify_bytes(b"other", sign_bytes(b"data", private), public)
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (tmp_path / "ec.pub").write_bytes(
+        other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for bad in (tmp_path / "ec.pub", private_path):
+        with pytest.raises(InputError, match="not an Ed25519 PEM public key") as raised:
+            load_public_key(bad)
+        assert "\n" not in str(raised.value)

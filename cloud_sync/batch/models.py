@@ -13,15 +13,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from cloud_sync.batch.settings import ScoreSettings, default_tracking_uri
 from contracts.bundle import Bundle, atomic_directory, load_bundle
 from contracts.errors import EdgeloopError, IntegrityError, NotFoundError
 from contracts.logs import log_event
 from contracts.manifest import canonical_bytes
 from contracts.registry import ModelReference, find_model_version, is_reference, parse_reference
-from contracts.signing import load_public_key
+from contracts.signing import PublicKey, load_public_key
 from contracts.tracking import ensure_tracking_reachable
 
 __all__ = ["BUNDLE_ARTIFACT_PATH", "ResolvedBundle", "bundle_digest", "resolve_bundle"]
@@ -72,7 +70,7 @@ def resolve_bundle(model: str, settings: ScoreSettings) -> ResolvedBundle:
     return _from_registry(parse_reference(model), uri, settings.cache_dir, public_key)
 
 
-def _from_registry(parsed: ModelReference, uri: str, cache_dir: Path, public_key: Ed25519PublicKey) -> ResolvedBundle:
+def _from_registry(parsed: ModelReference, uri: str, cache_dir: Path, public_key: PublicKey) -> ResolvedBundle:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -105,7 +103,7 @@ def _from_registry(parsed: ModelReference, uri: str, cache_dir: Path, public_key
     return ResolvedBundle(bundle, reference, uri)
 
 
-def _cached(path: Path, public_key: Ed25519PublicKey, expected_digest: str | None, run_id: str) -> Bundle | None:
+def _cached(path: Path, public_key: PublicKey, expected_digest: str | None, run_id: str) -> Bundle | None:
     """The cached bundle if it verifies and is the one the registry points at, else None (download again)."""
     if not path.is_dir():
         return None
@@ -118,7 +116,7 @@ def _cached(path: Path, public_key: Ed25519PublicKey, expected_digest: str | Non
     return bundle if bundle.manifest.lineage.run_id == run_id else None
 
 
-def _download(client: object, run_id: str, final: Path, public_key: Ed25519PublicKey, what: str) -> Bundle:
+def _download(client: object, run_id: str, final: Path, public_key: PublicKey, what: str) -> Bundle:
     with tempfile.TemporaryDirectory(prefix="edgeloop-bundle-") as scratch:
         local = Path(client.download_artifacts(run_id, BUNDLE_ARTIFACT_PATH, scratch))  # type: ignore[attr-defined]
         try:

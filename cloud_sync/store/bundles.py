@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from contracts.bundle import atomic_directory, load_bundle, parse_manifest
 from contracts.errors import ConflictError, InputError, NotFoundError
 from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, sha256_file
+from contracts.signing import PublicKey
 
 __all__ = ["BUNDLE_FILES", "BundleInfo", "BundleRegistry", "bundle_tar"]
 
@@ -62,7 +61,7 @@ class BundleInfo:
 
 
 class BundleRegistry:
-    def __init__(self, root: Path, public_key: Ed25519PublicKey | None = None) -> None:
+    def __init__(self, root: Path, public_key: PublicKey | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_key = public_key
