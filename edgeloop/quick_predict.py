@@ -66,7 +66,7 @@ def predict_csv_rows(bundle_dir: Path, data: Path, rows: int, public_key: Path |
     if not records:
         raise InputError(f"{data} has no data rows")
     result = model.predict_records(records)
-    table = Table(title=f"{bundle.manifest.name} v{bundle.manifest.version} (onnxruntime)")
+    table = Table(title=f"{bundle.manifest.name} v{bundle.manifest.version} ({model.runtime})")
     for spec in specs[:4]:
         table.add_column(spec.name)
     table.add_column("label", style="bold")
