@@ -71,7 +71,13 @@ class CloudService:
             s.rollout_min_samples,
         )
         self.rollouts = Rollouts(
-            self.store, self.registry, self.publisher, s.base_url, s.keys_dir, limits, s.rollout_confirm_timeout_s
+            self.store,
+            self.registry,
+            self.publisher,
+            base_url=s.base_url,
+            keys_dir=s.keys_dir,
+            limits=limits,
+            confirm_timeout_s=s.rollout_confirm_timeout_s,
         )
         self.alerts = AlertEvaluator(
             self.store, self.registry, self.rules, self._publish_alert, s.webhook_url, s.online_timeout_s

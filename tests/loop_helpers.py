@@ -39,7 +39,9 @@ class CloudServer:
         self.publisher = MqttPublisher(broker.url, client_id=f"loop-test-{time.monotonic_ns()}").start()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.rollouts = Rollouts(self.store, self.registry, self.publisher, self.url, trained.keys_dir)
+        self.rollouts = Rollouts(
+            self.store, self.registry, self.publisher, base_url=self.url, keys_dir=trained.keys_dir
+        )
         self.context = CloudContext(self.store, self.registry, self.rollouts, ["viewer:look"], ["ops:act"], **ctx)
         config = uvicorn.Config(
             create_app(self.context), host="127.0.0.1", port=self.port, log_config=None, log_level="warning"

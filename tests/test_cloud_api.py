@@ -29,7 +29,7 @@ def client(broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle) -> Iterator
     with make_store("sqlite", tmp_path) as store:
         registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
         publisher = MqttPublisher(broker.url, client_id="api-test").start()
-        rollouts = Rollouts(store, registry, publisher, "http://127.0.0.1:9", rf_bundle.keys_dir)
+        rollouts = Rollouts(store, registry, publisher, base_url="http://127.0.0.1:9", keys_dir=rf_bundle.keys_dir)
         context = CloudContext(store, registry, rollouts, ["carol:look"], ["alice:act"])
         with TestClient(create_app(context)) as test_client:
             yield test_client

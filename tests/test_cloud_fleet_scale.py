@@ -44,7 +44,14 @@ def test_a_sim_fleet_thread_runs_many_devices_through_a_canary_rollout(
         ingest = Ingest(store, broker.url, client_id="scale-ingest")
         ingest.start()
         publisher = MqttPublisher(broker.url).start()
-        cloud = Rollouts(store, registry, publisher, "http://127.0.0.1:1", rf_bundle.keys_dir, None, 30.0)
+        cloud = Rollouts(
+            store,
+            registry,
+            publisher,
+            base_url="http://127.0.0.1:1",
+            keys_dir=rf_bundle.keys_dir,
+            confirm_timeout_s=30.0,
+        )
         fleet = SimFleet()
         for i in range(count):
             fleet.add(SimDevice(f"dev-{i:04d}", "line-1", broker.host, broker.port, model=(NAME, 1)))

@@ -70,7 +70,15 @@ def cloud(broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundl
         ingest.start()
         publisher = MqttPublisher(broker.url).start()
         limits = Limits(min_samples=50)
-        rollouts = Rollouts(store, registry, publisher, "http://127.0.0.1:1", rf_bundle.keys_dir, limits, 10.0)
+        rollouts = Rollouts(
+            store,
+            registry,
+            publisher,
+            base_url="http://127.0.0.1:1",
+            keys_dir=rf_bundle.keys_dir,
+            limits=limits,
+            confirm_timeout_s=10.0,
+        )
         wait_until(ingest.connected.is_set, what="ingest connected")
         time.sleep(0.2)
         yield Cloud(store, registry, rollouts, ingest, broker, v1, v2)

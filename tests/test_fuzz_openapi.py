@@ -112,7 +112,7 @@ def test_cloud_openapi_fuzz_never_gets_a_5xx(broker: Broker, tmp_path: Path, rf_
         registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
         publisher = MqttPublisher(broker.url, client_id="fuzz-test").start()
         try:
-            rollouts = Rollouts(store, registry, publisher, "http://127.0.0.1:9", rf_bundle.keys_dir)
+            rollouts = Rollouts(store, registry, publisher, base_url="http://127.0.0.1:9", keys_dir=rf_bundle.keys_dir)
             context = CloudContext(store, registry, rollouts, ["carol:look"], ["alice:act"])
             schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(context))
             assert {"/v1/rollouts", "/v1/bundles", "/v1/fleet/stats"} <= set(schema.raw_schema["paths"])

@@ -137,12 +137,7 @@ def test_shadow_canary_promotes_or_rolls_back_on_measured_accuracy(
         from cloud_sync.rollouts.checks import shadow_comparison
 
         wait_until(
-            lambda: (
-                shadow_comparison(
-                    cloud.store, group, [canary.settings.device_id], "machine-failure", 1, 2, 0, 2e9
-                ).labels
-                >= 120
-            ),
+            lambda: shadow_comparison(cloud.store, cloud.rollouts.get(rollout["id"]), since=0, now=2e9).labels >= 120,
             15,
             "canary window with shadow feedback stored",
         )

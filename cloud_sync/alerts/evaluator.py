@@ -333,6 +333,9 @@ def acknowledge(store: Store, alert_id: int, actor: str, note: str | None = None
             raise NotFoundError(f"alert {alert_id} not found")
         now = time.time()
         conn.execute(alerts.update().where(alerts.c.id == alert_id).values(acknowledged_by=actor, acknowledged_at=now))
-        audit.record(conn, actor, "acknowledge alert", f"{row['rule']} {row['subject']}", note, {"alert_id": alert_id})
+        audit.record(
+            conn, actor, "acknowledge alert", target=f"{row['rule']} {row['subject']}", reason=note,
+            details={"alert_id": alert_id},
+        )  # fmt: skip
         updated = dict(conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().one())
     return _public(updated)

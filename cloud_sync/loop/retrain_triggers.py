@@ -166,8 +166,8 @@ class RetrainTriggers:
             self._jobs[policy.model] = _Job(process, trigger, log_path, log, now)
             self._last_start[policy.model] = now
         with self.store.begin() as conn:
-            audit.record(conn, "controller", "retrain triggered", policy.model, reason,
-                         {"trigger": trigger, "policy": str(policy.path), "pid": process.pid,
+            audit.record(conn, "controller", "retrain triggered", target=policy.model, reason=reason,
+                         details={"trigger": trigger, "policy": str(policy.path), "pid": process.pid,
                           "log": str(log_path), **details})  # fmt: skip
         log_event(logger, "retrain triggered", model=policy.model, trigger=trigger, pid=process.pid)
         return True
@@ -198,7 +198,8 @@ class RetrainTriggers:
                 action = "retrain failed"
                 reason = errors[-1][len("error: ") :] if errors else (lines[-1] if lines else "no output")
             with self.store.begin() as conn:
-                audit.record(conn, "controller", action, model, reason, {**detail, "log": str(job.log_path)})
+                details = {**detail, "log": str(job.log_path)}
+                audit.record(conn, "controller", action, target=model, reason=reason, details=details)
             log_event(logger, action, model=model, exit_code=code, level=logging.INFO if code == 0 else logging.WARNING)
 
     def _new_firings(self) -> list[dict[str, Any]]:

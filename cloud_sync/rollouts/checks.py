@@ -53,8 +53,9 @@ class Limits:
     min_samples: int = 50
 
 
-def rejections(store: Store, devices: list[str], name: str, version: int, since: float) -> list[tuple[str, str]]:
-    """(device, reason) of every `rejected` event for name/version received since `since`."""
+def rejections(store: Store, rollout: Rollout) -> list[tuple[str, str]]:
+    """(device, reason) of every `rejected` event of the rollout's version from its canary since it started."""
+    devices, name, version, since = list(rollout.canary), rollout.model_name, rollout.model_version, rollout.created_at
     if not devices:
         return []
     query = (
@@ -71,7 +72,7 @@ def check_canary(store: Store, registry: BundleRegistry, rollout: Rollout, *, no
     """The first reason to roll `rollout` back from what its canary reported since it started (module doc), or None."""
     group, canary, name, version = rollout.group, list(rollout.canary), rollout.model_name, rollout.model_version
     previous, since = rollout.previous_version, rollout.created_at
-    refused = rejections(store, canary, name, version, since)
+    refused = rejections(store, rollout)
     if refused:
         device, reason = refused[0]
         return f"canary device {device} rejected {name}/{version}: {reason}"
@@ -134,11 +135,11 @@ class ShadowComparison:
         }
 
 
-def shadow_comparison(
-    store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
-) -> ShadowComparison:
-    """Merged counts of the canary's windows on the champion that carry the challenger as their shadow."""
-    payloads = _canary_payloads(store, group, canary, name, champion, since, now)
+def shadow_comparison(store: Store, rollout: Rollout, *, since: float, now: float) -> ShadowComparison:
+    """Merged counts of the canary's windows on the champion (the rollout's previous version) between `since`
+    and `now` that carry the challenger (its version) as their shadow."""
+    challenger = rollout.model_version
+    payloads = _canary_payloads(store, rollout, since=since, now=now)
     merged = merge_counts(
         WindowCounts.model_validate(p) for p in payloads if p.get("shadow_model_version") == challenger
     )
@@ -146,22 +147,21 @@ def shadow_comparison(
     return ShadowComparison(merged.feedback_count, merged.accuracy, merged.shadow_accuracy, challenger_labels)
 
 
-def ab_arms(
-    store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
-) -> dict[str, ArmCounts]:
-    """The merged counts of each arm (`champion`, `challenger`) from the canary's windows on the champion that
-    counted the challenger's arm."""
-    payloads = _canary_payloads(store, group, canary, name, champion, since, now)
+def ab_arms(store: Store, rollout: Rollout, *, now: float) -> dict[str, ArmCounts]:
+    """The merged counts of each arm (`champion`, `challenger`) from the canary's windows on the champion (the
+    rollout's previous version) since the rollout started that counted the challenger's arm."""
+    challenger = rollout.model_version
+    payloads = _canary_payloads(store, rollout, since=rollout.created_at, now=now)
     merged = merge_counts(WindowCounts.model_validate(p) for p in payloads if p.get("ab_model_version") == challenger)
     return {arm: merged.arms.get(arm) or ArmCounts() for arm in ("champion", "challenger")}
 
 
-def ab_report(arms: dict[str, ArmCounts], champion: int, challenger: int) -> dict[str, dict[str, Any]]:
+def ab_report(arms: dict[str, ArmCounts], rollout: Rollout) -> dict[str, dict[str, Any]]:
     """Per arm: version, requests, failed requests and their rate, p99 of its model's time (null when
     unknown or over the last latency bucket), records answered, share of records, feedback labels, accuracy."""
     total = sum(part.records for part in arms.values())
     report: dict[str, dict[str, Any]] = {}
-    for arm, version in (("champion", champion), ("challenger", challenger)):
+    for arm, version in (("champion", rollout.previous_version), ("challenger", rollout.model_version)):
         part = arms[arm]
         p99 = part.latency_quantile(0.99)
         report[arm] = {
@@ -178,15 +178,14 @@ def ab_report(arms: dict[str, ArmCounts], champion: int, challenger: int) -> dic
     return report
 
 
-def ab_comparison(
-    store: Store, group: str, canary: list[str], name: str, champion: int, challenger: int, since: float, now: float
-) -> dict[str, dict[str, Any]]:
+def ab_comparison(store: Store, rollout: Rollout, *, now: float) -> dict[str, dict[str, Any]]:
     """`ab_report` of `ab_arms`: what `rollout status` shows for an A/B rollout."""
-    return ab_report(ab_arms(store, group, canary, name, champion, challenger, since, now), champion, challenger)
+    return ab_report(ab_arms(store, rollout, now=now), rollout)
 
 
-def check_ab(arms: dict[str, ArmCounts], name: str, champion: int, challenger: int, limits: Limits) -> str | None:
+def check_ab(arms: dict[str, ArmCounts], rollout: Rollout, *, limits: Limits) -> str | None:
     """The first reason to stop an A/B split (module doc), or None."""
+    name, champion, challenger = rollout.model_name, rollout.previous_version, rollout.model_version
     mine, theirs = arms["challenger"], arms["champion"]
     ref = f"A/B challenger {name}/{challenger}"
     requests, errors = mine.requests, mine.errors
@@ -209,15 +208,14 @@ def check_ab(arms: dict[str, ArmCounts], name: str, champion: int, challenger: i
     return None
 
 
-def _canary_payloads(
-    store: Store, group: str, canary: list[str], name: str, version: int, since: float, now: float
-) -> list[dict[str, object]]:
+def _canary_payloads(store: Store, rollout: Rollout, *, since: float, now: float) -> list[dict[str, object]]:
+    """The telemetry payloads of the canary's windows on the champion (the previous version) in (since, now]."""
     c = windows.c
     query = sa.select(c.payload).where(
-        c.group_name == group,
-        c.device_id.in_(canary),
-        c.model_name == name,
-        c.model_version == version,
+        c.group_name == rollout.group,
+        c.device_id.in_(rollout.canary),
+        c.model_name == rollout.model_name,
+        c.model_version == rollout.previous_version,
         c.window_end > since,
         c.window_end <= now,
     )

@@ -83,6 +83,7 @@ class Rollouts:
         store: Store,
         registry: BundleRegistry,
         publisher: MqttPublisher,
+        *,
         base_url: str,
         keys_dir: Path,
         limits: Limits | None = None,
@@ -146,7 +147,9 @@ class Rollouts:
             desired = mode.publishes(
                 request, new=info, champion=champion, base_url=self.base_url, rollout_id=rollout.id
             ).model_dump_json()
-            overrides.publish(self.store, self.publisher, group, chosen, desired, rollout.id)
+            overrides.publish(
+                self.store, self.publisher, group=group, names=chosen, payload=desired, rollout_id=rollout.id
+            )
             self._record_start(rollout, request, mode.describe(request, canary=chosen, previous=previous))
             if not chosen:
                 return self.promote(rollout.id, actor=actor, reason="no canary devices: published to the whole group")
@@ -189,7 +192,9 @@ class Rollouts:
             if MODES[rollout.mode].beside and not promoted and previous is not None:
                 # The canary served the champion all along: the same version without a challenger stops it.
                 desired = self._desired(self.registry.get(name, previous), rollout_id).model_dump_json()
-                overrides.publish(self.store, self.publisher, group, list(canary), desired, rollout_id)
+                overrides.publish(
+                    self.store, self.publisher, group=group, names=canary, payload=desired, rollout_id=rollout_id
+                )
                 self._finish(rollout, "rolled_back", reason=reason, actor=actor, action="rollback", details=details)
                 return self.status(rollout_id)
             if previous is None:
@@ -198,7 +203,9 @@ class Rollouts:
                 self._finish(rollout, "rolled_back", reason=note, actor=actor, action="rollback")
                 return self.status(rollout_id)
             try:
-                back = rollback_state(self.base_url, self.keys_dir, self.registry.get(name, previous), rollout_id)
+                back = rollback_state(
+                    self.base_url, self.registry.get(name, previous), rollout_id, keys_dir=self.keys_dir
+                )
             except EdgeloopError as exc:
                 failed = f"{reason}; rollback impossible: {exc.message}"
                 self._finish(rollout, "failed", reason=failed, actor=actor, action="rollback failed")
@@ -207,7 +214,10 @@ class Rollouts:
                 self.publisher.publish(group_desired(group), back.model_dump_json())
                 self._clear_overrides(group, [])
             else:
-                overrides.publish(self.store, self.publisher, group, list(canary), back.model_dump_json(), rollout_id)
+                payload = back.model_dump_json()
+                overrides.publish(
+                    self.store, self.publisher, group=group, names=canary, payload=payload, rollout_id=rollout_id
+                )
             self._finish(rollout, "rolled_back", reason=reason, actor=actor, action="rollback", details=details)
             return self.status(rollout_id)
 
@@ -300,7 +310,8 @@ class Rollouts:
             details |= {"ab_fraction": request.ab_fraction, "ab_key": request.ab_key}
         with self.store.begin() as conn:
             conn.execute(rollouts.insert().values(**rollout.as_row()))
-            audit.record(conn, rollout.actor, "deploy", f"{rollout.model} -> group {rollout.group}", why, details)
+            target = f"{rollout.model} -> group {rollout.group}"
+            audit.record(conn, rollout.actor, "deploy", target=target, reason=why, details=details)
         log_event(
             logger,
             "rollout started",
@@ -314,7 +325,7 @@ class Rollouts:
     def _clear_overrides(self, group: str, extra: list[str]) -> None:
         """Empty retained payloads on the device-level desired topics that hold one (recorded when published),
         so each device follows its group; one batch, not a round trip per device."""
-        cleared = overrides.clear(self.store, self.publisher, group, extra)
+        cleared = overrides.clear(self.store, self.publisher, group, extra=extra)
         log_event(logger, "device overrides cleared", group=group, devices=cleared)
 
     def _previous_version(self, group: str, name: str) -> int | None:
@@ -354,7 +365,7 @@ class Rollouts:
                 rollouts.update().where(rollouts.c.id == rollout.id).values(state=state, reason=reason, finished_at=now)
             )
             target = f"{rollout.model} in group {rollout.group}"
-            audit.record(conn, actor, action, target, reason, details, now)
+            audit.record(conn, actor, action, target=target, reason=reason, details=details, at=now)
         level = logging.WARNING if state != "promoted" else logging.INFO
         log_event(logger, f"rollout {state}", level=level, rollout=rollout.id, reason=reason, actor=actor)
         return replace(rollout, state=state, reason=reason, finished_at=now)

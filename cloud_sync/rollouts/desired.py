@@ -26,6 +26,7 @@ def desired_state(
     base_url: str,
     info: BundleInfo,
     rollout_id: str,
+    *,
     shadow: BundleInfo | None = None,
     ab: tuple[BundleInfo, float, str | None] | None = None,
 ) -> DesiredState:
@@ -55,7 +56,7 @@ def desired_state(
     )
 
 
-def rollback_state(base_url: str, keys_dir: Path, info: BundleInfo, rollout_id: str) -> DesiredState:
+def rollback_state(base_url: str, info: BundleInfo, rollout_id: str, *, keys_dir: Path) -> DesiredState:
     """The previous manifest with rollback=true, re-signed: devices refuse an older version otherwise."""
     key = load_private_key(keys_dir / PRIVATE_KEY_FILE)
     manifest = info.manifest.model_copy(update={"rollback": True})

@@ -24,7 +24,7 @@ __all__ = ["clear", "publish", "recorded"]
 
 
 def publish(
-    store: Store, publisher: MqttPublisher, group: str, names: Iterable[str], payload: str, rollout_id: str
+    store: Store, publisher: MqttPublisher, *, group: str, names: Iterable[str], payload: str, rollout_id: str
 ) -> None:
     """A retained desired state on each device's own topic, recorded for a later `clear`."""
     names = sorted(set(names))
@@ -47,7 +47,7 @@ def recorded(store: Store, group: str, extra: Iterable[str] = ()) -> list[str]:
     return sorted(found | set(extra))
 
 
-def clear(store: Store, publisher: MqttPublisher, group: str, extra: Iterable[str] = ()) -> int:
+def clear(store: Store, publisher: MqttPublisher, group: str, *, extra: Iterable[str] = ()) -> int:
     """Empty retained payloads on the recorded device-level desired topics of `group` (and `extra`);
     returns how many were cleared."""
     names = recorded(store, group, extra)

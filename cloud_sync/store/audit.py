@@ -34,6 +34,7 @@ def record(
     conn: Connection,
     actor: str,
     action: str,
+    *,
     target: str,
     reason: str | None = None,
     details: dict[str, Any] | None = None,

@@ -45,7 +45,8 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
         """Record a retraining job in the append-only audit log (action `retrain`)."""
         details = body.model_dump(exclude={"reason"})
         with ctx.store.engine.begin() as conn:
-            audit.record(conn, principal.name, "retrain", f"{body.model}/{body.version}", body.reason, details)
+            target = f"{body.model}/{body.version}"
+            audit.record(conn, principal.name, "retrain", target=target, reason=body.reason, details=details)
         return {"recorded": True, "target": f"{body.model}/{body.version}", "actor": principal.name, **details}
 
     @routes.get("/v1/retrains", tags=["retraining"])

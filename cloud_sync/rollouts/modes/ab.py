@@ -45,20 +45,15 @@ class ABTest:
     def report(self, view: ModeView, rollout: Rollout, now: float) -> dict[str, Any] | None:
         if rollout.previous_version is None:
             return None
-        return ab_comparison(
-            view.store, rollout.group, list(rollout.canary), rollout.model_name, rollout.previous_version,
-            rollout.model_version, rollout.created_at, now,
-        )  # fmt: skip
+        return ab_comparison(view.store, rollout, now=now)
 
     def advance(self, view: ModeView, rollout: Rollout, now: float) -> Decision:
         go_on: Action = "soak" if rollout.state == "canary" else "wait"
-        name, version, previous = rollout.model_name, rollout.model_version, rollout.previous_version
-        if previous is None:
+        if rollout.previous_version is None:
             return Decision(go_on)
-        canary = list(rollout.canary)
-        arms = ab_arms(view.store, rollout.group, canary, name, previous, version, rollout.created_at, now)
-        report = ab_report(arms, previous, version)
-        failure = check_ab(arms, name, previous, version, view.limits)
+        arms = ab_arms(view.store, rollout, now=now)
+        report = ab_report(arms, rollout)
+        failure = check_ab(arms, rollout, limits=view.limits)
         if failure:
             return Decision("roll_back", failure, {"mode": "ab", "ab": report}, report)
         return Decision(go_on, report=report)

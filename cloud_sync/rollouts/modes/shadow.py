@@ -48,9 +48,7 @@ class Shadow:
         if now - started < rollout.soak_s or previous is None:
             return Decision.WAIT
         name, limits, canary = rollout.model_name, view.limits, list(rollout.canary)
-        result = shadow_comparison(
-            view.store, rollout.group, canary, name, previous, rollout.model_version, started, now
-        )
+        result = shadow_comparison(view.store, rollout, since=started, now=now)
         details = {"mode": "shadow", **result.as_details(), "min_labels": limits.min_samples}
         labels = min(result.labels, result.challenger_labels)
         champion, challenger = result.champion_accuracy, result.challenger_accuracy
