@@ -197,9 +197,11 @@ _register_agent(app)
 
 from edgeloop.cmd_cloud import register as _register_cloud  # noqa: E402
 from edgeloop.cmd_demo import register as _register_demo  # noqa: E402
+from edgeloop.cmd_fleet import register as _register_fleet  # noqa: E402
 from edgeloop.cmd_loop import register as _register_loop  # noqa: E402
 
 _register_cloud(app)  # cloud, deploy, rollout, audit
+_register_fleet(app)  # devices, alerts [ack]
 _register_demo(app)  # demo: the whole loop on one machine
 _register_loop(app)  # lineage, model-card, retrain, impact
 
