@@ -15,7 +15,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from cloud_sync.alerts.evaluator import AlertEvaluator, load_rules
+from cloud_sync.alerts.evaluator import AlertEvaluator
+from cloud_sync.alerts.rules import load_rules
 from cloud_sync.api.app import create_app
 from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher

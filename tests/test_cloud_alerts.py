@@ -14,7 +14,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_sync.alerts.evaluator import AlertEvaluator, acknowledge, alert_list, load_rules
+from cloud_sync.alerts.evaluator import AlertEvaluator
+from cloud_sync.alerts.queries import acknowledge, alert_list
+from cloud_sync.alerts.rules import load_rules
 from cloud_sync.fleet.simulator import iso_utc, make_window
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.ingest.writer import Incoming, IngestWriter
@@ -179,7 +181,7 @@ def test_every_default_rule_fires_and_resolves(
         topics = {topic for topic, _ in seen}
         assert "edgeloop/v1/alerts/device-offline/d-off" in topics
         assert {payload["state"] for _, payload in seen} == {"firing", "resolved"}
-        acked = acknowledge(store, alert_list(store)[0]["id"], "bob", "seen it")
+        acked = acknowledge(store, alert_list(store)[0]["id"], "bob", note="seen it")
         assert acked["acknowledged_by"] == "bob"
     finally:
         listener.loop_stop()

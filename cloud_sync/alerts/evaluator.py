@@ -1,6 +1,5 @@
-"""Alert rules over the fleet's merged telemetry, device status and rollouts.
+"""The alert evaluator: the rules (`rules.py`) over the fleet's merged telemetry, device status and rollouts.
 
-Rules come from a small YAML file (`alert_rules` setting; format in docs/cloud.md) or the defaults below.
 Each evaluation computes, per rule, the subjects in breach (a device, a group, `device/feature`, a rollout);
 a breach that lasts `for` fires; a firing alert whose breach is gone resolves. Firings and resolutions are
 stored in `alerts`, published retained on `edgeloop/v1/alerts/{rule}/{subject}` and POSTed to the webhook
@@ -16,90 +15,23 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cloud_sync.alerts.queries import public
+from cloud_sync.alerts.rules import Rule
 from cloud_sync.fleet.stats import WindowRecord, load_windows
-from cloud_sync.store import audit
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, alerts, devices, rollouts
-from cloud_sync.times import parse_duration
-from contracts.errors import InputError, NotFoundError
 from contracts.logs import log_event
 from contracts.telemetry import merge_counts, score_drift
 from contracts.topics import PREFIX
 
-__all__ = ["DEFAULT_RULES", "AlertEvaluator", "Rule", "acknowledge", "alert_list", "load_rules"]
+__all__ = ["AlertEvaluator"]
 
 logger = logging.getLogger("edgeloop.cloud.alerts")
-Kind = Literal["accuracy_below", "psi_above", "device_offline", "p99_above", "error_rate_above", "rollout_failed"]
-
-
-class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: str
-    kind: Kind
-    threshold: float = 0.0
-    """accuracy / PSI / seconds of p99 / error share; for device_offline a duration (`10m`)."""
-    window: float = 3600.0
-    """The period the telemetry is merged over, ending now (`1h`)."""
-    for_: float = Field(default=0.0, alias="for")
-    """How long the breach must last before the alert fires (`10m`)."""
-    min_samples: int = 50
-    """Fewest requests / feedback labels / records for a telemetry rule to judge."""
-    scope: Literal["device", "group"] = "device"
-    severity: Literal["info", "warning", "critical"] = "warning"
-
-    @field_validator("window", "for_", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _threshold(cls, value: Any) -> float:
-        return parse_duration(value) if isinstance(value, str) else float(value)
-
-
-DEFAULT_RULES: list[dict[str, Any]] = [
-    {"name": "accuracy-low", "kind": "accuracy_below", "threshold": 0.75, "window": "1h", "for": "10m"},
-    {"name": "feature-drift", "kind": "psi_above", "threshold": 0.25, "window": "1h", "min_samples": 100},
-    {"name": "device-offline", "kind": "device_offline", "threshold": "10m", "severity": "critical"},
-    {"name": "latency-p99-high", "kind": "p99_above", "threshold": 0.25, "window": "15m", "for": "5m"},
-    {"name": "error-rate-high", "kind": "error_rate_above", "threshold": 0.05, "window": "15m", "for": "5m"},
-    {"name": "rollout-failed", "kind": "rollout_failed", "window": "24h", "severity": "critical"},
-]
-
-
-def load_rules(path: Path | None) -> list[Rule]:
-    """The rules of a YAML file (`rules: [...]`), or the defaults."""
-    raw: Any = DEFAULT_RULES
-    if path is not None:
-        try:
-            raw = (yaml.safe_load(Path(path).read_text()) or {}).get("rules")
-        except (OSError, yaml.YAMLError, AttributeError) as exc:
-            raise InputError(f"alert rules {path}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, list):
-            raise InputError(f"alert rules {path}: expected a top-level `rules:` list")
-    rules = []
-    for index, item in enumerate(raw):
-        try:
-            rules.append(Rule.model_validate(item))
-        except (ValidationError, ValueError) as exc:
-            detail = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
-            where = ".".join(str(part) for part in detail["loc"])
-            raise InputError(f"alert rule {index + 1} ({where}): {detail['msg']}") from None
-    names = [rule.name for rule in rules]
-    if len(set(names)) != len(names):
-        raise InputError("alert rule names must be unique")
-    return rules
-
-
 Breaches = dict[str, tuple[float, str]]  # subject -> (value, message)
 
 
@@ -270,7 +202,7 @@ class AlertEvaluator:
         return changes
 
     def _notify(self, row: dict[str, Any]) -> dict[str, Any]:
-        payload = _public(row)
+        payload = public(row)
         body = orjson.dumps(payload)
         level = logging.WARNING if row["state"] == "firing" else logging.INFO
         log_event(
@@ -299,43 +231,3 @@ def _post(url: str, body: bytes) -> None:
             response.read(1024)
     except OSError as exc:
         log_event(logger, "webhook failed", level=logging.WARNING, url=url, error=str(exc))
-
-
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "rule": row["rule"],
-        "subject": row["subject"],
-        "state": row["state"],
-        "severity": row["severity"],
-        "value": row["value"],
-        "threshold": row["threshold"],
-        "message": row["message"],
-        "fired_at": audit.iso(row["fired_at"]),
-        "resolved_at": audit.iso(row.get("resolved_at")),
-        "acknowledged_by": row.get("acknowledged_by"),
-        "acknowledged_at": audit.iso(row.get("acknowledged_at")),
-    }
-
-
-def alert_list(store: Store, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    query = sa.select(alerts).order_by(alerts.c.id.desc()).limit(limit)
-    if state:
-        query = query.where(alerts.c.state == state)
-    with store.engine.connect() as conn:
-        return [_public(dict(row)) for row in conn.execute(query).mappings()]
-
-
-def acknowledge(store: Store, alert_id: int, actor: str, note: str | None = None) -> dict[str, Any]:
-    with store.begin() as conn:
-        row = conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().first()
-        if row is None:
-            raise NotFoundError(f"alert {alert_id} not found")
-        now = time.time()
-        conn.execute(alerts.update().where(alerts.c.id == alert_id).values(acknowledged_by=actor, acknowledged_at=now))
-        audit.record(
-            conn, actor, "acknowledge alert", target=f"{row['rule']} {row['subject']}", reason=note,
-            details={"alert_id": alert_id},
-        )  # fmt: skip
-        updated = dict(conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().one())
-    return _public(updated)

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud_sync.alerts.evaluator import alert_list
+from cloud_sync.alerts.queries import alert_list
 from cloud_sync.fleet.stats import WindowRecord, device_list, load_windows
 from cloud_sync.loop.governance import explanations
 from cloud_sync.store.audit import iso

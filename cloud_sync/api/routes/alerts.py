@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Path
 
-from cloud_sync.alerts.evaluator import acknowledge, alert_list
+from cloud_sync.alerts.queries import acknowledge, alert_list
 from cloud_sync.api.auth import Auth
 from cloud_sync.api.context import CloudContext, Principal
 from cloud_sync.api.errors import ERRORS
@@ -31,6 +31,6 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
         alert_id: int = Path(ge=1, le=2**63 - 1),  # a 64-bit row id: larger ones are a 422, not an overflow
         body: ReasonRequest | None = None,
     ) -> dict[str, Any]:
-        return acknowledge(ctx.store, alert_id, principal.name, body.reason if body else None)
+        return acknowledge(ctx.store, alert_id, principal.name, note=body.reason if body else None)
 
     return routes
