@@ -9,12 +9,13 @@ BUNDLE := bundles/$(MODEL)
 export EDGELOOP_HOME ?= $(CURDIR)/.edgeloop
 export MLFLOW_ALLOW_FILE_STORE ?= false
 
-.PHONY: setup train convert demo demo-smoke test lint format bench check-edge check-secure-broker test-faults cd-check clean help
+.PHONY: setup train convert demo demo-smoke test lint format bench check-edge check-secure-broker check-arm64 check-armhf test-faults cd-check clean help
 
 help:
 	@echo "make demo   - set up, then the whole loop: cloud + dashboard, three agents, drift, a canary rollout"
 	@echo "make test   - set up, lint, type-check and run the test suite"
-	@echo "make setup | train | convert | lint | bench | check-edge | check-secure-broker | test-faults | cd-check | clean"
+	@echo "make setup | train | convert | lint | bench | check-edge | check-secure-broker | check-arm64 | check-armhf | test-faults"
+	@echo "     | cd-check | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
@@ -91,3 +92,10 @@ check-edge: setup $(DATA)
 # TLS, two agent processes on MQTT 5 with feedback rows, shadow and A/B; every topic of docs/mqtt.md (about 1 min).
 check-secure-broker: setup
 	$(BIN)/pytest -q -m secure_broker tests/test_profile_secure_broker.py
+
+# The same install on a Raspberry Pi's userland (Debian bookworm arm64 / armhf under qemu-user, via binfmt): serve a
+# signed bundle, /readyz, a golden sample, a telemetry window on a host broker. Needs root; the rootfs is cached in
+# /var/cache/edgeloop (built on first use). deploy/check_arm.py; docs/raspberry-pi.md.
+check-arm64 check-armhf: check-%: setup $(DATA)
+	@test -f $(BUNDLE)/manifest.json || $(MAKE) --no-print-directory train convert
+	$(BIN)/python deploy/check_arm.py $* --bundle $(BUNDLE) --public-key $(EDGELOOP_HOME)/keys/edgeloop-signing.pub
