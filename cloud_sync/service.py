@@ -63,6 +63,7 @@ class CloudService:
             s.mqtt_username,
             s.mqtt_password,
             s.mqtt_ca_file,
+            ack_interval_s=s.ack_interval_s if s.ack_enabled else None,
         )
         limits = Limits(
             s.rollout_max_error_rate,

@@ -45,6 +45,12 @@ class CloudSettings(EdgeloopSettings):
     not restore shared subscriptions after a broker restart."""
     ingest_batch: int = Field(default=500, ge=1)
     """Most messages written in one database transaction (they are acknowledged after the commit)."""
+    ack_enabled: bool = True
+    """End-to-end acknowledgement: after each commit, tell every device that sent something its watermarks
+    (retained on edgeloop/v1/devices/ID/ack); devices keep what is not covered and send it again. Off = as a
+    cloud from before it (devices then delete on the broker's PUBACK)."""
+    ack_interval_s: float = Field(default=1.0, gt=0)
+    """At most one acknowledgement per device per this many seconds (batched, never one per window)."""
     store_url: str = Field(default_factory=lambda: f"sqlite:///{edgeloop_home() / 'cloud.db'}")
     """SQLAlchemy URL of the store: sqlite:///path (default $EDGELOOP_HOME/cloud.db) or
     postgresql+psycopg://user@host/db."""

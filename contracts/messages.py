@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ABSplit",
+    "CloudAck",
     "DesiredState",
     "DeviceEvent",
     "DeviceStatus",
@@ -135,3 +136,18 @@ class FeedbackRows(_Message):
     dropped: int = 0
     """Rows not sent since the agent started because of the hourly cap or a nearly full outbox."""
     sent_at: str
+
+
+class CloudAck(_Message):
+    """End-to-end acknowledgement, retained on edgeloop/v1/devices/{device}/ack, published by the cloud only after
+    its store committed: per stream, the highest sequence number `n` such that 1..n of this outbox epoch are all
+    stored (the watermark). A device keeps every message the watermark does not cover and sends it again."""
+
+    device_id: str
+    epoch: int
+    """The device outbox's epoch these watermarks are for (a device ignores another epoch's)."""
+    watermarks: dict[str, int]
+    """Stream (`telemetry`, `events`, `feedback`) -> highest contiguous sequence number stored; a stream not
+    listed has nothing stored yet in this epoch."""
+    at: str
+    """When the cloud published it (ISO 8601, UTC)."""

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from contracts.manifest import Manifest
-from contracts.messages import DesiredState, DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
+from contracts.messages import CloudAck, DesiredState, DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
 from contracts.telemetry import TelemetryWindow
 
 __all__ = ["MODELS", "render_schemas"]
@@ -27,6 +27,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "device-event": DeviceEvent,
     "telemetry-window": TelemetryWindow,
     "feedback-rows": FeedbackRows,
+    "cloud-ack": CloudAck,
 }
 
 

@@ -191,6 +191,10 @@ class TelemetryWindow(WindowCounts):
     resources: Resources = Field(default_factory=Resources)
     dropped_windows: int = 0
     """Windows dropped on this device since it started because the outbox was full (never silent)."""
+    outbox_floor: int | None = None
+    """End-to-end acknowledgement: the lowest telemetry seq the device still held when it wrote this window; every
+    lower one is stored by the cloud or was dropped (counted in dropped_windows), so the cloud's watermark may
+    pass a hole below it. None from agents before it."""
     shadow_model_version: int | None = None
     """Version (same model name) of the challenger running in shadow during this window, if any."""
     ab_model_version: int | None = None

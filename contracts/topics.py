@@ -9,6 +9,7 @@
 | edgeloop/v1/devices/{device}/telemetry  | edge -> cloud  | 1   | no       | TelemetryWindow |
 | edgeloop/v1/devices/{device}/events     | edge -> cloud  | 1   | no       | DeviceEvent     |
 | edgeloop/v1/devices/{device}/feedback   | edge -> cloud  | 1   | no       | FeedbackRows    |
+| edgeloop/v1/devices/{device}/ack        | cloud -> edge  | 1   | yes      | CloudAck        |
 
 A device-level desired state wins over its group's.
 """
@@ -41,7 +42,7 @@ def group_desired(group: str) -> str:
 
 
 def device_topic(device: str, kind: str) -> str:
-    """kind is one of desired, reported, status, telemetry, events, feedback."""
+    """kind is one of desired, reported, status, telemetry, events, feedback, ack."""
     return f"{PREFIX}/devices/{device}/{kind}"
 
 

@@ -205,6 +205,7 @@ class Agent:
             "telemetry_dropped_windows": None if self.outbox is None else self.outbox.dropped,
             "outbox_refused": None if self.outbox is None else self.outbox.refused_held(),
             "outbox_refused_total": None if self.outbox is None else self.outbox.refused_total,
+            "cloud_ack": None if self.sync is None or self.sync.acks is None else self.sync.acks.summary(),
             "shadow": None if self.service.shadow is None else self.service.shadow.manifest.ref,
             "ab": None
             if self.service.ab is None

@@ -14,6 +14,8 @@ Names follow the usual conventions so common dashboards work:
     edgeloop_feedback_accuracy                   accuracy over the feedback of the last window (when any)
     edgeloop_outbox_pending_messages             messages in the on-disk outbox, not yet delivered
     edgeloop_outbox_refused_messages             of those, messages whose last publish the broker refused
+    edgeloop_outbox_unacknowledged_messages      of those, broker-acknowledged ones the cloud has not acknowledged
+    edgeloop_outbox_unacknowledged_oldest_seconds  age of the oldest of them (0 when none)
     edgeloop_outbox_refused_total{stream,code}   publishes the broker refused (MQTT 5 PUBACK reason code >= 0x80)
     process_*                                    RSS, CPU, open files of the agent process
 """
@@ -21,6 +23,7 @@ Names follow the usual conventions so common dashboards work:
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -125,6 +128,22 @@ class AgentMetrics:
         refused = Gauge("edgeloop_outbox_refused_messages", "Outbox messages whose last publish the broker refused.",
                         registry=self.registry)  # fmt: skip
         refused.set_function(outbox.refused_held)
+        unacked = Gauge(
+            "edgeloop_outbox_unacknowledged_messages",
+            "Outbox messages the broker acknowledged and the cloud has not yet.",
+            registry=self.registry,
+        )
+        unacked.set_function(lambda: outbox.unacknowledged()[0])
+        oldest = Gauge(
+            "edgeloop_outbox_unacknowledged_oldest_seconds",
+            "Age of the oldest message the cloud has not acknowledged (0 when none).",
+            registry=self.registry,
+        )
+        oldest.set_function(lambda: _age(outbox.unacknowledged()[1]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _age(since: float | None) -> float:
+    return 0.0 if since is None else max(time.time() - since, 0.0)

@@ -27,8 +27,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from contracts.logs import log_event
-from contracts.messages import DesiredState, DeviceEvent, DeviceStatus, ReportedState
+from contracts.messages import CloudAck, DesiredState, DeviceEvent, DeviceStatus, ReportedState
 from contracts.topics import device_topic, group_desired
+from edge_agent.cloud_ack import CloudAckTracker
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import OutboxPublisher, reason_name
 from edge_agent.reporting import EventCounter, make_event, utc_now
@@ -61,8 +62,16 @@ class MqttSync:
         self.client = self._make_client()
         self._paho_lock = getattr(self.client, "_out_message_mutex", None) or contextlib.nullcontext()
         self.outbox = outbox
+        self.acks = (
+            CloudAckTracker(outbox, settings.ack_resend_s, settings.ack_fallback_s)
+            if outbox is not None and settings.cloud_ack
+            else None
+        )
+        self.ack_topic = device_topic(self.device_id, "ack")
         self.publisher = (
-            OutboxPublisher(outbox, self.client, settings.outbox_max_inflight, settings.outbox_refused_retry_s)
+            OutboxPublisher(
+                outbox, self.client, settings.outbox_max_inflight, settings.outbox_refused_retry_s, acks=self.acks
+            )
             if outbox
             else None
         )
@@ -110,7 +119,7 @@ class MqttSync:
         Whatever is not acknowledged stays in the outbox and is sent after the next start."""
         if self.publisher is not None and self.outbox is not None:
             deadline = time.monotonic() + timeout
-            while self.connected.is_set() and self.outbox.size() and time.monotonic() < deadline:
+            while self.connected.is_set() and self.outbox.unsent() and time.monotonic() < deadline:
                 self.publisher.wake()
                 time.sleep(0.05)
             self.publisher.stop()
@@ -159,7 +168,8 @@ class MqttSync:
         if reason.is_failure:
             log_event(logger, "mqtt connection refused", level=logging.WARNING, reason=str(reason))
             return
-        client.subscribe([(self.group_topic, QOS), (self.device_desired_topic, QOS)])
+        topics = [(self.group_topic, QOS), (self.device_desired_topic, QOS)]
+        client.subscribe([*topics, (self.ack_topic, QOS)] if self.acks is not None else topics)
         if self.publisher is not None:
             self.publisher.on_connected()
         self._publish_direct(self._topic("status"), self._status(True))
@@ -190,6 +200,9 @@ class MqttSync:
                       reason=reason_name(code), fix="grant the topic to this device in the broker's ACL")  # fmt: skip
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.ack_topic:
+            self._on_ack(bytes(message.payload))
+            return
         level = "device" if message.topic == self.device_desired_topic else "group"
         if not message.payload:
             with self._lock:
@@ -210,6 +223,17 @@ class MqttSync:
             effective = self._desired.get("device") or self._desired.get("group")
         if effective is not None:
             self.on_desired(effective)
+
+    def _on_ack(self, payload: bytes) -> None:
+        if self.acks is None or self.publisher is None or not payload:
+            return
+        try:
+            ack = CloudAck.model_validate_json(payload)
+        except ValidationError as exc:
+            log_event(logger, "acknowledgement ignored", level=logging.WARNING, reason=str(exc.errors()[0]["msg"]))
+            return
+        if self.acks.on_ack(ack):
+            self.publisher.wake()
 
     # -- helpers ------------------------------------------------------------------------------------
     def _publish_direct(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:

@@ -11,6 +11,10 @@ A message the broker refuses (MQTT 5 PUBACK reason code >= 0x80, e.g. 0x87 not a
 deleted: it is marked `refused` with the reason code and held back until `retry_at`, then offered again (the
 publisher also releases every held message after a reconnection). Refusals are counted in `refused_total`.
 
+End-to-end acknowledgement (docs/mqtt.md): while the cloud acknowledges, a message the broker PUBACKed is kept
+with `sent_at` set until the cloud's watermark covers it (`cover`); `release_sent` makes kept messages pending
+again so they are sent once more, oldest first.
+
 A new outbox (a new or wiped state directory) gets an `epoch`, its creation time in Unix milliseconds, that
 every message carries: sequence numbers restart at 1 with it, and the cloud keys messages on (device, epoch,
 seq), so a reinstalled device's windows are not mistaken for duplicates. An outbox made before epochs existed
@@ -37,6 +41,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     refused INTEGER,
     retry_at REAL,
+    sent_at REAL,
     UNIQUE (stream, seq)
 );
 CREATE TABLE IF NOT EXISTS counters (
@@ -67,7 +72,7 @@ class Outbox:
         existed = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'counters'").fetchone() is not None
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        for column, kind in (("refused", "INTEGER"), ("retry_at", "REAL")):  # an outbox made before refusals
+        for column, kind in (("refused", "INTEGER"), ("retry_at", "REAL"), ("sent_at", "REAL")):  # older outboxes
             if column not in columns:
                 self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
         self.epoch = self._load_epoch(existed)
@@ -131,8 +136,8 @@ class Outbox:
         messages held back are left out)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, stream, seq, topic, payload FROM outbox WHERE id > ? AND retry_at IS NULL"
-                " ORDER BY id LIMIT ?",
+                "SELECT id, stream, seq, topic, payload FROM outbox"
+                " WHERE id > ? AND retry_at IS NULL AND sent_at IS NULL ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
         return [PendingMessage(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows]
@@ -189,6 +194,75 @@ class Outbox:
     def last_seq(self, stream: str) -> int:
         with self._lock:
             return self._counter(f"seq:{stream}")
+
+    def mark_sent(self, message_ids: list[int], at: float) -> None:
+        """The broker PUBACKed these; keep them until the cloud's watermark covers them (one transaction)."""
+        if not message_ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE outbox SET sent_at = ?, refused = NULL, retry_at = NULL WHERE id = ?",
+                [(at, i) for i in message_ids],
+            )
+            self._db.execute("COMMIT")
+
+    def cover(self, epoch: int, watermarks: dict[str, int]) -> int:
+        """Delete what the cloud stored: every message of `stream` with seq <= its watermark (this epoch only).
+        Returns how many were deleted."""
+        if epoch != self.epoch or not watermarks:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = sum(
+                self._db.execute("DELETE FROM outbox WHERE stream = ? AND seq <= ?", (stream, seq)).rowcount
+                for stream, seq in watermarks.items()
+            )
+            if self._counter("ack:seen") == 0:
+                self._set_counter("ack:seen", 1)
+            self._db.execute("COMMIT")
+        return int(deleted)
+
+    def release_sent(self, before: float | None = None) -> int:
+        """Make kept messages (PUBACKed, not covered) pending again, those sent before `before` or all of them;
+        returns how many."""
+        with self._lock:
+            if before is None:
+                cursor = self._db.execute("UPDATE outbox SET sent_at = NULL WHERE sent_at IS NOT NULL")
+            else:
+                cursor = self._db.execute("UPDATE outbox SET sent_at = NULL WHERE sent_at <= ?", (before,))
+            return int(cursor.rowcount)
+
+    def delete_sent(self) -> int:
+        """Delete every kept message (falling back to delete-on-PUBACK); returns how many."""
+        with self._lock:
+            return int(self._db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL").rowcount)
+
+    def unacknowledged(self) -> tuple[int, float | None]:
+        """Messages the broker acknowledged and the cloud has not yet: (count, oldest sent_at or None)."""
+        with self._lock:
+            count, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(sent_at) FROM outbox WHERE sent_at IS NOT NULL"
+            ).fetchone()
+        return int(count), None if oldest is None else float(oldest)
+
+    def floor(self, stream: str) -> int | None:
+        """The lowest seq of `stream` still held (None when none is)."""
+        with self._lock:
+            (low,) = self._db.execute("SELECT MIN(seq) FROM outbox WHERE stream = ?", (stream,)).fetchone()
+        return None if low is None else int(low)
+
+    def unsent(self) -> int:
+        """Messages not yet acknowledged by the broker (kept ones excluded)."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+        return int(count)
+
+    @property
+    def ack_seen(self) -> bool:
+        """The cloud has acknowledged at least once since this outbox was created (it speaks end-to-end acks)."""
+        with self._lock:
+            return self._counter("ack:seen") > 0
 
     def refused_held(self) -> int:
         """Messages in the outbox whose last publish the broker refused."""

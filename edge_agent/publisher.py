@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from contracts.logs import log_event
+from edge_agent.cloud_ack import CloudAckTracker
 from edge_agent.outbox import Outbox, PendingMessage
 
 __all__ = ["IDLE_WAIT_S", "OutboxPublisher", "reason_name"]
@@ -50,9 +51,17 @@ def reason_name(code: int) -> str:
 
 class OutboxPublisher:
     def __init__(
-        self, outbox: Outbox, client: mqtt.Client, max_inflight: int = 100, refused_retry_s: float = 300.0
+        self,
+        outbox: Outbox,
+        client: mqtt.Client,
+        max_inflight: int = 100,
+        refused_retry_s: float = 300.0,
+        *,
+        acks: CloudAckTracker | None = None,
     ) -> None:
         self.outbox = outbox
+        self.acks = acks
+        """End-to-end acknowledgement (edge_agent.cloud_ack); None = delete on PUBACK."""
         self.client = client
         self.max_inflight = max_inflight
         self.refused_retry_s = refused_retry_s
@@ -98,6 +107,8 @@ class OutboxPublisher:
             self._inflight.clear()
             self._last_sent = 0
             self._release = True
+        if self.acks is not None:
+            self.acks.on_connected()
         self._wake.set()
 
     def on_disconnected(self) -> None:
@@ -124,8 +135,11 @@ class OutboxPublisher:
         with self._lock:
             acked, self._acked = self._acked, []
             refused, self._refused = self._refused, []
-        self.outbox.acknowledge_many(acked)
-        self.delivered += len(acked)
+        if self.acks is not None and self.acks.keep:
+            self.outbox.mark_sent(acked, time.time())  # until the cloud's watermark covers them
+        else:
+            self.outbox.acknowledge_many(acked)
+            self.delivered += len(acked)
         if refused:
             self.outbox.refuse_many([(r[0], r[3]) for r in refused], time.time() + self.refused_retry_s)
             self.refused += len(refused)
@@ -140,8 +154,13 @@ class OutboxPublisher:
     def _run(self) -> None:
         wait = IDLE_WAIT_S
         while not self._stop.is_set():
-            # A refused message is offered again after refused_retry_s: wake up for it even when idle.
-            self._wake.wait(min(wait, self.refused_retry_s) if self.refused else wait)
+            # A refused message is offered again after refused_retry_s, kept ones after the ack timeout: wake up
+            # for them even when idle.
+            if self.refused:
+                wait = min(wait, self.refused_retry_s)
+            if self.acks is not None:
+                wait = min(wait, self.acks.next_wake())
+            self._wake.wait(wait)
             self._wake.clear()
             try:
                 self._drain()
@@ -155,6 +174,9 @@ class OutboxPublisher:
             release, self._release = self._release, False
         if release:
             self.outbox.release_refused()
+        if self.acks is not None and self.acks.step():
+            with self._lock:
+                self._last_sent = 0  # kept messages are pending again: start over from the oldest
         while not self._stop.is_set():
             self._delete_acknowledged()
             with self._lock:
@@ -168,11 +190,19 @@ class OutboxPublisher:
             retries = self.outbox.due_refused(room, now, now + self.refused_retry_s)
             if retries and not self._send(retries, advance=False):
                 return
-            batch = self.outbox.pending(room - len(retries), after_id=after) if room > len(retries) else []
+            batch = self._pending(room - len(retries), after) if room > len(retries) else []
             if not batch:
                 return
             if not self._send(batch, advance=True):
                 return
+
+    def _pending(self, room: int, after: int) -> list[PendingMessage]:
+        """The oldest pending messages past the cursor, without those in flight (after a restart from the oldest
+        the cursor no longer skips them)."""
+        with self._lock:
+            inflight = {entry[0] for entry in self._inflight.values()}
+        batch = self.outbox.pending(room + len(inflight), after_id=after)
+        return [message for message in batch if message.id not in inflight][:room]
 
     def _send(self, batch: list[PendingMessage], *, advance: bool) -> bool:
         """Publish `batch` in order; False when the connection went away meanwhile."""

@@ -92,6 +92,15 @@ class AgentSettings(EdgeloopSettings):
     """Messages kept on disk while the broker is away; past it the oldest windows are dropped and counted."""
     outbox_max_inflight: int = Field(default=100, ge=1)
     """QoS 1 messages sent and not yet acknowledged by the broker, at most."""
+    cloud_ack: bool = True
+    """End-to-end acknowledgement: keep what the broker acknowledged until the cloud's watermark says it is stored,
+    and send the rest again (docs/mqtt.md). Off = delete on the broker's PUBACK."""
+    ack_resend_s: float = Field(default=30.0, gt=0)
+    """A message the broker acknowledged but the cloud's watermark does not cover after this many seconds is sent
+    again (everything not covered is also sent again after each reconnection)."""
+    ack_fallback_s: float = Field(default=60.0, gt=0)
+    """A device that has never received an acknowledgement (a cloud older than them) waits this long after a
+    PUBACK, then deletes on PUBACK as before, and says so once."""
     outbox_refused_retry_s: float = Field(default=300.0, gt=0)
     """A message the broker refuses (MQTT 5 PUBACK reason code >= 0x80, e.g. 0x87: its ACL does not grant the
     topic) stays in the outbox, counted, and is offered again after this many seconds and after every

@@ -148,6 +148,7 @@ class TelemetryReporter:
         base = counts.model_dump()
         resources = read_resources(self.state_dir, self._process)
         dropped = self.outbox.dropped
+        floor = self.outbox.floor("telemetry")  # read before the append: it can only rise meanwhile (safe)
         shadow_version = self._shadow_version if counts.shadow_agreement or counts.shadow_confusion else None
         ab_version = self._ab_version if counts.arms else None
 
@@ -170,6 +171,7 @@ class TelemetryReporter:
                 feedback_total=counts.feedback_count,
                 resources=resources,
                 dropped_windows=dropped,
+                outbox_floor=seq if floor is None else floor,
                 shadow_model_version=shadow_version,
                 ab_model_version=ab_version,
             )

@@ -3,7 +3,7 @@
 `edgeloop cloud` over TLS with the CA-file setting, two real agent processes on MQTT 5 (gw-s1 with feedback rows
 on, the canary of a shadow and of an A/B rollout), and an alert watcher with its read-only account. Every topic of
 docs/mqtt.md crosses the broker: status and its last will, group and device desired state, reported state,
-telemetry, events, feedback rows, alerts."""
+telemetry, events, feedback rows, the cloud's acknowledgements, alerts."""
 
 from __future__ import annotations
 
@@ -176,7 +176,9 @@ def test_every_topic_works_under_the_shipped_secure_broker(
         # The watcher reads alerts only; the devices published nothing the broker refused.
         assert all(t.startswith("edgeloop/v1/alerts/") for t, _ in watcher.messages)
         assert _model(canary)["outbox_refused_total"] == 0
+        # ack: the cloud's watermark reaches the device (its own ack topic only), which then empties its outbox.
         assert _wait(lambda: _model(canary)["outbox_pending"] == 0, "the canary's outbox drained")
+        assert _model(canary)["cloud_ack"]["mode"] == "ack"
     finally:
         watcher.stop()
         for agent in agents:

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud_sync.ingest.acks import AckSender
 from cloud_sync.ingest.writer import BatchResult, Incoming, IngestWriter
 from cloud_sync.store.db import Store
 from contracts.logs import log_event
@@ -106,6 +107,8 @@ class Ingest:
         username: str | None = None,
         password: str | None = None,
         ca_file: Path | None = None,
+        *,
+        ack_interval_s: float | None = 1.0,
     ) -> None:
         self.writer = IngestWriter(store)
         self.batch = batch
@@ -124,6 +127,8 @@ class Ingest:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        # End-to-end acknowledgement (docs/mqtt.md); None = off, as a cloud from before it.
+        self.acks = AckSender(self.client, ack_interval_s) if ack_interval_s is not None else None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,6 +144,8 @@ class Ingest:
         self.wait_idle(timeout)
         self._stop.set()
         self._thread.join(timeout)
+        if self.acks is not None:
+            self.acks.flush(force=True)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -187,6 +194,8 @@ class Ingest:
     # -- writer thread ------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.acks is not None:
+                self.acks.flush()
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -235,6 +244,8 @@ class Ingest:
         self.stats.add(result, lag)
         for reason in result.dead_reasons[:5]:
             log_event(logger, "dead letter", level=logging.WARNING, reason=reason)
+        if self.acks is not None:
+            self.acks.add(result.acks)
         if self.on_batch is not None:
             self.on_batch(result)
 
@@ -251,4 +262,5 @@ class Ingest:
             for name in ("windows", "events", "duplicates", "dead", "states", "gaps"):
                 setattr(total, name, getattr(total, name) + getattr(result, name))
             total.dead_reasons.extend(result.dead_reasons)
+            total.acks.update(result.acks)
         return total

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
+from cloud_sync.ingest.watermarks import STREAMS, advance
 from cloud_sync.store import audit
 from cloud_sync.store.db import Store, dead_letters, devices, events, feedback_rows, gaps, windows
 from cloud_sync.times import epoch
@@ -65,6 +66,8 @@ class BatchResult:
     gaps: int = 0
     feedback_rows: int = 0
     dead_reasons: list[str] = field(default_factory=list)
+    acks: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+    """(device, epoch) -> stream -> watermark, committed with this batch (end-to-end acknowledgement)."""
 
 
 def parse_message(incoming: Incoming) -> Parsed | str | None:
@@ -127,6 +130,17 @@ class IngestWriter:
             self._write_stream(conn, [p for p in parsed if p.kind == "events"], "events", result)
             self._write_feedback(conn, [p for p in parsed if p.kind == "feedback"], result)
             self._write_devices(conn, parsed, result)
+            committed: dict[tuple[str, int, str], set[int]] = {}
+            floors: dict[tuple[str, int, str], int] = {}
+            for item in parsed:
+                if item.kind in STREAMS:
+                    key = (item.device_id, item.message.epoch, item.kind)
+                    committed.setdefault(key, set()).add(item.message.seq)
+                    floor = getattr(item.message, "outbox_floor", None)
+                    if floor is not None:
+                        floors[key] = max(floor, floors.get(key, 0))
+            if committed:
+                result.acks = advance(conn, committed, parsed[0].incoming.received_at, floors)
         return result
 
     def _write_feedback(self, conn: Connection, items: list[Parsed], result: BatchResult) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "gaps",
     "metadata",
     "rollouts",
+    "watermarks",
     "windows",
 ]
 
@@ -106,6 +107,17 @@ gaps = sa.Table(
     sa.Column("last_missing", sa.BigInteger, nullable=False),
     sa.Column("filled", sa.BigInteger, nullable=False, default=0),
     sa.Column("detected_at", sa.Float, nullable=False),
+)
+
+watermarks = sa.Table(  # end-to-end acknowledgement: per device, stream and outbox epoch (docs/mqtt.md)
+    "watermarks",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("stream", sa.String(16), primary_key=True),
+    sa.Column("epoch", sa.BigInteger, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # 1..seq are all stored
+    sa.Column("top", sa.BigInteger, nullable=False),  # the highest seq stored
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
 
 dead_letters = sa.Table(
