@@ -9,13 +9,13 @@ BUNDLE := bundles/$(MODEL)
 export EDGELOOP_HOME ?= $(CURDIR)/.edgeloop
 export MLFLOW_ALLOW_FILE_STORE ?= false
 
-.PHONY: setup train convert demo demo-smoke test lint format bench check-edge check-secure-broker check-arm64 check-armhf test-faults cd-check clean help
+.PHONY: setup train convert demo demo-smoke test lint format bench check-edge check-secure-broker check-arm64 check-armhf check-registry test-faults cd-check clean help
 
 help:
 	@echo "make demo   - set up, then the whole loop: cloud + dashboard, three agents, drift, a canary rollout"
 	@echo "make test   - set up, lint, type-check and run the test suite"
 	@echo "make setup | train | convert | lint | bench | check-edge | check-secure-broker | check-arm64 | check-armhf | test-faults"
-	@echo "     | cd-check | clean"
+	@echo "     | check-registry | cd-check | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
@@ -87,6 +87,12 @@ clean:
 check-edge: setup $(DATA)
 	@test -f $(BUNDLE)/manifest.json || $(MAKE) --no-print-directory train convert
 	deploy/check_edge.sh $(BUNDLE) $(EDGELOOP_HOME)/keys/edgeloop-signing.pub $(PYTHON) $(BIN)/python
+
+# Deployment profile 4: a real `mlflow server` (registry over HTTP, artifacts served by it) reached through
+# MLFLOW_TRACKING_URI alone by train, convert, deploy, score, retrain, model-card, lineage; registry aliases that
+# follow `rollout promote` / `rollback` (docs/cloud.md; about 3 minutes).
+check-registry: setup
+	$(BIN)/pytest -q -m registry tests/test_registry_profile.py
 
 # Deployment profile 3: Mosquitto from deploy/mosquitto/ as shipped (TLS, passwords, ACL), `edgeloop cloud` over
 # TLS, two agent processes on MQTT 5 with feedback rows, shadow and A/B; every topic of docs/mqtt.md (about 1 min).

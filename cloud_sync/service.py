@@ -24,6 +24,7 @@ from cloud_sync.ingest.subscriber import Ingest
 from cloud_sync.loop.impact import load_value_matrices
 from cloud_sync.rollouts.checks import Limits
 from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.rollouts.fleet_aliases import connect_registry
 from cloud_sync.settings import CloudSettings
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store
@@ -80,6 +81,7 @@ class CloudService:
             keys_dir=s.keys_dir,
             limits=limits,
             confirm_timeout_s=s.rollout_confirm_timeout_s,
+            aliases=connect_registry(s.registry_tracking_uri, s.registry_champion_group, s.registry_aliases),
         )
         self.alerts = AlertEvaluator(
             self.store, self.registry, self.rules, self._publish_alert, s.webhook_url, s.online_timeout_s
@@ -150,6 +152,7 @@ class CloudService:
             thread.join(5)
         self.ingest.stop()
         self.publisher.stop()
+        self.rollouts.aliases.close()
         self.store.dispose()
         log_event(logger, "cloud stopped")
 

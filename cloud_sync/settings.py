@@ -115,6 +115,17 @@ class CloudSettings(EdgeloopSettings):
     """A policy is not triggered again within this many seconds of its last start."""
     retrain_tick_s: float = Field(default=5.0, gt=0)
     """How often new alert firings and schedules are checked for retraining."""
+    registry_aliases: bool = True
+    """After each promotion and rollback, point the MLflow registry alias `fleet-<group>` (and `champion`, see
+    registry_champion_group) at the version the group runs, and keep the version tag `edgeloop.fleet_groups`
+    (docs/cloud.md). Without registry access the cloud says so once at start and works on."""
+    registry_tracking_uri: str | None = None
+    """MLflow tracking URI of that registry; unset: the one `edgeloop train` uses (EDGELOOP_TRACKING_URI,
+    MLFLOW_TRACKING_URI, else sqlite in $EDGELOOP_HOME when that file exists)."""
+    registry_champion_group: str | None = None
+    """The group whose promotions and rollbacks also move `@champion`, so that `NAME@champion` is the version
+    that group runs; unset: the cloud never moves @champion (`edgeloop train` sets it on a name's first
+    version)."""
 
     @field_validator("mqtt_url")
     @classmethod

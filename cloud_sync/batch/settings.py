@@ -5,7 +5,6 @@ Precedence: defaults < config file < environment < `edgeloop score` flags.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -13,14 +12,15 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from contracts.settings import EdgeloopSettings, edgeloop_home
+from contracts.tracking import resolve_tracking_uri
 
 __all__ = ["ScoreSettings", "default_tracking_uri"]
 
 
 def default_tracking_uri() -> str:
-    """The registry `edgeloop train` and `edgeloop convert` use: $EDGELOOP_TRACKING_URI, else sqlite in
-    $EDGELOOP_HOME."""
-    return os.environ.get("EDGELOOP_TRACKING_URI") or f"sqlite:///{edgeloop_home() / 'mlflow.db'}"
+    """The registry `edgeloop train` and `edgeloop convert` use (contracts.tracking: EDGELOOP_TRACKING_URI, the
+    [train] table, MLFLOW_TRACKING_URI, else sqlite in $EDGELOOP_HOME)."""
+    return resolve_tracking_uri()
 
 
 class ScoreSettings(EdgeloopSettings):
@@ -38,8 +38,9 @@ class ScoreSettings(EdgeloopSettings):
     0 = one per core this process may run on."""
     tracking_uri: str | None = None
     """MLflow tracking URI used to resolve NAME@ALIAS and to record a lineage run in experiment
-    `edgeloop-batch-scoring`. Unset: models resolve from the trainer's store ($EDGELOOP_TRACKING_URI, else
-    sqlite in $EDGELOOP_HOME) and a lineage run is recorded only when the model came from a registry."""
+    `edgeloop-batch-scoring`. Unset: models resolve from the trainer's store ($EDGELOOP_TRACKING_URI,
+    $MLFLOW_TRACKING_URI, else sqlite in $EDGELOOP_HOME) and a lineage run is recorded only when the model came
+    from a registry."""
     public_key: Path = Field(default_factory=lambda: edgeloop_home() / "keys" / "edgeloop-signing.pub")
     """Ed25519 public key every bundle's signature is verified with before a row is scored."""
     cache_dir: Path = Field(default_factory=lambda: edgeloop_home() / "cache" / "bundles")

@@ -14,7 +14,8 @@ after the soak) and `ab` (an A/B split on the canary; promotion is manual): how 
 mode is in `modes/` (one class per mode, one interface: `modes/base.py`): the controller applies the
 decision a mode returns; the desired states (and the re-signed rollback) are built in `desired`.
 
-Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies).
+Every step is recorded in `rollouts` and in the audit log with who and why (and the accuracies); after a
+promotion or a rollback the MLflow registry's aliases are told what the group runs (`fleet_aliases`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cloud_sync.rollouts import overrides
 from cloud_sync.rollouts import status as rollout_status
 from cloud_sync.rollouts.checks import Limits, check_canary
 from cloud_sync.rollouts.desired import desired_state, rollback_state
+from cloud_sync.rollouts.fleet_aliases import FleetAliases, NoRegistry
 from cloud_sync.rollouts.model import ACTIVE, Rollout, RolloutRequest, State
 from cloud_sync.rollouts.modes.ab import ABTest
 from cloud_sync.rollouts.modes.base import Decision, ModeView, RolloutMode
@@ -88,6 +90,7 @@ class Rollouts:
         keys_dir: Path,
         limits: Limits | None = None,
         confirm_timeout_s: float = 300.0,
+        aliases: FleetAliases | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -97,6 +100,8 @@ class Rollouts:
         self.limits = limits or Limits()
         self.confirm_timeout_s = confirm_timeout_s
         self.view = ModeView(store, self.limits, confirm_timeout_s)
+        self.aliases: FleetAliases = aliases or NoRegistry()
+        """Registry aliases told what each group runs after every promotion and rollback (fleet_aliases)."""
         self._lock = threading.RLock()
         self.last_report: dict[str, dict[str, Any]] = {}
         """What each rollout's mode reported at the controller's last tick (A/B: per arm), for `per_device=False`."""
@@ -368,6 +373,11 @@ class Rollouts:
             audit.record(conn, actor, action, target=target, reason=reason, details=details, at=now)
         level = logging.WARNING if state != "promoted" else logging.INFO
         log_event(logger, f"rollout {state}", level=level, rollout=rollout.id, reason=reason, actor=actor)
+        runs = rollout.model_version if state == "promoted" else rollout.previous_version
+        if state in ("promoted", "rolled_back") and runs is not None:  # what the group runs now
+            lineage = self.registry.get(rollout.model_name, runs).manifest.lineage
+            version = int(lineage.model_version) if lineage.model_version else runs
+            self.aliases.group_runs(lineage.registered_model or rollout.model_name, version, rollout.group)
         return replace(rollout, state=state, reason=reason, finished_at=now)
 
     def _get(self, rollout_id: str) -> Rollout:
