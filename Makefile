@@ -90,7 +90,7 @@ check-edge: setup $(DATA)
 
 # Deployment profile 4: a real `mlflow server` (registry over HTTP, artifacts served by it) reached through
 # MLFLOW_TRACKING_URI alone by train, convert, deploy, score, retrain, model-card, lineage; registry aliases that
-# follow `rollout promote` / `rollback` (docs/cloud.md; about 3 minutes).
+# follow `rollout promote` / `rollback` (docs/cloud.md; 5-6 minutes on a shared 2-core machine).
 check-registry: setup
 	$(BIN)/pytest -q -m registry tests/test_registry_profile.py
 
