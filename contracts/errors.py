@@ -17,6 +17,7 @@ that the mapping lives in one place. Messages say what went wrong and what to do
     ├── ServiceUnavailableError    tracking server, broker or bundle server unreachable   (exit 6, HTTP 503)
     ├── ConflictError              the request contradicts stored state (e.g. a version reused) (exit 8, HTTP 409)
     ├── ModelRejected              an update was refused by the device (reason attached)  (exit 7, HTTP 409)
+    ├── CheckFailed                `edgeloop agent doctor`: a check of the device failed     (exit 9, HTTP 500)
     │   └── UnsupportedOperator    the numpy runtime lacks an operator the bundle uses (`operator` names it)
     └── RolloutNotPromoted         `rollout status --wait` ended without a promotion        (HTTP 409)
         ├── RolloutRolledBack      the rollout was rolled back (by the cloud or by hand)   (exit 10)
@@ -27,6 +28,7 @@ that the mapping lives in one place. Messages say what went wrong and what to do
 from __future__ import annotations
 
 __all__ = [
+    "CheckFailed",
     "ConflictError",
     "ConversionError",
     "EdgeloopError",
@@ -162,3 +164,9 @@ class UnsupportedOperator(ModelRejected):
     def __init__(self, message: str, operator: str | None = None) -> None:
         super().__init__(message)
         self.operator = operator
+
+
+class CheckFailed(EdgeloopError):
+    """A preflight check failed (`edgeloop agent doctor`); the lines printed before it say what to do."""
+
+    exit_code = 9

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 
+from contracts.errors import CheckFailed, InputError
 from edge_agent.settings import AgentSettings
-from edgeloop.agent_args import serve
+from edgeloop.agent_args import agent_settings, serve
 
-__all__ = ["agent", "register", "settings_epilog", "typer_app"]
+__all__ = ["agent", "doctor", "register", "settings_epilog", "typer_app"]
 
 
 def settings_epilog() -> str:
@@ -22,6 +24,9 @@ def settings_epilog() -> str:
 
 
 def agent(
+    action: str | None = typer.Argument(
+        None, help="[bold]doctor[/bold]: check this device with these settings (ok / warn / fail lines) and exit."
+    ),
     bundle: Path | None = typer.Option(None, help="Bundle directory to install at start (verified first)."),
     state_dir: Path | None = typer.Option(None, help=r"Model store directory \[default: $EDGELOOP_HOME/agent]."),
     port: int | None = typer.Option(None, help=r"REST port \[default: 8080]."),
@@ -42,9 +47,13 @@ def agent(
     Settings come from flags, then EDGELOOP_AGENT_* variables, then the config file (listed below).
 
     Example: [cyan]edgeloop agent --bundle bundles/machine-failure --port 8080 --token s3cret[/cyan]
+
+    Preflight: [cyan]edgeloop agent doctor --mqtt-url mqtts://broker:8883 --public-key /etc/edgeloop/signing.pub[/cyan]
     """
     # The same flags as edgeloop/agent_args.py's AGENT_OPTIONS (the light path of `python -m edge_agent`).
-    serve(
+    if action is not None and action != "doctor":
+        raise InputError(f"unknown action {action!r}: `edgeloop agent` serves, `edgeloop agent doctor` checks")
+    (doctor if action == "doctor" else serve)(
         {
             "bundle": bundle,
             "state_dir": state_dir,
@@ -58,6 +67,24 @@ def agent(
             "telemetry_interval_s": telemetry_interval,
         }
     )
+
+
+def doctor(given: dict[str, Any]) -> None:
+    """Print one line per check of edge_agent/doctor.py; CheckFailed (exit 9) when any failed."""
+    from rich.console import Console
+
+    from edge_agent.doctor import run_checks
+
+    console = Console(highlight=False, soft_wrap=True)  # one line per check, whatever the width
+    colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+    checks = run_checks(agent_settings(given))
+    for check in checks:
+        fix = f"  [dim]-> {escape(check.fix)}[/dim]" if check.fix and check.status != "ok" else ""
+        status = f"[{colours[check.status]}]{check.status:<4}[/{colours[check.status]}]"
+        console.print(f"{status}  {check.name:<10}  {escape(check.detail)}{fix}")
+    failed = [check.name for check in checks if check.status == "fail"]
+    if failed:
+        raise CheckFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}; each line above says what to do")
 
 
 def register(app: typer.Typer) -> None:
