@@ -19,6 +19,19 @@ from contracts.logs import configure_logging
 configure_logging("WARNING")
 
 
+@pytest.fixture(autouse=True)
+def no_ambient_tracking_uri() -> Iterator[None]:
+    """Every test starts and ends without MLFLOW_TRACKING_URI in the environment.
+
+    `mlflow.set_tracking_uri` also writes that variable into os.environ, and edgeloop reads it (contracts.tracking), so
+    one in-process `train` would otherwise point every later command of the session at that test's store. A test that
+    needs the variable sets it with monkeypatch.
+    """
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @dataclass(frozen=True)
 class TrainedBundle:
     """A model trained, registered and converted in a session-scoped MLflow store."""
