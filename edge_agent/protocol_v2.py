@@ -20,8 +20,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from contracts.errors import EdgeloopError, NotFoundError
+from edge_agent.loaded import LoadedModel
 from edge_agent.protocol_support import ProtocolContext, json_response
-from edge_agent.service import LoadedModel
 from edge_agent.v2_tensors import OUTPUTS, encode_answer, model_metadata, parse_infer_request
 
 __all__ = ["V2_OPERATIONS", "install_v2"]

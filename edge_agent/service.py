@@ -40,8 +40,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.shadow import ShadowChallenger
 from edge_agent.telemetry import TelemetryReporter
 
-# LoadedModel and PredictionBatch are defined in edge_agent/loaded.py; importable from here too for callers.
-__all__ = ["InferenceService", "LoadedModel", "PredictionBatch"]
+__all__ = ["InferenceService"]
 
 logger = logging.getLogger("edgeloop.agent.service")
 
