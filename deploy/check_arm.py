@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -39,7 +40,7 @@ from contracts.manifest import Manifest
 from contracts.telemetry import TelemetryWindow
 from contracts.topics import device_topic
 
-__all__ = ["main"]
+__all__ = ["main", "pypi_requirements"]
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ["pyproject.toml", "README.md", "constraints.txt", "contracts", "edge_agent", "edgeloop", "trainer"]
@@ -80,7 +81,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _copy_checkout(board: Board, bundle: Path, public_key: Path) -> None:
+def _copy_checkout(board: Board, bundle: Path, public_key: Path) -> str:
+    """The checkout, bundle and key into the rootfs; returns the path (in the rootfs) of edgeloop's wheel, built
+    from the checkout on the host: it is pure Python, the same on every architecture, and pip builds it under
+    emulation ten times slower."""
     work = board.root / WORK.lstrip("/")
     shutil.rmtree(work, ignore_errors=True)
     (work / "src").mkdir(parents=True)
@@ -96,9 +100,13 @@ def _copy_checkout(board: Board, bundle: Path, public_key: Path) -> None:
         shutil.copy(_HOST_CA, work / "host-ca.pem")
         ENV["PIP_CERT"] = f"{WORK}/host-ca.pem"
     shutil.copy(public_key, work / "signing.pub")
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(work / "src")]
+    if subprocess.run(build, capture_output=True).returncode != 0:
+        raise fail(board.profile, "pip wheel could not build edgeloop from the checkout")
+    return f"{WORK}/dist/{next((work / 'dist').glob('edgeloop-*.whl')).name}"
 
 
-def _pypi_requirements(profile: Profile) -> list[str]:
+def pypi_requirements(profile: Profile) -> list[str]:
     """The base install's requirements minus those this board takes from Debian."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     skip = set(profile.from_debian)
@@ -112,7 +120,7 @@ def _venv_key(profile: Profile) -> str:
     return hashlib.sha256("\n".join(made_of).encode()).hexdigest()[:12]
 
 
-def _install(board: Board) -> tuple[str, float]:
+def _install(board: Board, wheel: str) -> tuple[str, float]:
     """The base package from the checkout in a venv, as docs/raspberry-pi.md has the user do it; returns the venv
     (inside the rootfs) and the seconds it took. The venv is kept, keyed by what its dependencies are made of:
     the next run only reinstalls edgeloop from the checkout into it (EDGELOOP_ARM_FRESH=1: a fresh one anyway)."""
@@ -123,7 +131,7 @@ def _install(board: Board) -> tuple[str, float]:
     constraints = ("-c", f"{WORK}/src/constraints.txt")
     if done.exists() and not os.environ.get("EDGELOOP_ARM_FRESH"):
         print(f"== install: edgeloop from the checkout into the cached venv {venv} (same dependencies)")
-        board.run(*pip, "--no-deps", "--force-reinstall", f"{WORK}/src", what="pip install --no-deps edgeloop")
+        board.run(*pip, "--no-deps", "--force-reinstall", wheel, what="pip install --no-deps edgeloop")
     else:
         for old in (board.root / "opt").glob("edgeloop-venv-*"):
             shutil.rmtree(old)
@@ -131,14 +139,14 @@ def _install(board: Board) -> tuple[str, float]:
             print(f"== install: venv with Debian's {', '.join(board.profile.from_debian[1:-1])}, the rest PyPI wheels")
             board.run("python3", "-m", "venv", "--system-site-packages", venv, what="python3 -m venv")
             board.run(*pip, "--upgrade", "pip", "wheel", what="pip install --upgrade pip")
-            requirements = _pypi_requirements(board.profile)
+            requirements = pypi_requirements(board.profile)
             board.run(*pip, *constraints, "--only-binary=:all:", *requirements, what="pip install (PyPI wheels)")
-            board.run(*pip, "--no-deps", f"{WORK}/src", what="pip install --no-deps edgeloop")
+            board.run(*pip, "--no-deps", wheel, what="pip install --no-deps edgeloop")
         else:
             print("== install: venv, pip install -c constraints.txt . (PyPI's wheels)")
             board.run("python3", "-m", "venv", venv, what="python3 -m venv")
             board.run(*pip, "--upgrade", "pip", "wheel", what="pip install --upgrade pip")
-            board.run(*pip, *constraints, f"{WORK}/src", what="pip install edgeloop")
+            board.run(*pip, *constraints, wheel, what="pip install edgeloop")
         done.touch()
     heavy = board.run(
         f"{venv}/bin/python",
@@ -295,8 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     with locked(board.root), mounted(board.root, profile):
         machine = board.run("uname", "-m", what="uname -m")
         python = board.run("python3", "--version", what="python3 --version")
-        _copy_checkout(board, args.bundle, args.public_key)
-        venv, installed = _install(board)
+        wheel = _copy_checkout(board, args.bundle, args.public_key)
+        venv, installed = _install(board, wheel)
         lines = _serve_and_check(board, manifest, venv)
     print(f"== check-{profile.arch} passed")
     print(f"   board:          {machine} ({python}; qemu-{profile.qemu} on {os.uname().machine})")
