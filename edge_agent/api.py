@@ -26,6 +26,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts.errors import EdgeloopError, InputError, PayloadTooLarge, SchemaError, Unauthorized
 from contracts.problem import problem_responses
 from edge_agent.api_errors import install_error_handlers
+from edge_agent.bundle_import import install_bundle_import
 from edge_agent.docs_ui import install_docs
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady
 from edge_agent.explain import explain_records, parse_top_k
@@ -184,8 +186,11 @@ def create_app(
     metrics: AgentMetrics,
     status: Callable[[], dict[str, Any]] = dict,
     lifespan: Any = None,
+    *,
+    install_bundle: Callable[[Path], Any] | None = None,
 ) -> FastAPI:
-    """The REST app; `status()` adds device facts (id, group, broker, stored versions) to /v1/model."""
+    """The REST app; `status()` adds device facts (id, group, broker, stored versions) to /v1/model;
+    `install_bundle` (the updater's `install_local`) enables POST /v1/bundles (edge_agent/bundle_import.py)."""
     app = FastAPI(
         title="edgeloop agent",
         summary="Local inference on a verified ONNX bundle.",
@@ -328,4 +333,6 @@ def create_app(
     install_v2(app, protocols, AGENT_VERSION)
     install_mlflow(app, protocols, AGENT_VERSION)
     add_operations(app, {**V2_OPERATIONS, **MLFLOW_OPERATIONS})
+    if install_bundle is not None:
+        install_bundle_import(app, protocols, install_bundle, max_bytes=settings.download_max_bytes)
     return app

@@ -234,7 +234,9 @@ class Agent:
             finally:
                 self.stop()
 
-        return create_app(self.service, self.settings, self.metrics, self.status, lifespan)
+        return create_app(
+            self.service, self.settings, self.metrics, self.status, lifespan, install_bundle=self.updater.install_local
+        )
 
 
 def run_agent(settings: AgentSettings) -> None:

@@ -191,7 +191,7 @@ def test_python_m_edge_agent_serves_without_the_cli_libraries(
 def test_both_entry_points_take_the_same_flags() -> None:
     """`edgeloop agent` (Typer) and the light parser of `python -m edge_agent` know the same flags and types."""
     hints = typing.get_type_hints(agent)  # `X | None` for every option
-    names = [name for name in signature(agent).parameters if name != "action"]  # `doctor`: a positional, no flag
+    names = [name for name in signature(agent).parameters if name not in ("action", "target")]  # positionals
     typer_flags = {f"--{name.replace('_', '-')}": typing.get_args(hints[name])[0] for name in names}
     assert typer_flags == {flag: convert for flag, (_, convert) in AGENT_OPTIONS.items()}
     assert {field for field, _ in AGENT_OPTIONS.values()} <= set(AgentSettings.model_fields)
