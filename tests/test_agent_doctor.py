@@ -81,5 +81,5 @@ def test_an_unknown_action_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: 
                                        tmp_path: Path) -> None:  # fmt: skip
     result = run_edgeloop(["agent", "docter"], monkeypatch, capsys, tmp_path)
     assert result.exit_code == 2 and result.errors == [
-        "error: unknown action 'docter': `edgeloop agent` serves, `edgeloop agent doctor` checks"
+        "error: unknown action 'docter': `edgeloop agent` serves, `agent doctor` checks, `agent import PATH` installs"
     ], result.stderr
