@@ -182,6 +182,7 @@ def install_mlflow(app: FastAPI, ctx: ProtocolContext, server_version: str) -> N
         return Response(server_version, media_type="text/plain")
 
     app.add_route("/invocations", invocations, methods=["POST"], include_in_schema=False)
+    app.router.routes.insert(1, app.router.routes.pop())  # a hot route: matched right after /v1/predict
     app.add_route("/ping", ping, methods=["GET"], include_in_schema=False)
     app.add_route("/health", ping, methods=["GET"], include_in_schema=False)
     app.add_route("/version", version, methods=["GET"], include_in_schema=False)

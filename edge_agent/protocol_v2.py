@@ -94,6 +94,7 @@ def install_v2(app: FastAPI, ctx: ProtocolContext, server_version: str) -> None:
 
     for path in ("/v2/models/{name}/infer", f"{_VERSIONED}/infer"):
         app.add_route(path, infer, methods=["POST"], include_in_schema=False)
+        app.router.routes.insert(1, app.router.routes.pop())  # a hot route: matched right after /v1/predict
     for path in ("/v2/models/{name}/ready", f"{_VERSIONED}/ready"):
         app.add_route(path, model_ready, methods=["GET"], include_in_schema=False)
     for path in ("/v2/models/{name}", _VERSIONED):

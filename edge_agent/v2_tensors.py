@@ -37,7 +37,8 @@ _NUMERIC = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
     "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
 }  # fmt: skip
-_KEY_TYPES = {"BYTES", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+_KEY_TYPES = frozenset({"BYTES", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+_ALLOWED = {None: _KEY_TYPES, "categorical": frozenset({"BYTES"}), "numeric": frozenset(_NUMERIC)}
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,7 @@ def parse_infer_request(
         kind = kinds.get(name)
         if kind is None and name not in key_fields:
             raise SchemaError(f"unknown input '{name}': the model's inputs are {', '.join(kinds)}", name)
-        allowed = _KEY_TYPES if kind is None else {"BYTES"} if kind == "categorical" else set(_NUMERIC)
-        if datatype not in allowed:
+        if datatype not in _ALLOWED[kind]:
             want = "BYTES" if kind == "categorical" else "a numeric datatype (FP32)" if kind else "BYTES or INT64"
             raise SchemaError(f"input '{name}' is {datatype}: send {want}", name)
         if rows is None:
@@ -125,6 +125,10 @@ def _tensor_head(tensor: Any) -> tuple[str, int, str, Any]:
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise SchemaError("each input must be an object with 'name', 'shape', 'datatype' and 'data'")
     name, shape, datatype = tensor["name"], tensor.get("shape"), tensor.get("datatype")
+    if type(shape) is list and type(datatype) is str and (shape[1:] == [1] or len(shape) == 1):  # the usual case
+        rows = shape[0]
+        if type(rows) is int and rows >= 1:
+            return name, rows, datatype, tensor.get("data")
     if (
         not isinstance(shape, list)
         or not 1 <= len(shape) <= 2
@@ -139,6 +143,8 @@ def _tensor_head(tensor: Any) -> tuple[str, int, str, Any]:
 
 
 def _flat(name: str, data: Any) -> list[Any]:
+    if type(data) is list and (not data or type(data[0]) is not list):  # flat: the usual case
+        return data
     if not isinstance(data, list):
         raise SchemaError(f"input '{name}' has no 'data' list (nor parameters.binary_data_size)", name)
     if data and all(isinstance(item, list) for item in data):  # nested row-major [[v], [v], ...]
