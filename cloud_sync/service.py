@@ -28,6 +28,7 @@ from cloud_sync.rollouts.fleet_aliases import connect_registry
 from cloud_sync.settings import CloudSettings
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store
+from contracts.drift_stats import DriftRule
 from contracts.logs import log_event
 from contracts.signing import PUBLIC_KEY_FILE, load_public_key
 
@@ -84,7 +85,13 @@ class CloudService:
             aliases=connect_registry(s.registry_tracking_uri, s.registry_champion_group, s.registry_aliases),
         )
         self.alerts = AlertEvaluator(
-            self.store, self.registry, self.rules, self._publish_alert, s.webhook_url, s.online_timeout_s
+            self.store,
+            self.registry,
+            self.rules,
+            self._publish_alert,
+            s.webhook_url,
+            s.online_timeout_s,
+            drift_rule=DriftRule(alpha=s.drift_alpha, min_expected=s.drift_min_expected, correction=s.drift_correction),
         )
         self.retrains = None
         if s.retrain_policies:

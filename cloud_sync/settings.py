@@ -6,7 +6,7 @@ EDGELOOP_CLOUD_MQTT_URL=mqtt://broker:1883 EDGELOOP_CLOUD_OPERATOR_TOKENS='["s3c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -90,6 +90,13 @@ class CloudSettings(EdgeloopSettings):
     """YAML file of alert rules (docs/cloud.md); default: the built-in rules."""
     alert_tick_s: float = Field(default=30.0, gt=0)
     """How often alert rules are evaluated."""
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    """Drift alerts (psi_above rules) fire only when the chi-square p-value of the merged counts, adjusted across
+    the features (drift_correction), is below this, besides the rule's PSI threshold (the minimum effect)."""
+    drift_min_expected: float = Field(default=5.0, ge=0)
+    """Bins and categories expected to hold fewer records than this are pooled before the drift test."""
+    drift_correction: Literal["holm", "bh"] = "holm"
+    """Multiple-testing control across features: `holm` (family-wise error) or `bh` (false discovery rate)."""
     webhook_url: str | None = None
     """Optional URL every alert firing and resolution is POSTed to (JSON)."""
     score_bundles: dict[str, str] = Field(default_factory=dict)

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.drift import UNSEEN, js_distance, psi, psi_band
+from contracts.drift_stats import DriftRule, Evidence, adjust_p_values, drifted, goodness_of_fit
 from contracts.manifest import MISSING_CATEGORY, CategoricalProfile, Manifest, NumericProfile
 
 __all__ = [
@@ -155,10 +156,23 @@ class WindowCounts(BaseModel):
 
 
 class DriftScore(BaseModel):
+    """Effect (PSI, JS) and evidence (chi-square on the counts) of one feature's drift; see contracts/drift_stats.py.
+    The evidence fields are None from agents before them (judge on PSI alone there)."""
+
     psi: float
     js: float
     band: Literal["stable", "moderate", "significant"]
     count: int
+    """Records counted (missing values apart)."""
+    statistic: float | None = None
+    """Pearson's chi-square of the counts against the reference, sparse bins pooled."""
+    dof: int | None = None
+    p_value: float | None = None
+    """p-value of the counts under the reference; None when too few records to test."""
+    p_adjusted: float | None = None
+    """p_value adjusted across the features scored together (Holm or Benjamini-Hochberg)."""
+    drifted: bool | None = None
+    """PSI at least the minimum effect and p_adjusted below the significance level."""
 
 
 class Resources(BaseModel):
@@ -261,10 +275,34 @@ def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
     return total
 
 
+def _score(
+    expected: np.ndarray, actual: np.ndarray, *, bands: tuple[float, float], min_expected: float, ordered: bool
+) -> DriftScore:
+    value = psi(expected, actual)
+    evidence: Evidence | None = goodness_of_fit(expected, actual, min_expected=min_expected, ordered=ordered)
+    return DriftScore(
+        psi=value,
+        js=js_distance(expected, actual),
+        band=psi_band(value, *bands),  # type: ignore[arg-type]
+        count=int(actual.sum()),
+        statistic=None if evidence is None or not np.isfinite(evidence.statistic) else evidence.statistic,
+        dof=None if evidence is None else evidence.dof,
+        p_value=None if evidence is None else evidence.p_value,
+    )
+
+
 def score_drift(
-    counts: WindowCounts, manifest: Manifest, moderate: float = 0.1, significant: float = 0.25, min_count: int = 1
+    counts: WindowCounts,
+    manifest: Manifest,
+    moderate: float = 0.1,
+    significant: float = 0.25,
+    min_count: int = 1,
+    *,
+    rule: DriftRule = DriftRule(),
 ) -> tuple[dict[str, DriftScore], DriftScore | None]:
-    """PSI and Jensen-Shannon distance per feature and for the predicted classes, against the manifest."""
+    """PSI, Jensen-Shannon distance and chi-square evidence per feature and for the predicted classes, against
+    the manifest. A feature is `drifted` when its PSI is at least `rule.min_psi` and its p-value, adjusted
+    across the features (`rule.correction`), is below `rule.alpha`."""
     scores: dict[str, DriftScore] = {}
     for name, observed in counts.features.items():
         reference = manifest.reference_profile.get(name)
@@ -277,28 +315,30 @@ def score_drift(
             actual = np.asarray([observed.counts.get(key, 0) for key in keys], dtype=np.float64)
         else:
             continue
-        total = int(actual.sum())
-        if total < min_count or expected.size != actual.size:
+        if int(actual.sum()) < min_count or expected.size != actual.size:
             continue
-        value = psi(expected, actual)
-        scores[name] = DriftScore(
-            psi=value,
-            js=js_distance(expected, actual),
-            band=psi_band(value, moderate, significant),  # type: ignore[arg-type]
-            count=total,
+        scores[name] = _score(
+            expected,
+            actual,
+            bands=(moderate, significant),
+            min_expected=rule.min_expected,
+            ordered=isinstance(reference, NumericProfile),
         )
+    tested = {name: score.p_value for name, score in scores.items() if score.p_value is not None}
+    adjusted = adjust_p_values(tested, rule.correction)
+    for name, score in scores.items():
+        score.p_adjusted = adjusted.get(name)
+        score.drifted = drifted(score.psi, score.p_adjusted, min_psi=rule.min_psi, alpha=rule.alpha)
     prediction = None
     if manifest.prediction_profile and sum(counts.predicted.values()) >= min_count:
         keys = list(manifest.prediction_profile)
         expected = np.asarray([manifest.prediction_profile[key] for key in keys])
         actual = np.asarray([counts.predicted.get(key, 0) for key in keys], dtype=np.float64)
-        value = psi(expected, actual)
-        prediction = DriftScore(
-            psi=value,
-            js=js_distance(expected, actual),
-            band=psi_band(value, moderate, significant),  # type: ignore[arg-type]
-            count=int(actual.sum()),
+        prediction = _score(
+            expected, actual, bands=(moderate, significant), min_expected=rule.min_expected, ordered=False
         )
+        prediction.p_adjusted = prediction.p_value
+        prediction.drifted = drifted(prediction.psi, prediction.p_value, min_psi=rule.min_psi, alpha=rule.alpha)
     return scores, prediction
 
 

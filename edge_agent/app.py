@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from contracts.drift_stats import DriftRule
 from contracts.errors import EdgeloopError, InputError
 from contracts.logs import log_event
 from contracts.signing import load_public_key
@@ -75,6 +76,12 @@ class Agent:
                 settings.psi_moderate,
                 settings.psi_significant,
                 on_append=self.sync.publisher.wake if self.sync.publisher else None,
+                drift_rule=DriftRule(
+                    alpha=settings.drift_alpha,
+                    min_psi=settings.psi_significant,
+                    min_expected=settings.drift_min_expected,
+                    correction=settings.drift_correction,
+                ),
             )
             self.telemetry.on_window = self.metrics.observe_window
         feedback, key_fields = FeedbackStore(settings.feedback_capacity), KeyFields(settings.request_key_fields)

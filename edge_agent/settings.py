@@ -88,6 +88,13 @@ class AgentSettings(EdgeloopSettings):
     """PSI at or above which a feature's drift band is `moderate`."""
     psi_significant: float = Field(default=0.25, ge=0)
     """PSI above which a feature's drift band is `significant`."""
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    """A window's feature is `drifted` when its PSI is at least psi_significant (the minimum effect) and its
+    chi-square p-value, adjusted across the features (drift_correction), is below this (docs/loop.md)."""
+    drift_min_expected: float = Field(default=5.0, ge=0)
+    """Bins and categories expected to hold fewer records than this in a window are pooled before the test."""
+    drift_correction: Literal["holm", "bh"] = "holm"
+    """Multiple-testing control across features: `holm` (family-wise error) or `bh` (false discovery rate)."""
     outbox_max_messages: int = Field(default=50_000, ge=10)
     """Messages kept on disk while the broker is away; past it the oldest windows are dropped and counted."""
     outbox_max_inflight: int = Field(default=100, ge=1)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import psutil
 
+from contracts.drift_stats import DriftRule
 from contracts.logs import log_event
 from contracts.manifest import Manifest
 from contracts.telemetry import DriftScore, Resources, TelemetryWindow, WindowCounter, WindowCounts, score_drift
@@ -64,6 +65,7 @@ class TelemetryReporter:
         psi_moderate: float = 0.1,
         psi_significant: float = 0.25,
         on_append: Callable[[], None] | None = None,
+        drift_rule: DriftRule | None = None,
     ) -> None:
         self.outbox = outbox
         self.device_id = device_id
@@ -73,6 +75,7 @@ class TelemetryReporter:
         self.interval = interval
         self.psi_moderate = psi_moderate
         self.psi_significant = psi_significant
+        self.drift_rule = drift_rule or DriftRule(min_psi=psi_significant)
         self.on_append = on_append
         self._lock = threading.Lock()
         self._counter: WindowCounter | None = None
@@ -144,7 +147,7 @@ class TelemetryReporter:
         return self._emit(self._counter.manifest, self._sha256, self._counter.snapshot(), start, end)
 
     def _emit(self, manifest: Manifest, sha256: str | None, counts: WindowCounts, start: str, end: str) -> int:
-        drift, prediction = score_drift(counts, manifest, self.psi_moderate, self.psi_significant)
+        drift, prediction = score_drift(counts, manifest, self.psi_moderate, self.psi_significant, rule=self.drift_rule)
         base = counts.model_dump()
         resources = read_resources(self.state_dir, self._process)
         dropped = self.outbox.dropped
@@ -188,6 +191,7 @@ class TelemetryReporter:
             records=counts.records,
             worst_feature=worst[0] if worst else None,
             worst_psi=round(worst[1].psi, 3) if worst else None,
+            drifted=sorted(name for name, score in drift.items() if score.drifted) or None,
             accuracy=None if counts.accuracy is None else round(counts.accuracy, 4),
             outbox=self.outbox.size(),
         )

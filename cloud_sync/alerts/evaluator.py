@@ -15,7 +15,8 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from cloud_sync.alerts.rules import Rule
 from cloud_sync.fleet.stats import WindowRecord, load_windows
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, alerts, devices, rollouts
+from contracts.drift_stats import DriftRule
 from contracts.logs import log_event
 from contracts.telemetry import merge_counts, score_drift
 from contracts.topics import PREFIX
@@ -32,7 +34,18 @@ from contracts.topics import PREFIX
 __all__ = ["AlertEvaluator"]
 
 logger = logging.getLogger("edgeloop.cloud.alerts")
-Breaches = dict[str, tuple[float, str]]  # subject -> (value, message)
+
+
+class Breach(NamedTuple):
+    value: float
+    message: str
+    p_value: float | None = None
+    """Drift rules: the adjusted p-value of the merged counts."""
+    records: int | None = None
+    """Drift rules: the records the decision rests on."""
+
+
+Breaches = dict[str, Breach]  # subject -> breach
 
 
 class AlertEvaluator:
@@ -44,11 +57,14 @@ class AlertEvaluator:
         publish: Callable[[str, bytes], None] | None = None,
         webhook_url: str | None = None,
         online_timeout_s: float = 120.0,
+        *,
+        drift_rule: DriftRule | None = None,
     ) -> None:
         self.store, self.registry, self.rules = store, registry, rules
         self.publish = publish
         self.webhook_url = webhook_url
         self.online_timeout_s = online_timeout_s
+        self.drift_rule = drift_rule or DriftRule()
         self._pending: dict[tuple[str, str], float] = {}
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
@@ -85,7 +101,7 @@ class AlertEvaluator:
             merged = merge_counts(record.counts for record in subset)
             if rule.kind == "accuracy_below":
                 if merged.feedback_count >= rule.min_samples and (merged.accuracy or 0.0) < rule.threshold:
-                    breaches[subject] = (
+                    breaches[subject] = Breach(
                         merged.accuracy or 0.0,
                         f"accuracy {merged.accuracy:.3f} on {subject} is "
                         f"below {rule.threshold} ({merged.feedback_count} labels)",
@@ -93,11 +109,11 @@ class AlertEvaluator:
             elif rule.kind == "error_rate_above" and merged.requests >= rule.min_samples:
                 rate = sum(merged.errors.values()) / merged.requests
                 if rate > rule.threshold:
-                    breaches[subject] = (rate, f"error rate {rate:.3f} on {subject} is above {rule.threshold}")
+                    breaches[subject] = Breach(rate, f"error rate {rate:.3f} on {subject} is above {rule.threshold}")
             elif rule.kind == "p99_above" and merged.requests >= rule.min_samples:
                 p99 = merged.latency_quantile(0.99) or 0.0
                 if p99 > rule.threshold:
-                    breaches[subject] = (p99, f"p99 latency {p99}s on {subject} is above {rule.threshold}s")
+                    breaches[subject] = Breach(p99, f"p99 latency {p99}s on {subject} is above {rule.threshold}s")
             elif rule.kind == "psi_above":
                 breaches.update(self._drift(rule, subject, subset))
         return breaches
@@ -111,13 +127,16 @@ class AlertEvaluator:
             manifest = self.registry.manifest(name, version)
             if manifest is None:
                 continue
-            scores, _ = score_drift(merge_counts(r.counts for r in subset), manifest, min_count=rule.min_samples)
+            drift_rule = replace(self.drift_rule, min_psi=rule.threshold)
+            merged = merge_counts(r.counts for r in subset)
+            scores, _ = score_drift(merged, manifest, min_count=rule.min_samples, rule=drift_rule)
             for feature, score in scores.items():
-                if score.psi > rule.threshold:
+                if score.drifted:
                     message = (
-                        f"PSI of {feature} on {subject} ({name}/{version}) is {score.psi:.3f}, above {rule.threshold}"
+                        f"PSI of {feature} on {subject} ({name}/{version}) is {score.psi:.3f}, above {rule.threshold}, "
+                        f"p={score.p_adjusted:.2g} ({drift_rule.correction}) on {score.count} records"
                     )
-                    breaches[f"{subject}/{feature}"] = (score.psi, message)
+                    breaches[f"{subject}/{feature}"] = Breach(score.psi, message, score.p_adjusted, score.count)
         return breaches
 
     def _offline(self, rule: Rule, now: float) -> Breaches:
@@ -133,7 +152,7 @@ class AlertEvaluator:
                 since = row.last_seen + self.online_timeout_s
             if now - since > rule.threshold and (row.online is False or now - row.last_seen > self.online_timeout_s):
                 minutes = (now - since) / 60
-                breaches[row.device_id] = (minutes, f"device {row.device_id} offline for {minutes:.1f} min")
+                breaches[row.device_id] = Breach(minutes, f"device {row.device_id} offline for {minutes:.1f} min")
         return breaches
 
     def _rollouts(self, rule: Rule, now: float) -> Breaches:
@@ -155,7 +174,7 @@ class AlertEvaluator:
                     f"rollout {row['id']} of {row['model_name']}/{row['model_version']} in group "
                     f"{row['group_name']} {row['state']}: {row['reason']}"
                 )
-                breaches[row["id"]] = (1.0, message)
+                breaches[row["id"]] = Breach(1.0, message)
         return breaches
 
     # -- state changes ------------------------------------------------------------------------------
@@ -170,7 +189,7 @@ class AlertEvaluator:
                 )
             }
         changes = []
-        for subject, (value, message) in breaches.items():
+        for subject, breach in breaches.items():
             if subject in firing:
                 continue
             started = self._pending.setdefault((rule.name, subject), now)
@@ -180,9 +199,11 @@ class AlertEvaluator:
                     "subject": subject,
                     "state": "firing",
                     "severity": rule.severity,
-                    "value": value,
+                    "value": breach.value,
                     "threshold": rule.threshold,
-                    "message": message,
+                    "message": breach.message,
+                    "p_value": breach.p_value,
+                    "records": breach.records,
                     "fired_at": now,
                 }
                 with self.store.begin() as conn:

@@ -24,6 +24,8 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
         "severity": row["severity"],
         "value": row["value"],
         "threshold": row["threshold"],
+        "p_value": row.get("p_value"),
+        "records": row.get("records"),
         "message": row["message"],
         "fired_at": audit.iso(row["fired_at"]),
         "resolved_at": audit.iso(row.get("resolved_at")),

@@ -182,6 +182,8 @@ alerts = sa.Table(
     sa.Column("severity", sa.String(16), nullable=False),
     sa.Column("value", sa.Float),
     sa.Column("threshold", sa.Float),
+    sa.Column("p_value", sa.Float),  # drift alerts: adjusted p-value of the merged counts
+    sa.Column("records", sa.Integer),  # drift alerts: records the decision rests on
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("fired_at", sa.Float, nullable=False),
     sa.Column("resolved_at", sa.Float),
@@ -338,6 +340,11 @@ def _add_missing_columns(conn: Connection, schema: str | None) -> None:
     if "epoch" not in {column["name"] for column in inspector.get_columns("gaps", schema=schema)}:
         table = f'"{schema}".gaps' if schema else "gaps"
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
+    alert_columns = {column["name"] for column in inspector.get_columns("alerts", schema=schema)}
+    for column, kind in (("p_value", "DOUBLE PRECISION"), ("records", "INTEGER")):
+        if column not in alert_columns:
+            table = f'"{schema}".alerts' if schema else "alerts"
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     for keyed in (windows, events):
         if "epoch" not in {column["name"] for column in inspector.get_columns(keyed.name, schema=schema)}:
             _rekey_on_epoch(conn, keyed, schema)
