@@ -1,5 +1,6 @@
 """`edgeloop cloud`: one process with the API and bundle server (uvicorn), the ingest, the rollout
-controller and the alert evaluator (threads), all on one store.
+controller and the alert evaluator (threads), all on one store. Several replicas may share a PostgreSQL
+store: each serves the API and ingests, and only the leader (cloud_sync/leader.py) runs the loops.
 
     service = CloudService(CloudSettings(port=8700, mqtt_url="mqtt://127.0.0.1:1883"))
     service.run()          # until SIGTERM / SIGINT
@@ -21,6 +22,7 @@ from cloud_sync.api.app import create_app
 from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.ingest.subscriber import Ingest
+from cloud_sync.leader import leadership_for
 from cloud_sync.loop.impact import load_value_matrices
 from cloud_sync.rollouts.checks import Limits
 from cloud_sync.rollouts.controller import Rollouts
@@ -107,8 +109,11 @@ class CloudService:
                 s.retrain_tracking_uri,
                 s.retrain_cooldown_s,
             )
+        self.leadership = leadership_for(self.store, s.rollout_tick_s)
         self._stop = threading.Event()
+        self._loops_stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._elector: threading.Thread | None = None
 
     def _prune_feedback_rows(self, stop: threading.Event, interval_s: float) -> None:
         """Bounded retention of the feedback rows devices send (age and count), checked every interval."""
@@ -132,15 +137,13 @@ class CloudService:
         self.publisher.start(wait_s=0)
         self.ingest.start()
         s = self.settings
-        for name, target, args in (
-            ("edgeloop-rollouts", self.rollouts.run, (self._stop, s.rollout_tick_s)),
-            ("edgeloop-alerts", self.alerts.run, (self._stop, s.alert_tick_s)),
-            ("edgeloop-retention", self._prune_feedback_rows, (self._stop, 300.0)),
-            *([("edgeloop-retrain", self.retrains.run, (self._stop, s.retrain_tick_s))] if self.retrains else []),
-        ):
-            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._elector = threading.Thread(
+            target=self.leadership.run,
+            args=(self._stop, self._start_loops, self._stop_loops),
+            name="edgeloop-leader",
+            daemon=True,
+        )
+        self._elector.start()
         if not s.viewer_tokens and not s.operator_tokens:
             log_event(logger, "no API token set: anyone who can reach the port may deploy", level=logging.WARNING)
         log_event(
@@ -153,10 +156,32 @@ class CloudService:
             rules=len(self.rules),
         )
 
+    def _start_loops(self) -> None:
+        """Leadership gained: the controller, alerts, retention and retrain loops start (a fresh stop event)."""
+        s = self.settings
+        self._loops_stop = threading.Event()
+        self._threads = []
+        for name, target, args in (
+            ("edgeloop-rollouts", self.rollouts.run, (self._loops_stop, s.rollout_tick_s)),
+            ("edgeloop-alerts", self.alerts.run, (self._loops_stop, s.alert_tick_s)),
+            ("edgeloop-retention", self._prune_feedback_rows, (self._loops_stop, 300.0)),
+            *([("edgeloop-retrain", self.retrains.run, (self._loops_stop, s.retrain_tick_s))] if self.retrains else []),
+        ):
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _stop_loops(self) -> None:
+        """Leadership lost or the cloud stops: the loops end their current tick and return."""
+        self._loops_stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        self._threads = []
+
     def stop(self) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(5)
+        if self._elector is not None:
+            self._elector.join(40)
         self.ingest.stop()
         self.publisher.stop()
         self.rollouts.aliases.close()
@@ -184,6 +209,8 @@ class CloudService:
             s.score_bundles,
             self.value_matrices,
             s.max_body_bytes,
+            is_leader=self.leadership.is_leader,
+            broker_connected=lambda: self.ingest.connected.is_set() and self.publisher.connected.is_set(),
         )
         return create_app(context, lifespan)
 

@@ -8,7 +8,7 @@ tokens are checked by `api/auth.py`, errors answered as RFC 9457 problems by `ap
 Roles: a viewer token reads (devices, fleet stats, gaps, dead letters, rollouts, alerts, audit, bundles);
 an operator token also acts (upload a bundle, deploy, promote, roll back, acknowledge an alert). No token
 -> 401, a viewer token on an operator route -> 403. With no token configured at all, the API is open (a
-warning is logged). `/bundles/...` (device downloads) and `/healthz` need no token.
+warning is logged). `/bundles/...` (device downloads), `/healthz`, `/readyz` and `/metrics` need no token.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from fastapi import FastAPI
 from cloud_sync.api.auth import Auth
 from cloud_sync.api.context import CloudContext
 from cloud_sync.api.errors import BodyLimit, install_error_handlers
-from cloud_sync.api.routes import alerts, audit, bundles, fleet, loop, rollouts, scoring, service
+from cloud_sync.api.routes import alerts, audit, bundles, fleet, loop, metrics, rollouts, scoring, service
 from cloud_sync.dashboard import routes as dashboard
 
 __all__ = ["create_app"]
 
-ROUTES = (bundles, service, fleet, rollouts, alerts, audit, scoring, loop, dashboard)
+ROUTES = (bundles, service, metrics, fleet, rollouts, alerts, audit, scoring, loop, dashboard)
 """The route modules, in the order their routes are matched."""
 
 

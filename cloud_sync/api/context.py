@@ -3,6 +3,7 @@ caller a token names (`Principal`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,6 +14,11 @@ from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store
 
 __all__ = ["CloudContext", "Principal", "Role"]
+
+
+def _yes() -> bool:
+    return True
+
 
 Role = Literal["viewer", "operator"]
 
@@ -40,3 +46,7 @@ class CloudContext:
     """Business impact: model name -> its cost/benefit matrix (GET /v1/impact)."""
     max_body_bytes: int = 256 * 2**20
     """Largest request body (a bundle upload is the largest); over it -> 413 before it is all read."""
+    is_leader: Callable[[], bool] = field(default=_yes)
+    """True while this replica runs the controller loops (GET /metrics edgeloop_cloud_leader, /readyz)."""
+    broker_connected: Callable[[], bool] = field(default=_yes)
+    """True while the ingest and the publisher are connected to the broker (GET /readyz)."""
