@@ -366,11 +366,19 @@ class Rollouts:
             **(details or {}),
         }
         with self.store.begin() as conn:
-            conn.execute(
-                rollouts.update().where(rollouts.c.id == rollout.id).values(state=state, reason=reason, finished_at=now)
-            )
-            target = f"{rollout.model} in group {rollout.group}"
-            audit.record(conn, actor, action, target=target, reason=reason, details=details, at=now)
+            # Compare-and-set on the state read: of two replicas finishing one rollout (a leader change while a
+            # tick ran, two operators), one changes the row and audits; the other changes nothing.
+            changed = conn.execute(
+                rollouts.update()
+                .where(rollouts.c.id == rollout.id, rollouts.c.state == rollout.state)
+                .values(state=state, reason=reason, finished_at=now)
+            ).rowcount
+            if changed:
+                target = f"{rollout.model} in group {rollout.group}"
+                audit.record(conn, actor, action, target=target, reason=reason, details=details, at=now)
+        if not changed:
+            log_event(logger, "rollout already finished elsewhere", rollout=rollout.id, wanted=state, actor=actor)
+            return self._get(rollout.id)
         level = logging.WARNING if state != "promoted" else logging.INFO
         log_event(logger, f"rollout {state}", level=level, rollout=rollout.id, reason=reason, actor=actor)
         runs = rollout.model_version if state == "promoted" else rollout.previous_version

@@ -58,18 +58,17 @@ class FleetCollector(Collector):
             sa.or_(devices.c.online.is_(None), devices.c.online.is_(True)),
             devices.c.last_seen >= now - self.ctx.online_timeout_s,
         )
-        group = sa.func.coalesce(devices.c.group_name, "")
-        open_gap = (gaps.c.last_missing - gaps.c.first_missing + 1 - gaps.c.filled) > 0
         with self.ctx.store.engine.connect() as conn:
             device_rows = conn.execute(
-                sa.select(group, sa.func.count(), sa.func.sum(sa.case((online, 1), else_=0))).group_by(group)
-            ).all()
-            dead = conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()
-            gap_rows = conn.execute(
-                sa.select(sa.case((open_gap, "open"), else_="filled"), sa.func.count()).group_by(
-                    sa.case((open_gap, "open"), else_="filled")
+                sa.select(devices.c.group_name, sa.func.count(), sa.func.sum(sa.case((online, 1), else_=0))).group_by(
+                    devices.c.group_name
                 )
             ).all()
+            dead = conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()
+            gap_total = conn.execute(sa.select(sa.func.count()).select_from(gaps)).scalar_one()
+            gap_open = conn.execute(
+                sa.select(sa.func.count()).where(gaps.c.last_missing - gaps.c.first_missing + 1 - gaps.c.filled > 0)
+            ).scalar_one()
             rollout_rows = conn.execute(sa.select(rollouts.c.state, sa.func.count()).group_by(rollouts.c.state)).all()
             firing_rows = conn.execute(
                 sa.select(alerts.c.rule, sa.func.count()).where(alerts.c.state == "firing").group_by(alerts.c.rule)
@@ -79,12 +78,12 @@ class FleetCollector(Collector):
             "edgeloop_cloud_devices_online", "Devices online (status online, heard from recently).", labels=["group"]
         )
         for name, total, online_count in device_rows:
-            known.add_metric([name], float(total))
-            up.add_metric([name], float(online_count or 0))
+            known.add_metric([name or ""], float(total))
+            up.add_metric([name or ""], float(online_count or 0))
         yield known
         yield up
         yield GaugeMetricFamily("edgeloop_cloud_dead_letters", "Dead letters in the store.", value=float(dead))
-        by_state: dict[str, int] = {str(state): int(total) for state, total in gap_rows}
+        by_state = {"open": int(gap_open), "filled": int(gap_total) - int(gap_open)}
         gap_family = GaugeMetricFamily("edgeloop_cloud_gaps", "Sequence gaps in the store, open or filled.",
                                        labels=["state"])  # fmt: skip
         for state in ("open", "filled"):

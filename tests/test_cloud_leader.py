@@ -1,0 +1,118 @@
+"""One leader among replicas (issue 17): three real `edgeloop cloud` processes on one PostgreSQL schema and one
+Mosquitto. Exactly one reports itself leader in /metrics; SIGKILL it and another takes over within two controller
+ticks; a leader whose lock connection is cut stops its loops and exactly one leader remains."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from cloud_sync.leader import leader_key
+from cloud_sync.store.db import Store
+from tests.cloud_support import postgres_url, wait_until
+from tests.conftest import Broker
+from tests.fault_helpers import CloudProcess
+
+TICK_S = 0.5
+POLL_SLACK_S = 0.25  # the test's own scrape loop and process scheduling on a shared 2-core box
+
+
+def leader_value(replica: CloudProcess) -> float | None:
+    """edgeloop_cloud_leader of one replica's live /metrics (None when it does not answer)."""
+    try:
+        text = httpx.get(f"{replica.url}/metrics", timeout=2).text
+    except httpx.TransportError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("edgeloop_cloud_leader "):
+            return float(line.split()[1])
+    raise AssertionError(f"{replica.url}/metrics has no edgeloop_cloud_leader")
+
+
+def leaders(replicas: list[CloudProcess]) -> list[CloudProcess]:
+    return [r for r in replicas if leader_value(r) == 1.0]
+
+
+@pytest.fixture()
+def schema() -> Iterator[str]:
+    name = f"edgeloop_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    store = Store(postgres_url(), schema=name)
+    store.drop_all()
+    store.dispose()
+
+
+@pytest.fixture()
+def replicas(tmp_path: Path, broker: Broker, schema: str) -> Iterator[list[CloudProcess]]:
+    (tmp_path / "keys").mkdir()
+    started: list[CloudProcess] = []
+    try:
+        for index in range(3):
+            replica = CloudProcess(
+                tmp_path / f"cloud-{index}",
+                broker.url,
+                tmp_path / "keys",
+                store_schema=schema,
+                rollout_tick_s=TICK_S,
+                ingest_client_id=f"edgeloop-cloud-ingest-{index}",
+                ingest_share_group="edgeloop-ingest",
+            )
+            replica.args[replica.args.index("--store-url") + 1] = postgres_url()
+            replica.args[replica.args.index("--bundles-dir") + 1] = str(tmp_path / "bundles")  # one shared volume
+            started.append(replica.start())
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def test_exactly_one_leader_and_a_killed_leader_is_replaced_within_two_ticks(replicas: list[CloudProcess]) -> None:
+    wait_until(lambda: len(leaders(replicas)) == 1, timeout=10, what="one leader")
+    for _ in range(4):  # it stays one over several ticks, and every replica answers /metrics
+        assert [leader_value(r) for r in replicas].count(1.0) == 1
+        assert None not in [leader_value(r) for r in replicas]
+        time.sleep(TICK_S / 2)
+    (first,) = leaders(replicas)
+    survivors = [r for r in replicas if r is not first]
+
+    first.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: len(leaders(survivors)) == 1, timeout=10, what="a new leader")
+    takeover_s = time.monotonic() - killed_at
+    print(f"takeover after SIGKILL: {takeover_s:.2f} s (tick {TICK_S} s)")
+    assert takeover_s <= 2 * TICK_S + POLL_SLACK_S, f"took {takeover_s:.2f} s, more than two ticks of {TICK_S} s"
+    for _ in range(4):
+        assert [leader_value(r) for r in survivors].count(1.0) == 1
+        time.sleep(TICK_S / 2)
+
+
+def test_a_leader_that_loses_its_lock_connection_stops_and_one_leader_remains(
+    replicas: list[CloudProcess], schema: str
+) -> None:
+    wait_until(lambda: len(leaders(replicas)) == 1, timeout=10, what="one leader")
+    (first,) = leaders(replicas)
+    key = leader_key(schema)
+    engine = sa.create_engine(postgres_url())
+    try:
+        with engine.begin() as conn:  # what a network cut or a DBA's pg_terminate_backend does to the leader
+            terminated = conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND objsubid = 1 AND classid::bigint = :high AND objid::bigint = :low"
+                ),
+                {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+            ).all()
+        assert terminated == [(True,)], terminated
+    finally:
+        engine.dispose()
+    wait_until(lambda: "leadership lost: loops stopped" in first.log.read_text(), timeout=5, what="loss noticed")
+    wait_until(lambda: len(leaders(replicas)) == 1, timeout=5, what="one leader again")
+    for _ in range(4):
+        assert [leader_value(r) for r in replicas].count(1.0) == 1
+        time.sleep(TICK_S / 2)
