@@ -1,20 +1,33 @@
 """Drift decided on effect AND evidence (contracts.drift_stats, score_drift): the chi-square survival function
 against scipy, pooling of sparse bins, Holm / Benjamini-Hochberg against statsmodels' definitions, and the
 demo's real-looking cases: v2's reference built from the original readings plus gw-3's drifted feedback rows
-(firmware v2.1-beta about 6 %), scored on device windows of the sizes the demo produces."""
+(firmware v2.1-beta about 6 %), scored on device windows of the sizes the demo produces; and the feature-drift
+alert on a real store and bundle registry."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from cloud_sync.alerts.evaluator import AlertEvaluator
+from cloud_sync.alerts.queries import alert_list
+from cloud_sync.alerts.rules import Rule
+from cloud_sync.fleet.simulator import iso_utc
+from cloud_sync.ingest.writer import Incoming, IngestWriter
+from cloud_sync.store.bundles import BundleRegistry
 from contracts.bundle import load_bundle
 from contracts.drift import bin_counts, categorical_profile, numeric_profile
-from contracts.drift_stats import adjust_p_values, chi2_sf, gamma_q, goodness_of_fit, pool_bins
+from contracts.drift_stats import DriftRule, adjust_p_values, chi2_sf, gamma_q, goodness_of_fit, pool_bins
 from contracts.manifest import CategoricalProfile, Manifest, NumericProfile
-from contracts.telemetry import CategoricalCounts, NumericCounts, WindowCounts, score_drift
+from contracts.signing import load_public_key
+from contracts.telemetry import CategoricalCounts, NumericCounts, TelemetryWindow, WindowCounts, score_drift
+from contracts.topics import device_topic
+from tests.cloud_support import make_store
 from trainer.sample_data import make_machines
 
 NUMERIC = ["temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "power_kw", "hours_since_service"]
@@ -91,20 +104,18 @@ def v2_manifest(rf_bundle) -> Manifest:
 
 
 def _window(manifest: Manifest, frame: pd.DataFrame) -> WindowCounts:
-    counts = WindowCounts()
-    for name in NUMERIC:
-        reference = manifest.reference_profile[name]
-        assert isinstance(reference, NumericProfile)
-        bins, missing = bin_counts(np.asarray(reference.bin_edges), frame[name].to_numpy(dtype=float))
-        counts.features[name] = NumericCounts(bins=[int(b) for b in bins], missing=missing)
-    for name in CATEGORICAL:
-        reference = manifest.reference_profile[name]
-        assert isinstance(reference, CategoricalProfile)
-        values = frame[name].dropna().astype(str)
-        known = values.where(values.isin(list(reference.frequencies)), "__unseen__")
-        counts.features[name] = CategoricalCounts(
-            counts={str(k): int(v) for k, v in known.value_counts().items()}, missing=int(frame[name].isna().sum())
-        )
+    """The counts a device would report for these readings, on the manifest's reference bins."""
+    counts = WindowCounts(records=len(frame), requests=len(frame))
+    for name, reference in manifest.reference_profile.items():
+        if isinstance(reference, NumericProfile):
+            bins, missing = bin_counts(np.asarray(reference.bin_edges), frame[name].to_numpy(dtype=float))
+            counts.features[name] = NumericCounts(bins=[int(b) for b in bins], missing=missing)
+        else:
+            values = frame[name].dropna().astype(str)
+            known = values.where(values.isin(list(reference.frequencies)), "__unseen__")
+            counts.features[name] = CategoricalCounts(
+                counts={str(k): int(v) for k, v in known.value_counts().items()}, missing=int(frame[name].isna().sum())
+            )
     return counts
 
 
@@ -177,3 +188,47 @@ def test_a_significant_but_tiny_effect_does_not_fire(v2_manifest: Manifest) -> N
     rpm = scores["rpm"]
     assert rpm.p_adjusted is not None and rpm.p_adjusted < 1e-6 and rpm.psi < 0.25
     assert not rpm.drifted
+
+
+# -- the feature-drift alert on a real store -------------------------------------------------------------------
+
+
+def test_the_drift_alert_fires_on_evidence_and_carries_p_value_and_records(rf_bundle, tmp_path: Path) -> None:
+    registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
+    manifest = registry.add(rf_bundle.bundle).manifest
+    now = time.time()
+    # the first healthy 40-record window on which PSI alone would call a feature drifting
+    small = next(
+        frame
+        for frame in (make_machines(40, seed=900 + seed) for seed in range(50))
+        if any(score.psi > 0.25 for score in score_drift(_window(manifest, frame), manifest)[0].values())
+    )
+    new_firmware = make_machines(120, seed=901)
+    new_firmware.loc[new_firmware.index[:36], "firmware"] = "v3.0-rc"
+    rule = Rule(name="feature-drift", kind="psi_above", threshold=0.25, window=3600, min_samples=20)
+    with make_store("sqlite", tmp_path) as store:
+        writer = IngestWriter(store)
+        for seq, (device, frame) in enumerate([("d-small", small), ("d-new", new_firmware)], start=1):
+            counts = _window(manifest, frame)
+            window = TelemetryWindow(
+                **counts.model_dump(),
+                device_id=device,
+                group="g",
+                seq=seq,
+                window_start=iso_utc(now - 70),
+                window_end=iso_utc(now - 10),
+                agent_version="test",
+                model_name=manifest.name,
+                model_version=manifest.version,
+            )
+            writer.write([Incoming(device_topic(device, "telemetry"), window.model_dump_json().encode(), now - 10)])
+        fired = AlertEvaluator(store, registry, [rule], drift_rule=DriftRule(alpha=0.01)).evaluate(now=now)
+        assert [alert["subject"] for alert in fired] == ["d-new/firmware"], fired
+        alert = fired[0]
+        assert (
+            alert["value"] > 0.25
+            and alert["p_value"] < 1e-6
+            and alert["records"] == 120 - int(new_firmware["firmware"].isna().sum())
+        )
+        assert f"on {alert['records']} records" in alert["message"]
+        assert alert_list(store, "firing")[0]["p_value"] == pytest.approx(alert["p_value"])
