@@ -519,7 +519,7 @@ class Demo:
             self.say(
                 f"  {row['device_id']}: {'online' if row['online'] else 'offline'}, {row['model_name']} "
                 f"v{row['model_version']}, {row['windows']} windows, {row['requests']} requests, worst PSI "
-                + (f"{drift['psi']:.3f} on {drift['feature']} ({drift['band']})" if drift else "-")
+                + (f"{drift['psi']:.3f} on {drift['feature']} ({_evidence(drift)})" if drift else "-")
             )
         for rollout in summary.get("rollouts", [])[:1]:
             self.say(f"  rollout {rollout['id']}: {rollout['model']} ({rollout['mode']}) {rollout['state']}")
@@ -590,3 +590,11 @@ def _agent_telemetry_flag() -> str | None:
         if flag + " " in result.stdout:
             return flag
     return None
+
+
+def _evidence(drift: dict[str, Any]) -> str:
+    """`significant, p=3e-12 on 420 records: drifted` (docs/loop.md: effect and evidence)."""
+    if drift.get("p_value") is None:
+        return f"{drift['band']}, too few records to test"
+    verdict = "drifted" if drift.get("drifted") else "not drifted"
+    return f"{drift['band']}, p={drift['p_value']:.2g} on {drift['count']} records: {verdict}"

@@ -200,6 +200,9 @@ def _check_fleet_page(page: Any, cloud: RunningCloud, devices: list[SimDevice]) 
     assert "alert-warning" in (drifted.get_attribute("class") or "")
     assert drifted.locator(".drift .band-significant").count() == 1
     assert page.locator("tr[data-device='gw-1'] .drift .band-significant").count() == 0
+    assert drifted.locator(".drift .drifted").count() == 1  # effect and evidence (p-value, records) shown
+    assert "p " in drifted.locator(".drift").inner_text()
+    assert page.locator("tr[data-device='gw-1'] .drift .drifted").count() == 0
     page.screenshot(path=str(SCREENSHOTS / "fleet.png"), full_page=True)
 
     # Live: a new window for gw-1 shows up without a reload.

@@ -97,9 +97,10 @@ def test_demo_fleet_drifts_fires_the_alert_and_starts_a_retrain(tmp_path: Path) 
         assert row["model_version"] == 1, (name, row)
     drifted = devices["gw-3"]["worst_drift"]
     assert drifted is not None and drifted["psi"] > 0.25 and drifted["band"] == "significant", drifted
+    assert drifted["drifted"] is True and drifted["p_value"] < 0.01 and drifted["count"] > 0, drifted
     for name in ("gw-1", "gw-2"):
         worst = devices[name]["worst_drift"]
-        assert worst is None or worst["psi"] < 0.25, (name, worst)
+        assert worst is None or (worst["psi"] < 0.25 and not worst["drifted"]), (name, worst)
     assert summary["agents"]["gw-3"]["feedback"] > 100 and summary["agents"]["gw-1"]["feedback"] == 0
     # The drift alert fired on gw-3, and the cloud started the policy's retrain on its own.
     assert summary["loop"]["alert"]["rule"] == "feature-drift", summary["loop"]

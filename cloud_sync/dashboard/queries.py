@@ -82,7 +82,7 @@ def overview(
         current = _latest_version(records)
         manifest = registry.manifest(current[0].model_name, current[0].model_version) if current else None
         drift = _drift(merge_counts(r.counts for r in current), manifest)
-        worst = max(drift.items(), key=lambda item: item[1]["psi"], default=None)
+        worst = max(drift.items(), key=lambda item: (bool(item[1]["drifted"]), item[1]["psi"]), default=None)
         alerts = firing.get(device["device_id"], [])
         severity = max((a["severity"] for a in alerts), key=lambda s: _SEVERITY.get(s, 0), default=None)
         errors = sum(merged.errors.values())
@@ -98,7 +98,16 @@ def overview(
                 "accuracy": merged.accuracy,
                 "feedback": merged.feedback_count,
                 "worst_drift": (
-                    {"feature": worst[0], "psi": worst[1]["psi"], "band": worst[1]["band"]} if worst else None
+                    {
+                        "feature": worst[0],
+                        "psi": worst[1]["psi"],
+                        "band": worst[1]["band"],
+                        "p_value": worst[1]["p_adjusted"],
+                        "drifted": worst[1]["drifted"],
+                        "count": worst[1]["count"],
+                    }
+                    if worst
+                    else None
                 ),
                 "alerts": [{"id": a["id"], "rule": a["rule"], "severity": a["severity"]} for a in alerts],
                 "alert_severity": severity,

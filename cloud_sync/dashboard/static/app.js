@@ -130,19 +130,28 @@ function periodSelect(id, value, options) {
     "</select>";
 }
 
+// Drift is decided on effect and evidence (docs/loop.md): the PSI badge, then the adjusted p-value and records.
+function driftEvidence(w) {
+  if (w.p_value === null || w.p_value === undefined) return ` <span class="muted">too few records to test</span>`;
+  const p = w.p_value < 1e-4 ? "<1e-4" : Number(w.p_value).toPrecision(2);
+  const verdict = w.drifted ? badge("drifted", "drifted") : `<span class="muted">not drifted</span>`;
+  return ` <span class="muted" title="chi-square p-value, adjusted across features">p ${p}, n ${w.count}</span> ${verdict}`;
+}
+
 async function renderFleet(liveUpdate) {
   const query = new URLSearchParams({ since: state.period });
   if (state.group) query.set("group", state.group);
   const data = await api("/v1/dashboard/overview?" + query);
   const rows = data.devices;
   const online = rows.filter((d) => d.online).length;
-  const drifting = rows.filter((d) => d.worst_drift && d.worst_drift.band === "significant").length;
+  const drifting = rows.filter((d) => d.worst_drift && d.worst_drift.drifted).length;
   const firing = rows.reduce((n, d) => n + d.alerts.length, 0);
   const groups = ['<option value="">all groups</option>'].concat(data.groups.map(
     (g) => `<option ${g === state.group ? "selected" : ""} value="${esc(g)}">${esc(g)}</option>`));
   const body = rows.map((d) => {
     const drift = d.worst_drift
-      ? `${esc(d.worst_drift.feature)} ${badge(num(d.worst_drift.psi, 3), "band-" + d.worst_drift.band)}` : "–";
+      ? `${esc(d.worst_drift.feature)} ${badge(num(d.worst_drift.psi, 3), "band-" + d.worst_drift.band)}${driftEvidence(d.worst_drift)}`
+      : "–";
     const alerts = d.alerts.map((a) => badge(a.rule, "sev-" + a.severity)).join(" ") || "–";
     const previous = state.lastRows[d.device_id];
     const changed = liveUpdate && previous !== undefined && previous !== d.windows + ":" + d.last_seen;
