@@ -1,9 +1,11 @@
 """One leader among replicas (issue 17): three real `edgeloop cloud` processes on one PostgreSQL schema and one
 Mosquitto. Exactly one reports itself leader in /metrics; SIGKILL it and another takes over within two controller
-ticks; a leader whose lock connection is cut stops its loops and exactly one leader remains."""
+ticks; a leader whose lock connection is cut stops its loops and exactly one leader remains; a leader killed
+during a canary's soak: the new leader promotes it exactly once (one promote audited, each device applies v2 once)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,13 +15,16 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from cloud_sync.fleet.simulator import SimDevice
 from cloud_sync.leader import leader_key
+from cloud_sync.store.bundles import bundle_tar
 from cloud_sync.store.db import Store
 from tests.cloud_support import postgres_url, wait_until
-from tests.conftest import Broker
+from tests.conftest import Broker, TrainedBundle
 from tests.fault_helpers import CloudProcess
 
 TICK_S = 0.5
+TOKEN = "leader-secret"
 POLL_SLACK_S = 0.25  # the test's own scrape loop and process scheduling on a shared 2-core box
 
 
@@ -116,3 +121,63 @@ def test_a_leader_that_loses_its_lock_connection_stops_and_one_leader_remains(
     for _ in range(4):
         assert [leader_value(r) for r in replicas].count(1.0) == 1
         time.sleep(TICK_S / 2)
+
+
+def test_leader_killed_during_a_soak_promotes_exactly_once(
+    tmp_path: Path, broker: Broker, schema: str, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> None:
+    started: list[CloudProcess] = []
+    devices = [SimDevice(f"dev-l{i}", "line-l", broker.host, broker.port) for i in range(1, 4)]
+    try:
+        for index in range(3):
+            replica = CloudProcess(
+                tmp_path / f"cloud-{index}",
+                broker.url,
+                rf_bundle.keys_dir,
+                store_schema=schema,
+                rollout_tick_s=TICK_S,
+                ingest_client_id=f"edgeloop-cloud-ingest-{index}",
+                ingest_share_group="edgeloop-ingest",
+                operator_tokens=json.dumps([f"ops:{TOKEN}"]),
+            )
+            replica.args[replica.args.index("--store-url") + 1] = postgres_url()
+            replica.args[replica.args.index("--bundles-dir") + 1] = str(tmp_path / "bundles")
+            started.append(replica.start())
+        for device in devices:
+            device.start()
+        api = httpx.Client(base_url=started[1].url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20)
+        wait_until(lambda: len(api.get("/v1/devices?group=line-l").json()) == 3, what="devices known")
+        for bundle in (rf_bundle, logreg_bundle_v2):
+            assert api.put("/v1/bundles", content=bundle_tar(bundle.bundle)).status_code == 201
+        first = {"model_name": "machine-failure", "model_version": 1, "group": "line-l", "canary": "0"}
+        assert api.post("/v1/rollouts", json=first).json()["state"] == "promoted"
+        assert all(device.wait_for(1) for device in devices)
+
+        wait_until(lambda: len(leaders(started)) == 1, timeout=10, what="one leader")
+        (leader,) = leaders(started)
+        second = {
+            "model_name": "machine-failure",
+            "model_version": 2,
+            "group": "line-l",
+            "canary": "dev-l1",
+            "soak_minutes": 0.07,
+        }  # fmt: skip  (a 4.2 s soak)
+        rollout_id = api.post("/v1/rollouts", json=second).json()["id"]
+        wait_until(lambda: api.get(f"/v1/rollouts/{rollout_id}").json()["state"] == "soaking", what="soaking")
+        leader.kill()
+        assert api.get(f"/v1/rollouts/{rollout_id}").json()["state"] == "soaking"  # killed during the soak
+        survivors = [r for r in started if r is not leader]
+        wait_until(lambda: len(leaders(survivors)) == 1, timeout=5, what="a new leader")
+        wait_until(lambda: api.get(f"/v1/rollouts/{rollout_id}").json()["state"] == "promoted", timeout=30,
+                   what="promoted by the new leader")  # fmt: skip
+        assert all(device.wait_for(2) for device in devices)
+        time.sleep(3 * TICK_S)  # a late second promote would show up by now
+        audit = [row for row in api.get("/v1/audit").json() if row["details"].get("rollout_id") == rollout_id]
+        assert [row["action"] for row in audit].count("promote") == 1, audit
+        for device in devices:  # each device got v2 once: no second desired state made it apply twice
+            assert [model for model in device.history if model[1] == 2] == [("machine-failure", 2)], device.history
+    finally:
+        for device in devices:
+            device.stop()
+        for replica in started:
+            replica.stop()
