@@ -160,7 +160,8 @@ def test_deploy_canary_promote_then_a_broken_version_rolls_back(
     _wait_versions(agents, 1)
 
     # v2: the canary first; the other device stays on v1 while the canary soaks; then the group.
-    # A 6 s soak: the checks below (two CLI processes) must run inside it on a loaded 2-core machine (3 s was not enough).
+    # A 6 s soak: the checks below (two CLI processes) must run inside it on a loaded 2-core machine
+    # (3 s was not enough).
     out = cli.run("deploy", str(logreg_bundle_v2.bundle), "--group", GROUP, "--canary", CANARY, "--soak", "0.1").stdout
     assert "machine-failure/2" in out and "previous version 1" in out and "state canary" in out, out
     soaking = cli.wait_rollout(("soaking", "promoted", "rolled_back"))
