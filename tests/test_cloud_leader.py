@@ -1,11 +1,12 @@
 """One leader among replicas (issue 17): three real `edgeloop cloud` processes on one PostgreSQL schema and one
 Mosquitto. Exactly one reports itself leader in /metrics; SIGKILL it and another takes over within two controller
 ticks; a leader whose lock connection is cut stops its loops and exactly one leader remains; a leader killed
-during a canary's soak: the new leader promotes it exactly once (one promote audited, each device applies v2 once)."""
+during a canary's soak: the new leader promotes it exactly once (one promote audited, each device applies v2 once) and no telemetry window is lost or stored twice."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,11 +16,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from cloud_sync.fleet.simulator import SimDevice
+from cloud_sync.fleet.simulator import SimDevice, make_window
 from cloud_sync.leader import leader_key
 from cloud_sync.store.bundles import bundle_tar
-from cloud_sync.store.db import Store
-from tests.cloud_support import postgres_url, wait_until
+from cloud_sync.store.db import Store, windows
+from tests.cloud_support import count, postgres_url, wait_until
 from tests.conftest import Broker, TrainedBundle
 from tests.fault_helpers import CloudProcess
 
@@ -38,6 +39,19 @@ def leader_value(replica: CloudProcess) -> float | None:
         if line.startswith("edgeloop_cloud_leader "):
             return float(line.split()[1])
     raise AssertionError(f"{replica.url}/metrics has no edgeloop_cloud_leader")
+
+
+def client_of(replica: CloudProcess) -> httpx.Client:
+    return httpx.Client(base_url=replica.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20)
+
+
+def send_windows(devices: list[SimDevice], stop: threading.Event) -> None:
+    while not stop.is_set():
+        for device in devices:
+            device.telemetry_seq += 1
+            seq = device.telemetry_seq
+            device.publish_window(make_window(device.device_id, device.group, seq, time.time(), seconds=0.05))
+        stop.wait(0.05)
 
 
 def leaders(replicas: list[CloudProcess]) -> list[CloudProcess]:
@@ -145,7 +159,7 @@ def test_leader_killed_during_a_soak_promotes_exactly_once(
             started.append(replica.start())
         for device in devices:
             device.start()
-        api = httpx.Client(base_url=started[1].url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20)
+        api = client_of(started[1])
         wait_until(lambda: len(api.get("/v1/devices?group=line-l").json()) == 3, what="devices known")
         for bundle in (rf_bundle, logreg_bundle_v2):
             assert api.put("/v1/bundles", content=bundle_tar(bundle.bundle)).status_code == 201
@@ -163,7 +177,12 @@ def test_leader_killed_during_a_soak_promotes_exactly_once(
             "soak_minutes": 0.07,
         }  # fmt: skip  (a 4.2 s soak)
         rollout_id = api.post("/v1/rollouts", json=second).json()["id"]
+        api = client_of(next(r for r in started if r is not leader))  # a replica that stays up
         wait_until(lambda: api.get(f"/v1/rollouts/{rollout_id}").json()["state"] == "soaking", what="soaking")
+        sending = threading.Event()
+        sender = threading.Thread(target=send_windows, args=(devices, sending), daemon=True)
+        sender.start()  # telemetry all through the failover: 3 devices, a window each per 50 ms
+        time.sleep(0.5)
         leader.kill()
         assert api.get(f"/v1/rollouts/{rollout_id}").json()["state"] == "soaking"  # killed during the soak
         survivors = [r for r in started if r is not leader]
@@ -172,10 +191,30 @@ def test_leader_killed_during_a_soak_promotes_exactly_once(
                    what="promoted by the new leader")  # fmt: skip
         assert all(device.wait_for(2) for device in devices)
         time.sleep(3 * TICK_S)  # a late second promote would show up by now
+        sending.set()
+        sender.join(5)
         audit = [row for row in api.get("/v1/audit").json() if row["details"].get("rollout_id") == rollout_id]
         assert [row["action"] for row in audit].count("promote") == 1, audit
         for device in devices:  # each device got v2 once: no second desired state made it apply twice
             assert [model for model in device.history if model[1] == 2] == [("machine-failure", 2)], device.history
+
+        # Windows the broker had handed to the killed replica's persistent session wait there until it comes
+        # back (Mosquitto keeps them for that client id); restarted like an orchestrator would, it stores them.
+        leader.start()
+        sent = sum(device.telemetry_seq for device in devices)
+        store = Store(postgres_url(), schema=schema)
+        try:
+            wait_until(lambda: count(store, windows) == sent, timeout=20, what=f"all {sent} windows stored")
+            with store.engine.connect() as conn:
+                distinct = conn.execute(
+                    sa.select(sa.func.count()).select_from(
+                        sa.select(windows.c.device_id, windows.c.seq).distinct().subquery()
+                    )
+                ).scalar_one()
+            assert distinct == sent  # none lost, none stored twice
+        finally:
+            store.dispose()
+        print(f"windows sent through the failover: {sent}, stored: {sent}")
     finally:
         for device in devices:
             device.stop()
