@@ -1,7 +1,8 @@
 """One leader among replicas (issue 17): three real `edgeloop cloud` processes on one PostgreSQL schema and one
 Mosquitto. Exactly one reports itself leader in /metrics; SIGKILL it and another takes over within two controller
 ticks; a leader whose lock connection is cut stops its loops and exactly one leader remains; a leader killed
-during a canary's soak: the new leader promotes it exactly once (one promote audited, each device applies v2 once) and no telemetry window is lost or stored twice."""
+during a canary's soak: the new leader promotes it exactly once (one promote audited, each device applies v2 once)
+and no telemetry window is lost or stored twice."""
 
 from __future__ import annotations
 
