@@ -10,6 +10,8 @@ Names follow the usual conventions so common dashboards work:
     edgeloop_model_updates_total{outcome}        deployed, rolled_back, unchanged, rejected
     edgeloop_runtime_info{runtime}               1 for the runtime that serves models: onnxruntime or numpy
     edgeloop_feature_psi{feature}                PSI of each feature over the last telemetry window
+    edgeloop_feature_drift_p_value{feature}      its chi-square p-value, adjusted across features (1 = too few records)
+    edgeloop_feature_drifted{feature}            1 when PSI >= psi_significant and that p-value < drift_alpha
     edgeloop_prediction_psi                      PSI of the predicted classes over the last window
     edgeloop_feedback_accuracy                   accuracy over the feedback of the last window (when any)
     edgeloop_outbox_pending_messages             messages in the on-disk outbox, not yet delivered
@@ -79,6 +81,18 @@ class AgentMetrics:
             "edgeloop_feature_psi", "PSI of each feature over the last telemetry window.", ["feature"],
             registry=self.registry,
         )  # fmt: skip
+        self.feature_p_value = Gauge(
+            "edgeloop_feature_drift_p_value",
+            "Chi-square p-value of each feature over the last window, adjusted across features (1: too few records).",
+            ["feature"],
+            registry=self.registry,
+        )
+        self.feature_drifted = Gauge(
+            "edgeloop_feature_drifted",
+            "1 when the feature drifted over the last window: PSI >= psi_significant and p-value < drift_alpha.",
+            ["feature"],
+            registry=self.registry,
+        )
         self.prediction_psi = Gauge(
             "edgeloop_prediction_psi", "PSI of the predicted classes over the last window.", registry=self.registry
         )
@@ -112,6 +126,8 @@ class AgentMetrics:
     def observe_window(self, drift: dict[str, DriftScore], prediction: DriftScore | None, counts: WindowCounts) -> None:
         for feature, score in drift.items():
             self.feature_psi.labels(feature).set(score.psi)
+            self.feature_p_value.labels(feature).set(1.0 if score.p_adjusted is None else score.p_adjusted)
+            self.feature_drifted.labels(feature).set(1 if score.drifted else 0)
         if prediction is not None:
             self.prediction_psi.set(prediction.psi)
         if counts.accuracy is not None:

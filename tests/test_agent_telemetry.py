@@ -64,6 +64,7 @@ def test_windows_are_readable_and_show_drift_only_after_drifted_traffic(
         assert calm["schema_version"] == "v1" and calm["model_name"] == "machine-failure"
         assert calm["records"] == 1200 and calm["requests"] == 12
         assert max(score["psi"] for score in calm["drift"].values()) < 0.1
+        assert not any(score["drifted"] for score in calm["drift"].values()), calm["drift"]
         assert calm["resources"]["rss_bytes"] > 0 and calm["resources"]["disk_free_bytes"] > 0
 
         drifted = records(1200, seed=12, drift=True)
@@ -74,9 +75,14 @@ def test_windows_are_readable_and_show_drift_only_after_drifted_traffic(
         bands = {name: score["band"] for name, score in window["drift"].items()}
         assert bands["temperature_c"] == "significant" and bands["firmware"] == "significant"
         assert bands["site"] == "stable" and bands["rpm"] == "stable"
+        verdicts = {name: score["drifted"] for name, score in window["drift"].items()}
+        assert verdicts["temperature_c"] and verdicts["firmware"] and not verdicts["site"] and not verdicts["rpm"]
+        assert window["drift"]["temperature_c"]["p_adjusted"] < 1e-6 and window["drift"]["temperature_c"]["count"] > 0
         assert window["features"]["firmware"]["counts"]["__unseen__"] > 0
         metrics = agent.client.get("/metrics").text
         assert 'edgeloop_feature_psi{feature="temperature_c"}' in metrics
+        assert 'edgeloop_feature_drifted{feature="temperature_c"} 1.0' in metrics
+        assert 'edgeloop_feature_drifted{feature="site"} 0.0' in metrics
     finally:
         agent.stop()
 
