@@ -75,6 +75,7 @@ class CloudService:
             s.rollout_max_psi,
             s.rollout_max_accuracy_drop,
             s.rollout_min_samples,
+            DriftRule(alpha=s.drift_alpha, min_expected=s.drift_min_expected, correction=s.drift_correction),
         )
         self.rollouts = Rollouts(
             self.store,

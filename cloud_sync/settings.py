@@ -79,7 +79,8 @@ class CloudSettings(EdgeloopSettings):
     rollout_max_p99_s: float = Field(default=0.25, gt=0)
     """Roll back when the canary's p99 latency (merged histograms) exceeds this many seconds."""
     rollout_max_psi: float = Field(default=0.25, gt=0)
-    """Roll back when any feature's PSI on the canary (merged counts) exceeds this."""
+    """Roll back when any feature's PSI on the canary (merged counts) exceeds this and the chi-square test of
+    those counts says drifted (drift_alpha, docs/loop.md)."""
     rollout_max_accuracy_drop: float = Field(default=0.05, ge=0)
     """Roll back when the canary's accuracy is lower than the previous version's (rest of the group, same
     period) by more than this."""

@@ -19,6 +19,8 @@ from cloud_sync.alerts.queries import alert_list
 from cloud_sync.alerts.rules import Rule
 from cloud_sync.fleet.simulator import iso_utc
 from cloud_sync.ingest.writer import Incoming, IngestWriter
+from cloud_sync.rollouts.checks import Limits, check_canary
+from cloud_sync.rollouts.model import Rollout
 from cloud_sync.store.bundles import BundleRegistry
 from contracts.bundle import load_bundle
 from contracts.drift import bin_counts, categorical_profile, numeric_profile
@@ -193,35 +195,48 @@ def test_a_significant_but_tiny_effect_does_not_fire(v2_manifest: Manifest) -> N
 # -- the feature-drift alert on a real store -------------------------------------------------------------------
 
 
-def test_the_drift_alert_fires_on_evidence_and_carries_p_value_and_records(rf_bundle, tmp_path: Path) -> None:
-    registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
-    manifest = registry.add(rf_bundle.bundle).manifest
-    now = time.time()
-    # the first healthy 40-record window on which PSI alone would call a feature drifting
-    small = next(
+def _store_window(
+    writer: IngestWriter, manifest: Manifest, device: str, frame: pd.DataFrame, *, seq: int, at: float
+) -> None:
+    window = TelemetryWindow(
+        **_window(manifest, frame).model_dump(),
+        device_id=device,
+        group="g",
+        seq=seq,
+        window_start=iso_utc(at - 60),
+        window_end=iso_utc(at),
+        agent_version="test",
+        model_name=manifest.name,
+        model_version=manifest.version,
+    )
+    writer.write([Incoming(device_topic(device, "telemetry"), window.model_dump_json().encode(), at)])
+
+
+def _noisy_small_window(manifest: Manifest) -> pd.DataFrame:
+    """The first healthy 40-record window on which PSI alone would call a feature drifting."""
+    return next(
         frame
         for frame in (make_machines(40, seed=900 + seed) for seed in range(50))
         if any(score.psi > 0.25 for score in score_drift(_window(manifest, frame), manifest)[0].values())
     )
-    new_firmware = make_machines(120, seed=901)
-    new_firmware.loc[new_firmware.index[:36], "firmware"] = "v3.0-rc"
+
+
+def _new_firmware(records: int, seed: int) -> pd.DataFrame:
+    frame = make_machines(records, seed=seed)
+    frame.loc[frame.index[: int(records * 0.3)], "firmware"] = "v3.0-rc"
+    return frame
+
+
+def test_the_drift_alert_fires_on_evidence_and_carries_p_value_and_records(rf_bundle, tmp_path: Path) -> None:
+    registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
+    manifest = registry.add(rf_bundle.bundle).manifest
+    now = time.time()
+    small, new_firmware = _noisy_small_window(manifest), _new_firmware(120, seed=901)
     rule = Rule(name="feature-drift", kind="psi_above", threshold=0.25, window=3600, min_samples=20)
     with make_store("sqlite", tmp_path) as store:
         writer = IngestWriter(store)
         for seq, (device, frame) in enumerate([("d-small", small), ("d-new", new_firmware)], start=1):
-            counts = _window(manifest, frame)
-            window = TelemetryWindow(
-                **counts.model_dump(),
-                device_id=device,
-                group="g",
-                seq=seq,
-                window_start=iso_utc(now - 70),
-                window_end=iso_utc(now - 10),
-                agent_version="test",
-                model_name=manifest.name,
-                model_version=manifest.version,
-            )
-            writer.write([Incoming(device_topic(device, "telemetry"), window.model_dump_json().encode(), now - 10)])
+            _store_window(writer, manifest, device, frame, seq=seq, at=now - 10)
         fired = AlertEvaluator(store, registry, [rule], drift_rule=DriftRule(alpha=0.01)).evaluate(now=now)
         assert [alert["subject"] for alert in fired] == ["d-new/firmware"], fired
         alert = fired[0]
@@ -232,3 +247,25 @@ def test_the_drift_alert_fires_on_evidence_and_carries_p_value_and_records(rf_bu
         )
         assert f"on {alert['records']} records" in alert["message"]
         assert alert_list(store, "firing")[0]["p_value"] == pytest.approx(alert["p_value"])
+
+
+def test_a_canary_rolls_back_on_drift_with_evidence_not_on_a_small_window(rf_bundle, tmp_path: Path) -> None:
+    registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
+    manifest = registry.add(rf_bundle.bundle).manifest
+    now = time.time()
+    limits = Limits(min_samples=30, drift=DriftRule(alpha=0.01))
+
+    def rollout(canary: str) -> Rollout:
+        return Rollout(
+            id=f"r-{canary}", group="g", model_name=manifest.name, model_version=manifest.version,
+            previous_version=None, canary=(canary,), soak_s=600, state="soaking", reason=None, actor="test",
+            created_at=now - 120,
+        )  # fmt: skip
+
+    with make_store("sqlite", tmp_path) as store:
+        writer = IngestWriter(store)
+        _store_window(writer, manifest, "c-small", _noisy_small_window(manifest), seq=1, at=now - 10)
+        _store_window(writer, manifest, "c-new", _new_firmware(150, seed=902), seq=1, at=now - 10)
+        assert check_canary(store, registry, rollout("c-small"), now=now, limits=limits) is None
+        reason = check_canary(store, registry, rollout("c-new"), now=now, limits=limits)
+        assert reason is not None and reason.startswith("canary drift: PSI of firmware") and "p=" in reason, reason

@@ -2,7 +2,8 @@
 
 `check_canary` returns the first reason to roll back, or None: a canary device rejected the version (load,
 sha256 or golden-sample health check failed), or the canary's merged telemetry on the new version shows an
-error rate, p99 latency or feature drift above the limits, or an accuracy lower than the previous version's
+error rate, p99 latency or feature drift above the limits (drift: PSI above `max_psi` and the chi-square
+evidence of `contracts.drift_stats`), or an accuracy lower than the previous version's
 on the rest of the group over the same period. A check needs `min_samples` observations to count.
 
 `shadow_comparison` measures a shadow canary: the challenger's accuracy (merged `shadow_confusion`) against
@@ -19,7 +20,7 @@ on each arm). Promotion of an A/B challenger stays an operator's decision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from cloud_sync.fleet.stats import load_windows
 from cloud_sync.rollouts.model import Rollout
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, events, windows
+from contracts.drift_stats import DriftRule
 from contracts.telemetry import ArmCounts, WindowCounts, merge_counts, score_drift
 
 __all__ = [
@@ -51,6 +53,8 @@ class Limits:
     max_psi: float = 0.25
     max_accuracy_drop: float = 0.05
     min_samples: int = 50
+    drift: DriftRule = field(default_factory=DriftRule)
+    """The drift decision (docs/loop.md "Drift"); its minimum effect is `max_psi`."""
 
 
 def rejections(store: Store, rollout: Rollout) -> list[tuple[str, str]]:
@@ -87,10 +91,14 @@ def check_canary(store: Store, registry: BundleRegistry, rollout: Rollout, *, no
             return f"canary p99 latency {p99}s is above {limits.max_p99_s}s ({merged.requests} requests)"
     manifest = registry.manifest(name, version)
     if manifest is not None and merged.records >= limits.min_samples:
-        drift, _ = score_drift(merged, manifest, min_count=limits.min_samples)
-        worst = max(drift.items(), key=lambda item: item[1].psi, default=None)
-        if worst is not None and worst[1].psi > limits.max_psi:
-            return f"canary drift: PSI of {worst[0]} is {worst[1].psi:.3f}, above {limits.max_psi}"
+        rule = replace(limits.drift, min_psi=limits.max_psi)
+        drift, _ = score_drift(merged, manifest, min_count=limits.min_samples, rule=rule)
+        worst = max(((f, score) for f, score in drift.items() if score.drifted), key=lambda i: i[1].psi, default=None)
+        if worst is not None:
+            return (
+                f"canary drift: PSI of {worst[0]} is {worst[1].psi:.3f}, above {limits.max_psi}, "
+                f"p={worst[1].p_adjusted:.2g} on {worst[1].count} records"
+            )
     if previous is not None and merged.feedback_count >= limits.min_samples and merged.accuracy is not None:
         others = [
             r
