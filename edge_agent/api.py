@@ -34,7 +34,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts.errors import EdgeloopError, InputError, PayloadTooLarge, SchemaError, Unauthorized
+from contracts.errors import EdgeloopError, InputError, SchemaError, Unauthorized
 from contracts.problem import problem_responses
 from edge_agent.api_errors import install_error_handlers
 from edge_agent.bundle_import import install_bundle_import
@@ -45,7 +45,7 @@ from edge_agent.loaded import PredictionBatch
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics
 from edge_agent.openapi_schema import ERRORS, install_openapi
 from edge_agent.protocol_mlflow import MLFLOW_OPERATIONS, install_mlflow
-from edge_agent.protocol_support import ProtocolContext, add_operations
+from edge_agent.protocol_support import ProtocolContext, add_operations, read_body
 from edge_agent.protocol_v2 import V2_OPERATIONS, install_v2
 from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
@@ -102,20 +102,6 @@ class _MetricsMiddleware:
             model = current.manifest.name if current else ""
             route = _ROUTES.get(scope["path"]) or _route_family(scope["path"])
             self.metrics.observe_request(model, route, status, time.perf_counter() - start)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"request body is {length} bytes, over the limit of {limit} (max_body_bytes)")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (max_body_bytes)")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_records(body: bytes, feature_names: frozenset[str] | set[str], max_batch: int) -> tuple[list[Any], bool]:
@@ -222,7 +208,7 @@ def create_app(
         current = service.current
         if current is None:
             raise ModelNotReady("no model is loaded yet: install one with --bundle or publish a desired state")
-        body = await _read_body(request, max_body)
+        body = await read_body(request, max_body)
         records, batch = parse_records(body, current.feature_names, max_batch)
         key = request.headers.get("x-request-key")  # the A/B split's request key (ignored without a split)
         result: PredictionBatch
@@ -247,7 +233,7 @@ def create_app(
 
     async def feedback(request: Request) -> Response:
         check_auth(request)
-        items, batch = parse_feedback(await _read_body(request, max_body), max_batch)
+        items, batch = parse_feedback(await read_body(request, max_body), max_batch)
         if not batch:
             single = service.feedback_for(items[0][0], items[0][1])
             service.flush_feedback_rows()
@@ -270,7 +256,7 @@ def create_app(
         if current is None:
             raise ModelNotReady("no model is loaded yet: install one with --bundle or publish a desired state")
         top_k = parse_top_k(request.query_params.get("top_k"), settings.explain_top_k, len(current.feature_names))
-        records, batch = parse_records(await _read_body(request, max_body), current.feature_names, max_batch)
+        records, batch = parse_records(await read_body(request, max_body), current.feature_names, max_batch)
         inputs = service.key_fields.strip(records, current.feature_names)  # A/B key fields, as /v1/predict
         items = await run_in_threadpool(explain_records, current.model, inputs, top_k)
         head = {"model": current.manifest.name, "model_version": current.manifest.version}

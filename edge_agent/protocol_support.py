@@ -24,7 +24,7 @@ from edge_agent.loaded import LoadedModel, PredictionBatch
 from edge_agent.metrics import AgentMetrics, error_kind
 from edge_agent.service import InferenceService
 
-__all__ = ["ProtocolContext", "add_operations", "json_response"]
+__all__ = ["ProtocolContext", "add_operations", "json_response", "read_body"]
 
 _INLINE_ROWS = 32  # as /v1/predict: bigger batches run in the thread pool so they do not stall the event loop
 
@@ -51,18 +51,7 @@ class ProtocolContext:
 
     async def body(self, request: Request) -> bytes:
         """The request body, refused past max_body_bytes (413) before it is all read."""
-        limit = self.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"request body is {length} bytes, over the limit of {limit} (max_body_bytes)")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (max_body_bytes)")
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return await read_body(request, self.max_body_bytes)
 
     async def predict(self, records: Sequence[Mapping[str, Any]], request: Request) -> PredictionBatch:
         """The `/v1/predict` path: A/B key from X-Request-Key, big batches off the event loop, hybrid answers."""
@@ -102,3 +91,18 @@ def add_operations(app: Any, paths: Mapping[str, Mapping[str, Any]]) -> None:
         return schema
 
     app.openapi = openapi
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (max_body_bytes) before it is all read."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body is {length} bytes, over the limit of {limit} (max_body_bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
