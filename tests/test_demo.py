@@ -105,6 +105,9 @@ def test_demo_fleet_drifts_fires_the_alert_and_starts_a_retrain(tmp_path: Path) 
     # The drift alert fired on gw-3, and the cloud started the policy's retrain on its own.
     assert summary["loop"]["alert"]["rule"] == "feature-drift", summary["loop"]
     assert summary["loop"]["alert"]["subject"].startswith("gw-3/")
+    fired = [a for a in summary["alerts"] if a["rule"] == "feature-drift" and a["subject"].startswith("gw-3/")]
+    assert fired and all(a["p_value"] < 0.01 and a["records"] > 0 for a in fired), fired  # effect and evidence
+    assert not [a for a in summary["alerts"] if a["subject"].startswith(("gw-1", "gw-2"))], summary["alerts"]
     assert "drift alert: feature-drift fired on gw-3/" in output
     (triggered,) = _actions(summary)["retrain triggered"]
     assert triggered["actor"] == "controller" and triggered["details"]["trigger"] == "alert:feature-drift"

@@ -70,6 +70,10 @@ class Alert(BaseModel):
     severity: str
     value: float | None
     threshold: float | None
+    p_value: float | None = None
+    """Drift alerts: the chi-square p-value of the merged counts, adjusted across features (docs/loop.md)."""
+    records: int | None = None
+    """Drift alerts: the records the decision rests on."""
     message: str
     fired_at: str | None
     resolved_at: str | None
