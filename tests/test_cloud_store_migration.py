@@ -150,3 +150,12 @@ def test_two_clouds_starting_together_on_an_old_store_both_start(engine: str, tm
         if engine == "postgresql":
             store.drop_all()
         store.dispose()
+
+
+def test_a_first_start_makes_the_sqlite_store_directory(tmp_path: Path) -> None:
+    """`edgeloop cloud` before anything else: $EDGELOOP_HOME does not exist yet (it answered 'unable to open')."""
+    path = tmp_path / "not-yet" / "home" / "cloud.db"
+    store = Store(f"sqlite:///{path}").create()
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(windows)).scalar_one() == 0
+    assert path.is_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -230,6 +231,12 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _make_parent_dir(database: str | None) -> None:
+    """A SQLite file's directory is made on the first start (`$EDGELOOP_HOME` may not exist before `edgeloop cloud`)."""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
 class Store:
     """An engine plus the tables; `Store(url).create()` makes the tables if they are missing."""
 
@@ -256,6 +263,8 @@ class Store:
     def create(self) -> Store:
         """Create what is missing and migrate an older store, in one transaction that concurrent starts of
         the cloud wait on (SQLite: BEGIN IMMEDIATE, so even the DDL is atomic; PostgreSQL: an advisory lock)."""
+        if self.dialect == "sqlite":
+            _make_parent_dir(self.engine.url.database)
         try:
             with self.engine.connect() as conn:
                 if self.dialect == "sqlite":
