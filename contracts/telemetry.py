@@ -209,6 +209,11 @@ class TelemetryWindow(WindowCounts):
     """End-to-end acknowledgement: the lowest telemetry seq the device still held when it wrote this window; every
     lower one is stored by the cloud or was dropped (counted in dropped_windows), so the cloud's watermark may
     pass a hole below it. None from agents before it."""
+    unacknowledged: int | None = None
+    """End-to-end acknowledgement: messages the broker acknowledged that the cloud had not yet acknowledged when
+    the device wrote this window (this window excluded). None from agents before it."""
+    unacknowledged_oldest_s: float | None = None
+    """Age in seconds of the oldest of those messages when the device wrote this window; None when none."""
     shadow_model_version: int | None = None
     """Version (same model name) of the challenger running in shadow during this window, if any."""
     ab_model_version: int | None = None

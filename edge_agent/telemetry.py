@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,6 +153,8 @@ class TelemetryReporter:
         resources = read_resources(self.state_dir, self._process)
         dropped = self.outbox.dropped
         floor = self.outbox.floor("telemetry")  # read before the append: it can only rise meanwhile (safe)
+        unacked, oldest = self.outbox.unacknowledged()
+        oldest_s = None if oldest is None else round(max(time.time() - oldest, 0.0), 3)
         shadow_version = self._shadow_version if counts.shadow_agreement or counts.shadow_confusion else None
         ab_version = self._ab_version if counts.arms else None
 
@@ -175,6 +178,8 @@ class TelemetryReporter:
                 resources=resources,
                 dropped_windows=dropped,
                 outbox_floor=seq if floor is None else floor,
+                unacknowledged=unacked,
+                unacknowledged_oldest_s=oldest_s,
                 shadow_model_version=shadow_version,
                 ab_model_version=ab_version,
             )

@@ -1,5 +1,6 @@
 """A cloud store made before outbox epochs is migrated in place on start: every row kept (epoch 0), keyed on
-(device, epoch, seq) afterwards, on SQLite (table copied) and PostgreSQL (constraint replaced)."""
+(device, epoch, seq) afterwards, on SQLite (table copied) and PostgreSQL (constraint replaced); its device table
+gains the unacknowledged-message columns, its rows kept."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
-from cloud_sync.store.db import Store, events, gaps, metadata, windows
+from cloud_sync.store.db import Store, devices, events, gaps, metadata, windows
 from tests.cloud_support import postgres_url
 
 _WINDOW = {
@@ -39,6 +40,11 @@ def _make_pre_epoch_store(url: str, schema: str | None) -> None:
                 continue
             if table in (windows, events):
                 conn.exec_driver_sql(_pre_epoch_ddl(table, engine, schema))
+            elif table is devices:  # before the unacknowledged-message columns
+                ddl = str(CreateTable(table).compile(engine))
+                ddl = "\n".join(line for line in ddl.splitlines() if "unacknowledged" not in line)
+                conn.exec_driver_sql(ddl.replace("CREATE TABLE devices", f"CREATE TABLE {schema}.devices") if schema
+                                     else ddl)  # fmt: skip
             else:
                 table.to_metadata(sa.MetaData(), schema=schema).create(conn)
         prefix = f"{schema}." if schema else ""
@@ -54,6 +60,8 @@ def _make_pre_epoch_store(url: str, schema: str | None) -> None:
                          {**_WINDOW, "seq": seq})  # fmt: skip
         conn.execute(sa.text(f"INSERT INTO {prefix}events (device_id, seq, kind, details, at, received_at) VALUES "
                              "(:device_id, 1, :kind, :details, :at, :received_at)"), _EVENT)  # fmt: skip
+        conn.execute(sa.text(f"INSERT INTO {prefix}devices (device_id, group_name, first_seen, last_seen) VALUES "
+                             "('dev-1', 'g', 1.0, 2.0)"))  # fmt: skip
     engine.dispose()
 
 
@@ -72,6 +80,10 @@ def test_a_pre_epoch_store_keeps_its_rows_and_accepts_a_new_epoch(engine: str, t
             assert [tuple(row) for row in kept] == [(0, 1), (0, 2)]
             assert conn.execute(sa.select(events.c.epoch, events.c.seq)).all() == [(0, 1)]
             assert "epoch" in {column["name"] for column in sa.inspect(conn).get_columns("gaps", schema=schema)}
+            device = conn.execute(sa.select(devices)).mappings().one()
+            assert device["last_seen"] == 2.0 and device["unacknowledged"] is None
+            conn.execute(devices.update().values(unacknowledged=4, unacknowledged_oldest_s=1.5, unacknowledged_at=3.0))
+            assert conn.execute(sa.select(devices.c.unacknowledged_oldest_s)).scalar() == 1.5
             # The same seq under a new epoch is a new row; the same (epoch, seq) is still refused.
             rows = [{**_WINDOW, "seq": 1, "epoch": 1_700_000_000_000}, {**_WINDOW, "seq": 2, "epoch": 0}]
             conn.execute(store.insert_ignore(windows, ["device_id", "epoch", "seq"]), rows)

@@ -210,12 +210,16 @@ def _check_fleet_page(page: Any, cloud: RunningCloud, devices: list[SimDevice]) 
     before = int(page.get_attribute("tr[data-device='gw-1']", "data-requests") or 0)
     device = devices[0]
     device.telemetry_seq += 1
-    device.publish_window(make_window("gw-1", GROUP, device.telemetry_seq, time.time(), cloud.v1, requests=120))
+    window = make_window("gw-1", GROUP, device.telemetry_seq, time.time(), cloud.v1, requests=120)
+    device.publish_window(window.model_copy(update={"unacknowledged": 7, "unacknowledged_oldest_s": 42.0}))
     page.wait_for_function(
         f"Number(document.querySelector(\"tr[data-device='gw-1']\").dataset.requests) === {before + 120}",
         timeout=15_000,
     )
     assert page.evaluate("window.__noReload") == "still here"
+    # End-to-end acknowledgement: what the device held unacknowledged, as its latest window said.
+    assert page.inner_text("tr[data-device='gw-1'] td.unacked") == "7 oldest 42 s"
+    assert page.inner_text("tr[data-device='gw-2'] td.unacked") == "–"  # a window without the fields
     assert int(page.evaluate("document.body.dataset.updates")) >= 1
     page.screenshot(path=str(SCREENSHOTS / "fleet-live.png"), full_page=True)
 

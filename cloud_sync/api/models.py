@@ -23,6 +23,15 @@ class Device(BaseModel):
     state: str | None = Field(description="What the agent last reported: serving, downloading, failed ...")
     last_error: str | None
     agent_version: str | None
+    unacknowledged: int | None = Field(
+        None,
+        description="Messages the device held that the cloud had not acknowledged, as its latest telemetry window "
+        "reported (end-to-end acknowledgement); null from agents before it",
+    )
+    unacknowledged_oldest_s: float | None = Field(
+        None, description="Age in seconds of the oldest of them when that window was written; null when none"
+    )
+    unacknowledged_reported_at: str | None = Field(None, description="End of the window that reported them (ISO)")
 
 
 class Rollout(BaseModel):

@@ -62,6 +62,9 @@ def device_list(
                 "state": row["state"],
                 "last_error": row["last_error"],
                 "agent_version": row["agent_version"],
+                "unacknowledged": row["unacknowledged"],
+                "unacknowledged_oldest_s": row["unacknowledged_oldest_s"],
+                "unacknowledged_reported_at": iso(row["unacknowledged_at"]),
             }
         )
     return result

@@ -265,6 +265,7 @@ class IngestWriter:
         seen: dict[str, dict[str, Any]] = {}
         status: dict[str, dict[str, Any]] = {}
         reported: dict[str, dict[str, Any]] = {}
+        unacked: dict[str, dict[str, Any]] = {}
         for item in parsed:  # in arrival order: the last message of a kind wins
             device, at = item.device_id, item.incoming.received_at
             row = seen.setdefault(device, {"device_id": device, "group_name": None, "first_seen": at, "last_seen": at})
@@ -272,6 +273,12 @@ class IngestWriter:
             group = getattr(item.message, "group", None)
             if group:
                 row["group_name"] = group
+            if item.kind == "telemetry" and item.message.unacknowledged is not None:
+                window: TelemetryWindow = item.message
+                end, known = epoch(window.window_end), unacked.get(device)
+                if known is None or end >= known["b_at"]:
+                    unacked[device] = {"b_device": device, "b_at": end, "unacknowledged": window.unacknowledged,
+                                       "unacknowledged_oldest_s": window.unacknowledged_oldest_s}  # fmt: skip
             if item.kind == "status":
                 status[device] = {"device_id": device, "online": item.message.online, "status_at": at}
             elif item.kind == "reported":
@@ -304,6 +311,14 @@ class IngestWriter:
             conn.execute(
                 devices.update().where(devices.c.device_id == sa.bindparam("b_device")),
                 [{"b_device": d, **{c: r[c] for c in columns}} for d, r in reported.items()],
+            )
+        if unacked:  # the newest window's view wins, whatever order resent windows arrive in
+            newer = sa.or_(devices.c.unacknowledged_at.is_(None), devices.c.unacknowledged_at <= sa.bindparam("b_at"))
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == sa.bindparam("b_device"), newer)
+                .values(unacknowledged_at=sa.bindparam("b_at")),
+                list(unacked.values()),
             )
         result.states += len(status) + len(reported)
 

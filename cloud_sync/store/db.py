@@ -56,6 +56,9 @@ devices = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("agent_version", sa.String(64)),
     sa.Column("reported_at", sa.Float),
+    sa.Column("unacknowledged", sa.Integer),  # from the device's latest telemetry window (end-to-end ack)
+    sa.Column("unacknowledged_oldest_s", sa.Float),
+    sa.Column("unacknowledged_at", sa.Float),  # that window's end: a resent older window never overwrites it
 )
 
 windows = sa.Table(
@@ -353,6 +356,15 @@ def _add_missing_columns(conn: Connection, schema: str | None) -> None:
     for column, kind in (("p_value", "DOUBLE PRECISION"), ("records", "INTEGER")):
         if column not in alert_columns:
             table = f'"{schema}".alerts' if schema else "alerts"
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    device_columns = {column["name"] for column in inspector.get_columns("devices", schema=schema)}
+    for column, kind in (
+        ("unacknowledged", "INTEGER"),
+        ("unacknowledged_oldest_s", "DOUBLE PRECISION"),
+        ("unacknowledged_at", "DOUBLE PRECISION"),
+    ):
+        if column not in device_columns:
+            table = f'"{schema}".devices' if schema else "devices"
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     for keyed in (windows, events):
         if "epoch" not in {column["name"] for column in inspector.get_columns(keyed.name, schema=schema)}:

@@ -12,6 +12,9 @@ clouds in one process (tests) never share a value.
     edgeloop_cloud_dead_letters_total                  messages this replica put in dead letters
     edgeloop_cloud_ingest_lag_seconds                  receive-to-commit lag of the last ingest batch
     edgeloop_cloud_ingest_lag_max_seconds              the largest lag since start
+    edgeloop_cloud_device_unacknowledged_messages{group}        messages devices hold unacknowledged by the cloud
+                                                                (summed; as each device's latest window said)
+    edgeloop_cloud_device_unacknowledged_oldest_seconds{group}  age of the oldest of them in the group
     edgeloop_cloud_dead_letters                        dead letters in the store (every replica)
     edgeloop_cloud_gaps{state}                         sequence gaps in the store: open or filled
     edgeloop_cloud_rollouts{state}                     rollouts by state (canary, soaking, promoted, ...)
@@ -60,9 +63,13 @@ class FleetCollector(Collector):
         )
         with self.ctx.store.engine.connect() as conn:
             device_rows = conn.execute(
-                sa.select(devices.c.group_name, sa.func.count(), sa.func.sum(sa.case((online, 1), else_=0))).group_by(
-                    devices.c.group_name
-                )
+                sa.select(
+                    devices.c.group_name,
+                    sa.func.count(),
+                    sa.func.sum(sa.case((online, 1), else_=0)),
+                    sa.func.sum(devices.c.unacknowledged),
+                    sa.func.max(devices.c.unacknowledged_oldest_s),
+                ).group_by(devices.c.group_name)
             ).all()
             dead = conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()
             gap_total = conn.execute(sa.select(sa.func.count()).select_from(gaps)).scalar_one()
@@ -77,11 +84,25 @@ class FleetCollector(Collector):
         up = GaugeMetricFamily(
             "edgeloop_cloud_devices_online", "Devices online (status online, heard from recently).", labels=["group"]
         )
-        for name, total, online_count in device_rows:
+        unacked = GaugeMetricFamily(
+            "edgeloop_cloud_device_unacknowledged_messages",
+            "Messages devices hold that the cloud has not acknowledged (their latest windows), by group.",
+            labels=["group"],
+        )
+        oldest = GaugeMetricFamily(
+            "edgeloop_cloud_device_unacknowledged_oldest_seconds",
+            "Age of the oldest message a device of the group held unacknowledged (its latest window; 0 when none).",
+            labels=["group"],
+        )
+        for name, total, online_count, held, oldest_s in device_rows:
             known.add_metric([name or ""], float(total))
             up.add_metric([name or ""], float(online_count or 0))
+            unacked.add_metric([name or ""], float(held or 0))
+            oldest.add_metric([name or ""], float(oldest_s or 0.0))
         yield known
         yield up
+        yield unacked
+        yield oldest
         yield GaugeMetricFamily("edgeloop_cloud_dead_letters", "Dead letters in the store.", value=float(dead))
         by_state = {"open": int(gap_open), "filled": int(gap_total) - int(gap_open)}
         gap_family = GaugeMetricFamily("edgeloop_cloud_gaps", "Sequence gaps in the store, open or filled.",

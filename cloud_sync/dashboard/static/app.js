@@ -22,6 +22,14 @@ function ago(seconds) {
   if (seconds < 3600) return Math.round(seconds / 60) + " min ago";
   return (seconds / 3600).toFixed(1) + " h ago";
 }
+// End-to-end acknowledgement: messages the device held that the cloud had not acknowledged (its latest window).
+function unacked(d) {
+  if (d.unacknowledged === null || d.unacknowledged === undefined) return "–";
+  if (!d.unacknowledged) return "0";
+  const age = d.unacknowledged_oldest_s;
+  const oldest = age === null || age === undefined ? "" : ` <span class="muted">oldest ${Math.round(age)} s</span>`;
+  return `${d.unacknowledged}${oldest}`;
+}
 const badge = (text, cls) => `<span class="badge ${esc(cls)}">${esc(text)}</span>`;
 function showBanner(text, error) {
   banner.hidden = !text;
@@ -163,6 +171,7 @@ async function renderFleet(liveUpdate) {
       <td><span class="dot ${d.online ? "on" : "off"}"></span>${d.online ? "online" : "offline"}</td>
       <td>${d.model_name ? esc(d.model_name + " v" + d.model_version) : "–"} <span class="muted">${esc(d.state || "")}</span></td>
       <td>${ago(d.last_seen_s_ago)}</td>
+      <td class="num unacked" title="held, not yet acknowledged by the cloud">${unacked(d)}</td>
       <td class="num">${num(d.request_rate_per_s)}</td>
       <td class="num">${pct(d.error_rate)}</td>
       <td class="num">${ms(d.latency_p99_s)}</td>
@@ -180,8 +189,8 @@ async function renderFleet(liveUpdate) {
       <div class="card"><b>${drifting}</b>drifting (PSI &gt; 0.25)</div>
       <div class="card"><b>${firing}</b>firing alerts</div></div>
     <table id="fleet"><thead><tr><th>Device</th><th>Group</th><th>State</th><th>Model</th><th>Last seen</th>
-      <th>Req/s</th><th>Errors</th><th>p99</th><th>Worst drift (PSI)</th><th>Accuracy</th><th>Alerts</th></tr></thead>
-      <tbody>${body || '<tr><td colspan="11" class="muted">No device has reported yet.</td></tr>'}</tbody></table>`;
+      <th>Unacked</th><th>Req/s</th><th>Errors</th><th>p99</th><th>Worst drift (PSI)</th><th>Accuracy</th><th>Alerts</th></tr></thead>
+      <tbody>${body || '<tr><td colspan="12" class="muted">No device has reported yet.</td></tr>'}</tbody></table>`;
   document.getElementById("group").onchange = (e) => { state.group = e.target.value; render(); };
   document.getElementById("period").onchange = (e) => {
     state.period = e.target.value; localStorage.setItem("edgeloop.period", state.period); render();
