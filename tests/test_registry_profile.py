@@ -139,7 +139,7 @@ def test_the_loop_reaches_the_server_through_mlflow_tracking_uri_and_aliases_fol
         _cli(home, cwd, "deploy", f"{NAME}@champion", "--group", GROUP, "--canary", "0", *ops)
         agent.wait_version(1, timeout=30)
         _wait_alias(mlflow_server, f"fleet-{GROUP}", 1)
-        assert _alias(mlflow_server, "champion") == 1
+        _wait_alias(mlflow_server, "champion", 1)  # @champion moves right after @fleet-<group>
         # v2 on the canary, then `rollout promote`: the aliases follow.
         _cli(home, cwd, "deploy", f"{NAME}@challenger", "--group", GROUP, "--canary", "gw-r1", "--soak", "60", *ops)
         agent.wait_version(2, timeout=30)

@@ -85,7 +85,10 @@ class MlflowFleetAliases:
         log_event(logger, "registry aliases moved", model=f"{name}/{version}", group=group, aliases=",".join(aliases))
 
     def move(self, name: str, version: int, group: str) -> list[str]:
-        """Point the group's aliases at `version` and move the group between the versions' tags; the aliases set."""
+        """Move the group between the versions' tags, then point the group's aliases at `version`; the aliases set.
+
+        The aliases move last, so whoever sees an alias name a version also sees its tag (the registry profile read
+        the tag right after the alias and once found it not yet written)."""
         from mlflow.exceptions import MlflowException
 
         alias = fleet_alias(group)
@@ -95,12 +98,12 @@ class MlflowFleetAliases:
             before = None
         if before is not None and int(before.version) != version:
             self._tag_groups(name, int(before.version), lambda groups: groups - {group})
+        self._tag_groups(name, version, lambda groups: groups | {group})
         self.client.set_registered_model_alias(name, alias, str(version))
         moved = [alias]
         if group == self.champion_group:
             self.client.set_registered_model_alias(name, CHAMPION, str(version))
             moved.append(CHAMPION)
-        self._tag_groups(name, version, lambda groups: groups | {group})
         return moved
 
     def _tag_groups(self, name: str, version: int, change: Any) -> None:
