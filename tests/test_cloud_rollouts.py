@@ -243,3 +243,33 @@ def test_an_ab_challenger_is_guarded_by_comparing_its_arm_with_the_champions(clo
     wait_until(lambda: devices[0]._desired["device"].rollout_id == rollout["id"], what="desired state")
     wait_until(lambda: devices[0]._desired["device"].ab is None, what="split stopped")
     assert _versions(devices) == [1, 1]
+
+
+def test_a_rollout_without_canary_is_promoted_by_whichever_replica_gets_there_first(cloud: Cloud) -> None:
+    """Two replicas on one store: the leader's tick may see a canary-less rollout between the other replica's
+    insert and its publish. It promotes it (never a soak with nothing to watch); the other's promote then
+    changes nothing, and the audit holds one promote."""
+    devices = cloud.devices(2)
+    leader = Rollouts(
+        cloud.store,
+        cloud.registry,
+        cloud.rollouts.publisher,
+        base_url="http://127.0.0.1:1",
+        keys_dir=cloud.rollouts.keys_dir,
+        limits=cloud.rollouts.limits,
+    )
+    original_record_start = cloud.rollouts._record_start
+
+    def record_then_leader_ticks(*args: object, **kwargs: object) -> None:
+        original_record_start(*args, **kwargs)  # type: ignore[arg-type]
+        leader.tick()  # the leader's controller runs right after the insert, before this replica publishes
+
+    cloud.rollouts._record_start = record_then_leader_ticks  # type: ignore[method-assign]
+    first = cloud.rollouts.deploy(RolloutRequest(NAME, 1, "line-1", canary="0", soak_s=60), actor="alice")
+    assert first["state"] == "promoted", first
+    assert leader.status(first["id"])["state"] == "promoted"
+    for device in devices:
+        assert device.wait_for(1)
+    promotes = [e for e in entries(cloud.store) if e["action"] == "promote"]
+    assert len(promotes) == 1, promotes
+    assert promotes[0]["actor"] == "controller"

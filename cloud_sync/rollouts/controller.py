@@ -55,6 +55,7 @@ from contracts.topics import group_desired
 __all__ = ["MODES", "Rollouts", "parse_canary"]
 
 logger = logging.getLogger("edgeloop.cloud.rollouts")
+NO_CANARY = "no canary devices: published to the whole group"
 MODES: dict[str, RolloutMode] = {mode.name: mode for mode in (Serving(), Shadow(), ABTest())}
 """Every rollout mode by name; a new mode is a class in modes/ and one entry here."""
 
@@ -157,7 +158,7 @@ class Rollouts:
             )
             self._record_start(rollout, request, mode.describe(request, canary=chosen, previous=previous))
             if not chosen:
-                return self.promote(rollout.id, actor=actor, reason="no canary devices: published to the whole group")
+                self._publish_to_group(rollout, actor=actor, reason=NO_CANARY)
             return self.status(rollout.id)
 
     def promote(
@@ -172,12 +173,19 @@ class Rollouts:
             rollout = self._get(rollout_id)
             if not rollout.active:
                 raise InputError(f"rollout {rollout_id} is {rollout.state}; only an active rollout can be promoted")
-            info = self.registry.get(rollout.model_name, rollout.model_version)
-            self.publisher.publish(group_desired(rollout.group), self._desired(info, rollout_id).model_dump_json())
-            self._clear_overrides(rollout.group, list(rollout.canary))
             reason = reason or "promoted by hand before the soak ended"
-            self._finish(rollout, "promoted", reason=reason, actor=actor, action="promote", details=details)
+            self._publish_to_group(rollout, actor=actor, reason=reason, details=details)
             return self.status(rollout_id)
+
+    def _publish_to_group(
+        self, rollout: Rollout, *, actor: str, reason: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """The group's desired state becomes the rollout's version; the rollout ends promoted (compare-and-set:
+        of two replicas doing this at once, one records it, and the other's publish repeats the same state)."""
+        info = self.registry.get(rollout.model_name, rollout.model_version)
+        self.publisher.publish(group_desired(rollout.group), self._desired(info, rollout.id).model_dump_json())
+        self._clear_overrides(rollout.group, list(rollout.canary))
+        self._finish(rollout, "promoted", reason=reason, actor=actor, action="promote", details=details)
 
     def rollback(
         self,
@@ -253,6 +261,11 @@ class Rollouts:
         with self._lock:
             rollout = self._get(rollout_id)
             if not rollout.active:
+                return
+            if not rollout.canary:
+                # The replica that took the request promotes it at once; the leader only finishes what a crash
+                # between its insert and its publish left (never a soak without a canary to watch).
+                self._publish_to_group(rollout, actor="controller", reason=NO_CANARY)
                 return
             failure = check_canary(self.store, self.registry, rollout, now=now, limits=self.limits)
             decision = (
