@@ -11,6 +11,7 @@ estimated business value per version from the feedback confusion counts.
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,10 @@ def model_card_markdown(reference: str, tracking_uri: str | None) -> tuple[str, 
         facts.append(f"- Signed bundle: manifest sha256 `{tags['edgeloop.bundle_sha256']}`")
     if tags.get("edgeloop.retrain_feedback_sha256"):
         facts.append(f"- Retrained with device feedback: sha256 `{tags['edgeloop.retrain_feedback_sha256']}`")
+    if tags.get("edgeloop.retrain_mixture"):
+        from edgeloop.retrain_mixture import Mixture
+
+        facts.append(f"- Training mixture: {Mixture.from_json(tags['edgeloop.retrain_mixture']).describe()}")
     header = "\n".join(facts)
     title, _, rest = card.partition("\n")
     return f"{title}\n\n{header}\n{rest}", f"Model card: {name} v{version.version}"
@@ -285,6 +290,8 @@ def retrain(
         result = run_retrain(loaded, workdir, tracking_uri, trigger, (cloud_url, token) if cloud_url else None)
     console.print(f"registered [bold]{result.name}[/bold] version {result.version} (run {result.run_id})")
     console.print(f"data {result.data_path} sha256 {result.data_sha256[:16]}…, {result.feedback_rows} feedback rows")
+    if result.mixture is not None:
+        console.print(f"mixture: {result.mixture.describe()}")
     if cloud_url:
         from edgeloop.cmd_cloud import call_cloud
 
@@ -296,6 +303,7 @@ def retrain(
             "data_sha256": result.data_sha256,
             "feedback_rows": result.feedback_rows,
             "feedback_sha256": result.feedback_sha256,
+            "mixture": json.loads(result.mixture.to_json()) if result.mixture else None,
             "deploy": loaded.result.deploy,
             "reason": reason,
         }

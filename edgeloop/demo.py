@@ -460,9 +460,12 @@ class Demo:
         elif action == "retrain":
             loop["retrain"] = entry
             loop["step"] = "challenger registered, converting and deploying"
+            parts = (details.get("mixture") or {}).get("parts") or []
+            mixture = ", ".join(f"{p['source']} {p['kept']} of {p['received']} ({p['share']:.1%})" for p in parts)
             self.say(
                 f"  retrain recorded: {entry['target']} trained on the original rows + "
-                f"{details.get('feedback_rows')} feedback rows from the devices (deploy: {details.get('deploy')})"
+                f"{details.get('feedback_rows')} feedback rows from the devices (deploy: {details.get('deploy')}; "
+                f"mixture: {mixture or 'not stated'})"
             )
         elif action == "deploy" and loop.get("retrain"):
             loop["deploy"] = entry

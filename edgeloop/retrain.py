@@ -11,6 +11,7 @@ A policy per model (YAML) says when to retrain, on what data and what to do with
       feedback: data/feedback.csv       # labelled rows collected from devices (same columns), optional
       feedback_source: file             # or `cloud`: the rows devices sent (opt-in), from the cloud's API
       feedback_max_rows: 50000          # the newest rows are kept
+      max_device_share: 0.04            # one device's rows: at most 4 % of the original rows
     train: {model: rf}
     result: {deploy: wait}              # or {deploy: canary, group: line-1, canary: 25%}
 
@@ -37,8 +38,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.errors import EdgeloopError, InputError
+from edgeloop.retrain_mixture import DEVICE_COLUMN, Mixture, fleet_sample
 
-__all__ = ["RetrainPolicy", "RetrainResult", "load_policy", "run_edgeloop_process", "run_retrain"]
+__all__ = [
+    "RetrainPolicy",
+    "RetrainResult",
+    "TrainingData",
+    "build_training_data",
+    "load_policy",
+    "run_edgeloop_process",
+    "run_retrain",
+]
 
 
 class _Strict(BaseModel):
@@ -53,6 +63,9 @@ class DataPolicy(_Strict):
     feedback_source: Literal["file", "cloud"] = "file"
     """`cloud`: the feedback rows devices sent (GET /v1/feedback-rows of --cloud-url) instead of a file."""
     feedback_max_rows: int = Field(default=50_000, ge=0)
+    max_device_share: float | None = Field(default=0.04, ge=0, le=1)
+    """Feedback rows kept per device at most, as a share of the original rows (a seeded sample beyond it), so
+    one device's rows do not rewrite the reference for the fleet (edgeloop/retrain_mixture.py); null = no cap."""
 
 
 class TrainPolicy(_Strict):
@@ -105,6 +118,7 @@ class RetrainResult:
     data_sha256: str
     feedback_rows: int
     feedback_sha256: str | None
+    mixture: Mixture | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -144,7 +158,9 @@ def fetch_cloud_feedback(
     if response.status_code >= 400:
         raise InputError(f"the cloud answered HTTP {response.status_code} for feedback rows: {response.text[:200]}")
     rows = response.json()["rows"]
-    frame = pd.DataFrame([{**row["features"], policy.data.target: row["actual"]} for row in rows])
+    frame = pd.DataFrame(
+        [{**row["features"], policy.data.target: row["actual"], DEVICE_COLUMN: row["device_id"]} for row in rows]
+    )
     if rows:
         with contextlib.suppress(TypeError, ValueError):  # else the labels stay text; the trainer says so
             frame[policy.data.target] = frame[policy.data.target].astype(target_dtype)
@@ -154,18 +170,28 @@ def fetch_cloud_feedback(
     return out, url
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    path: Path
+    feedback_rows: int
+    """Feedback rows in the training data (after the cap per device)."""
+    feedback_sha256: str | None
+    feedback_source: str | None
+    mixture: Mixture | None
+
+
 def build_training_data(
     policy: RetrainPolicy, workdir: Path, cloud: tuple[str, str | None] | None = None
-) -> tuple[Path, int, str | None, str | None]:
-    """Original rows plus the newest feedback rows (same columns) -> one CSV; (path, feedback rows, sha256,
-    feedback source).
+) -> TrainingData:
+    """Original rows plus the newest feedback rows (same columns), each device's capped at
+    `max_device_share` of the original rows -> one CSV.
 
     With `feedback_source: cloud`, the rows come from the cloud (`cloud` = (url, operator token)); fields the
     devices did not keep (data minimisation) become missing values, which the trainer's pipeline imputes."""
     import pandas as pd
 
     original = _read(policy.data.original)
-    feedback_rows, feedback_sha = 0, None
+    feedback_rows, feedback_sha, mixture = 0, None, None
     frames = [original]
     if policy.data.feedback_source == "cloud":
         if cloud is None:
@@ -185,13 +211,19 @@ def build_training_data(
         missing = sorted(set(original.columns) - set(feedback.columns) - set(policy.data.ignore))
         if missing:
             raise InputError(f"feedback rows {policy.data.feedback} lack columns {', '.join(missing)}")
-        feedback = feedback[[c for c in original.columns if c in feedback.columns]].tail(policy.data.feedback_max_rows)
+        columns = [c for c in original.columns if c in feedback.columns]
+        with_device = (
+            [*columns, DEVICE_COLUMN] if DEVICE_COLUMN in feedback and DEVICE_COLUMN not in columns else columns
+        )
+        feedback = feedback[with_device].tail(policy.data.feedback_max_rows)
+        feedback, mixture = fleet_sample(feedback, len(original), policy.data.max_device_share)
+        feedback = feedback[columns]
         feedback_rows, feedback_sha = len(feedback), _sha256(feedback_path)
         frames.append(feedback)
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{policy.model}-retrain.csv"
     pd.concat(frames, ignore_index=True).to_csv(out, index=False)
-    return out, feedback_rows, feedback_sha, source if feedback_path is not None else None
+    return TrainingData(out, feedback_rows, feedback_sha, source if feedback_path is not None else None, mixture)
 
 
 def run_edgeloop_process(args: list[str]) -> str:
@@ -212,8 +244,8 @@ def run_retrain(
     trigger: str,
     cloud: tuple[str, str | None] | None = None,
 ) -> RetrainResult:
-    data_path, feedback_rows, feedback_sha, feedback_source = build_training_data(policy, workdir, cloud)
-    args = ["train", "--data", str(data_path), "--target", policy.data.target, "--name", policy.model]
+    data = build_training_data(policy, workdir, cloud)
+    args = ["train", "--data", str(data.path), "--target", policy.data.target, "--name", policy.model]
     args += ["--model", policy.train.model]
     for column in policy.data.ignore:
         args += ["--ignore", column]
@@ -228,14 +260,26 @@ def run_retrain(
         "edgeloop.retrain_trigger": trigger,
         "edgeloop.retrain_original_sha256": _sha256(policy.data.original),
         "edgeloop.retrain_original_source": str(policy.data.original),
-        "edgeloop.retrain_feedback_rows": str(feedback_rows),
+        "edgeloop.retrain_feedback_rows": str(data.feedback_rows),
     }
-    if feedback_sha is not None and feedback_source is not None:
-        tags["edgeloop.retrain_feedback_sha256"] = feedback_sha
-        tags["edgeloop.retrain_feedback_source"] = feedback_source
+    if data.feedback_sha256 is not None and data.feedback_source is not None:
+        tags["edgeloop.retrain_feedback_sha256"] = data.feedback_sha256
+        tags["edgeloop.retrain_feedback_source"] = data.feedback_source
+    if data.mixture is not None:
+        tags["edgeloop.retrain_mixture"] = data.mixture.to_json()
     _tag(tracking_uri, policy.model, registered.group(2), run.group(1), tags)
     name, version, run_id = policy.model, registered.group(2), run.group(1)
-    return RetrainResult(name, version, run_id, data_path, _sha256(data_path), feedback_rows, feedback_sha, tags)
+    return RetrainResult(
+        name,
+        version,
+        run_id,
+        data.path,
+        _sha256(data.path),
+        data.feedback_rows,
+        data.feedback_sha256,
+        data.mixture,
+        tags,
+    )
 
 
 def _tag(tracking_uri: str | None, name: str, version: str, run_id: str, tags: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ agent with the setting off sends nothing."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -114,10 +115,23 @@ def test_feedback_rows_from_device_to_cloud_to_retrain(
         done = cli("retrain", "machine-failure", "--policy", str(policy), "--tracking-uri", uri,
                    "--workdir", str(tmp_path / "work"), "--cloud-url", cloud.url, "--token", "act")  # fmt: skip
         assert done.exit_code == 0, done.stderr
-        assert "120 feedback rows" in done.stdout
+        # Fleet-weighted: one device's rows are capped at 4 % of the 2,000 original rows (a seeded sample).
+        assert "80 feedback rows" in done.stdout and "gw-on 80 of 120 feedback rows" in done.stdout
         version = MlflowClient(uri).get_model_version("machine-failure", "1")
         tags = MlflowClient(uri).get_run(version.run_id).data.tags
-        assert tags["edgeloop.retrain_feedback_rows"] == "120"
+        assert tags["edgeloop.retrain_feedback_rows"] == "80"
+        mixture = json.loads(tags["edgeloop.retrain_mixture"])
+        assert mixture["cap_rows"] == 80 and [(p["source"], p["received"], p["kept"]) for p in mixture["parts"]] == [
+            ("original", 2000, 2000),
+            ("gw-on", 120, 80),
+        ]
+        combined = (tmp_path / "work" / "machine-failure-retrain.csv").read_text().splitlines()
+        assert len(combined) == 1 + 2000 + 80 and "device_id" not in combined[0].split(",")
+        card = cli("model-card", "machine-failure/1", "--tracking-uri", uri)
+        assert card.exit_code == 0, card.stderr
+        assert "Training mixture: 2000 original rows (96.2%), gw-on 80 of 120 feedback rows (3.8%); at most 80 " in (
+            card.stdout
+        )
         assert tags["edgeloop.retrain_feedback_source"].startswith(f"{cloud.url}/v1/feedback-rows?model=")
         fetched = (tmp_path / "work" / "machine-failure-feedback.csv").read_text().splitlines()
         assert len(fetched) == 121 and "site" not in fetched[0].split(",")  # what the device did not keep

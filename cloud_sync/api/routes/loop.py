@@ -22,7 +22,22 @@ from cloud_sync.loop.impact import impact
 from cloud_sync.store import audit
 from contracts.errors import InputError, NotFoundError
 
-__all__ = ["RetrainRecord", "router"]
+__all__ = ["Mixture", "MixturePart", "RetrainRecord", "router"]
+
+
+class MixturePart(BaseModel):
+    source: str
+    received: int = Field(ge=0)
+    kept: int = Field(ge=0)
+    share: float = Field(ge=0, le=1)
+
+
+class Mixture(BaseModel):
+    """What the training data was made of: the original rows and each device's feedback rows (capped)."""
+
+    max_device_share: float | None = None
+    cap_rows: int | None = None
+    parts: list[MixturePart] = Field(default_factory=list)
 
 
 class RetrainRecord(BaseModel):
@@ -33,6 +48,7 @@ class RetrainRecord(BaseModel):
     data_sha256: str
     feedback_rows: int = Field(default=0, ge=0, le=2**63 - 1)
     feedback_sha256: str | None = None
+    mixture: Mixture | None = None
     deploy: str = "wait"
     reason: str | None = None
 
