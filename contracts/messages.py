@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contracts.labels import check_labels
 
 __all__ = [
     "ABSplit",
@@ -84,6 +86,14 @@ class ReportedState(_Message):
     last_error: str | None = None
     agent_version: str
     updated_at: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    """The device's labels (agent setting `labels`: hardware class, site, firmware ...); rollouts select on them.
+    Absent from agents before labels (= none)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_labels(value)
 
 
 class DeviceStatus(_Message):

@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from contracts.labels import check_labels, parse_labels
 from contracts.settings import EdgeloopSettings, edgeloop_home
 from contracts.signing import PUBLIC_KEY_FILE
 from contracts.topics import validate_id
@@ -45,6 +46,10 @@ class AgentSettings(EdgeloopSettings):
     """This device's id in MQTT topics (default: the host name)."""
     group: str = "default"
     """Fleet group whose desired state this device follows unless a device-level one is set."""
+    labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    """Labels this device reports to the cloud in its reported state (hardware class, site, firmware, any
+    key=value), which rollouts select on (`edgeloop deploy --selector site=graz,hw=pi4`). Env:
+    `EDGELOOP_AGENT_LABELS="site=graz,hw=pi4"`; config file: `labels = {site = "graz", hw = "pi4"}`."""
     mqtt_url: str | None = None
     """Broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS); unset = offline, serve the local model only."""
     mqtt_username: str | None = None
@@ -151,6 +156,17 @@ class AgentSettings(EdgeloopSettings):
     @classmethod
     def _topic_safe(cls, value: str) -> str:
         return validate_id(value, "device id / group")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> dict[str, str]:
+        if value is None:
+            return {}
+        if isinstance(value, str):
+            return parse_labels(value)
+        if isinstance(value, dict):
+            return check_labels(value)
+        raise ValueError("labels must be key=value pairs (site=graz,hw=pi4) or a table")
 
     @field_validator("mqtt_url")
     @classmethod

@@ -254,6 +254,7 @@ class Updater:
             last_error=self.last_error,
             agent_version=AGENT_VERSION,
             updated_at=utc_now(),
+            labels=self.settings.labels,
         )
 
     # -- steps --------------------------------------------------------------------------------------

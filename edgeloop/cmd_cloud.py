@@ -159,6 +159,17 @@ def deploy(
         help=r"A/B test: the record field that is the request key (e.g. machine_id) \[default: the X-Request-Key "
         "header only; requests without a key go to the group's version].",
     ),
+    selector: str | None = typer.Option(
+        None,
+        "--selector",
+        help="Only the group's devices whose labels match (agent setting `labels`): `site=graz,hw=pi4`, `hw!=pi3`, "
+        "`hw in (pi4,pi5)`, `gpu`, `!gpu`; the promotion reaches exactly them (device-level desired states).",
+    ),
+    canary_per_label: str | None = typer.Option(
+        None,
+        "--canary-per-label",
+        help="A label key (e.g. hw): the canary gets at least one device of each of its values.",
+    ),
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
     tracking_uri: str | None = typer.Option(
@@ -174,8 +185,14 @@ def deploy(
     Example: [cyan]edgeloop deploy machine-failure@champion --group line-1 --canary 25% --soak 10[/cyan]
 
     A/B on gw-1: [cyan]edgeloop deploy m/3 --group line-1 --canary gw-1 --ab-fraction 0.2 --ab-key machine_id[/cyan]
+
+    By label: [cyan]edgeloop deploy m/3 --group line-1 --selector site=graz,hw!=pi3 --canary-per-label hw[/cyan]
     """
+    from cloud_sync.rollouts.selectors import Selector
     from cloud_sync.store.bundles import bundle_tar
+
+    if selector is not None:
+        selector = str(Selector.parse(selector))  # a bad selector fails before the upload
 
     if ab_key is not None and ab_fraction is None:
         raise InputError("--ab-key needs --ab-fraction (the challenger's share of the request keys)")
@@ -200,6 +217,7 @@ def deploy(
     }
     if ab_fraction is not None:
         body |= {"ab_fraction": ab_fraction, "ab_key": ab_key}
+    body |= {key: value for key, value in (("selector", selector), ("canary_per_label", canary_per_label)) if value}
     rollout = call_cloud("POST", cloud_url, "/v1/rollouts", token, json=body)
     _print_rollout(rollout)
 
@@ -208,6 +226,7 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
     console.print(
         f"rollout [bold]{rollout['id']}[/bold]: {rollout['model']} -> group {rollout['group']} "
         f"(previous version {rollout['previous_version']}), state [bold]{rollout['state']}[/bold]"
+        + (f", devices matching {escape(rollout['selector'])}" if rollout.get("selector") else "")
     )
     if rollout.get("reason"):
         console.print(f"reason: {escape(rollout['reason'])}")

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.errors import InputError
+from contracts.labels import format_labels
 from edgeloop.cmd_cloud import call_cloud
 
 __all__ = ["register"]
@@ -57,7 +58,7 @@ def devices(
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
 ) -> None:
-    """List the devices the cloud knows: online, last seen, the model each serves, its state and last error.
+    """List the devices the cloud knows: labels, online, last seen, the model each serves, its state and last error.
 
     Example: [cyan]edgeloop devices --group plant-a[/cyan]
 
@@ -69,11 +70,12 @@ def devices(
     if format == "json":
         _print_json(rows)
         return
-    table = Table("device", "group", "online", "last seen", "model", "state", "agent", "last error")
+    table = Table("device", "group", "labels", "online", "last seen", "model", "state", "agent", "last error")
     for d in rows:
         model = f"{d['model_name']}/{d['model_version']}" if d.get("model_name") else "-"
         table.add_row(
-            escape(d["device_id"]), escape(d.get("group") or "-"), "yes" if d["online"] else "no",
+            escape(d["device_id"]), escape(d.get("group") or "-"), escape(format_labels(d.get("labels") or {}) or "-"),
+            "yes" if d["online"] else "no",
             _ago(d.get("last_seen_s_ago")), escape(model), escape(d.get("state") or "-"),
             escape(d.get("agent_version") or "-"), escape(d.get("last_error") or ""),
         )  # fmt: skip

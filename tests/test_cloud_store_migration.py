@@ -1,6 +1,6 @@
 """A cloud store made before outbox epochs is migrated in place on start: every row kept (epoch 0), keyed on
 (device, epoch, seq) afterwards, on SQLite (table copied) and PostgreSQL (constraint replaced); its device table
-gains the unacknowledged-message columns, its rows kept."""
+gains the unacknowledged-message and label columns, its rows kept; its rollouts table the selector."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
-from cloud_sync.store.db import Store, devices, events, gaps, metadata, windows
+from cloud_sync.store.db import Store, devices, events, gaps, metadata, rollouts, windows
 from tests.cloud_support import postgres_url
 
 _WINDOW = {
     "device_id": "dev-1", "group_name": "g", "window_start": 1.0, "window_end": 2.0, "received_at": 2.0,
     "requests": 5, "errors": 0, "payload": "{}",
 }  # fmt: skip
+_LATER = ("unacknowledged", "labels", "clock_", "selector")  # columns added to devices and rollouts since
 _EVENT = {"device_id": "dev-1", "kind": "started", "details": "{}", "at": "2026-01-01T00:00:00Z", "received_at": 2.0}
 
 
@@ -40,10 +41,11 @@ def _make_pre_epoch_store(url: str, schema: str | None) -> None:
                 continue
             if table in (windows, events):
                 conn.exec_driver_sql(_pre_epoch_ddl(table, engine, schema))
-            elif table is devices:  # before the unacknowledged-message columns
+            elif table in (devices, rollouts):  # before the unacknowledged, label, clock and selector columns
                 ddl = str(CreateTable(table).compile(engine))
-                ddl = "\n".join(line for line in ddl.splitlines() if "unacknowledged" not in line)
-                conn.exec_driver_sql(ddl.replace("CREATE TABLE devices", f"CREATE TABLE {schema}.devices") if schema
+                ddl = "\n".join(line for line in ddl.splitlines() if not any(word in line for word in _LATER))
+                name = f"CREATE TABLE {table.name}"
+                conn.exec_driver_sql(ddl.replace(name, f"CREATE TABLE {schema}.{table.name}") if schema
                                      else ddl)  # fmt: skip
             else:
                 table.to_metadata(sa.MetaData(), schema=schema).create(conn)
@@ -84,6 +86,9 @@ def test_a_pre_epoch_store_keeps_its_rows_and_accepts_a_new_epoch(engine: str, t
             assert device["last_seen"] == 2.0 and device["unacknowledged"] is None
             conn.execute(devices.update().values(unacknowledged=4, unacknowledged_oldest_s=1.5, unacknowledged_at=3.0))
             assert conn.execute(sa.select(devices.c.unacknowledged_oldest_s)).scalar() == 1.5
+            conn.execute(devices.update().values(labels={"site": "graz"}))
+            assert conn.execute(sa.select(devices.c.labels)).scalar() == {"site": "graz"}
+            assert "selector" in {column["name"] for column in sa.inspect(conn).get_columns("rollouts", schema=schema)}
             # The same seq under a new epoch is a new row; the same (epoch, seq) is still refused.
             rows = [{**_WINDOW, "seq": 1, "epoch": 1_700_000_000_000}, {**_WINDOW, "seq": 2, "epoch": 0}]
             conn.execute(store.insert_ignore(windows, ["device_id", "epoch", "seq"]), rows)

@@ -32,6 +32,9 @@ class Device(BaseModel):
         None, description="Age in seconds of the oldest of them when that window was written; null when none"
     )
     unacknowledged_reported_at: str | None = Field(None, description="End of the window that reported them (ISO)")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels from the device's reported state (site, hw ...); {} when none"
+    )
 
 
 class Rollout(BaseModel):
@@ -50,6 +53,9 @@ class Rollout(BaseModel):
     soak_started_at: str | None
     finished_at: str | None
     mode: Literal["serving", "shadow", "ab"]
+    selector: str | None = Field(
+        None, description="Label selector: only the group's devices matching it (null = the whole group)"
+    )
 
 
 class RolloutDevice(BaseModel):
@@ -112,6 +118,19 @@ class DeployRequest(BaseModel):
         max_length=200,
         description="`ab` mode: the record field that is the request key (e.g. `machine_id`); none = the "
         "`X-Request-Key` header only",
+    )
+    selector: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="Only the group's devices whose labels match: `site=graz,hw=pi4`, `hw!=pi3`, `hw in (pi4,pi5)`, "
+        "`gpu`, `!gpu` (ANDed); its promotion publishes device-level desired states to the matching devices",
+    )
+    canary_per_label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="A label key (e.g. `hw`): the canary gets at least one device of each of its values",
     )
 
 

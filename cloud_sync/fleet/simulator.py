@@ -109,8 +109,10 @@ class SimDevice:
         port: int,
         reject: Callable[[dict[str, Any]], str | None] = lambda _manifest: None,
         model: tuple[str, int] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.device_id, self.group = device_id, group
+        self.labels = labels or {}
         self.reject = reject
         self.model = model
         self.seq = 0
@@ -204,6 +206,7 @@ class SimDevice:
             state="serving" if self.model else "no_model",
             agent_version="sim",
             updated_at=iso_utc(time.time()),
+            labels=self.labels,
         )
         self.client.publish(device_topic(self.device_id, "reported"), state.model_dump_json(), qos=1, retain=True)
 

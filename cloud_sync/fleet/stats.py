@@ -65,6 +65,7 @@ def device_list(
                 "unacknowledged": row["unacknowledged"],
                 "unacknowledged_oldest_s": row["unacknowledged_oldest_s"],
                 "unacknowledged_reported_at": iso(row["unacknowledged_at"]),
+                "labels": row["labels"] or {},
             }
         )
     return result

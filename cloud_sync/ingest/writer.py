@@ -292,6 +292,7 @@ class IngestWriter:
                     "last_error": state.last_error,
                     "agent_version": state.agent_version,
                     "reported_at": at,
+                    "labels": state.labels,
                 }
         if not seen:
             return

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from cloud_sync.fleet.stats import device_list
 from cloud_sync.ingest.publisher import MqttPublisher
-from cloud_sync.rollouts import overrides
+from cloud_sync.rollouts import overrides, selectors
 from cloud_sync.rollouts import status as rollout_status
 from cloud_sync.rollouts.checks import Limits, check_canary
 from cloud_sync.rollouts.desired import desired_state, rollback_state
@@ -119,7 +119,12 @@ class Rollouts:
                 raise InputError(
                     f"rollout {active[0].id} is still in progress in group {group}: promote or roll it back first"
                 )
-            chosen = parse_canary(request.canary, [d["device_id"] for d in device_list(self.store, group)])
+            targets = selectors.members(device_list(self.store, group), request.selector)
+            if request.selector and not targets:
+                raise InputError(f"--selector {request.selector} matches no device of group {group}")
+            chosen = selectors.with_each_label(
+                parse_canary(request.canary, list(targets)), targets, request.canary_per_label
+            )
             previous = self._previous_version(group, name)
             if previous == version:
                 raise InputError(f"group {group} already runs {name}/{version}")
@@ -149,6 +154,7 @@ class Rollouts:
                 actor=actor,
                 created_at=time.time(),
                 mode=mode.name,
+                selector=request.selector,
             )
             desired = mode.publishes(
                 request, new=info, champion=champion, base_url=self.base_url, rollout_id=rollout.id
@@ -183,8 +189,12 @@ class Rollouts:
         """The group's desired state becomes the rollout's version; the rollout ends promoted (compare-and-set:
         of two replicas doing this at once, one records it, and the other's publish repeats the same state)."""
         info = self.registry.get(rollout.model_name, rollout.model_version)
-        self.publisher.publish(group_desired(rollout.group), self._desired(info, rollout.id).model_dump_json())
-        self._clear_overrides(rollout.group, list(rollout.canary))
+        desired = self._desired(info, rollout.id).model_dump_json()
+        if rollout.selector:  # only the matching devices: their own topics, the group topic stays as it is
+            self._publish_to_selected(rollout, desired)
+        else:
+            self.publisher.publish(group_desired(rollout.group), desired)
+            self._clear_overrides(rollout.group, list(rollout.canary))
         self._finish(rollout, "promoted", reason=reason, actor=actor, action="promote", details=details)
 
     def rollback(
@@ -223,7 +233,9 @@ class Rollouts:
                 failed = f"{reason}; rollback impossible: {exc.message}"
                 self._finish(rollout, "failed", reason=failed, actor=actor, action="rollback failed")
                 raise
-            if promoted:
+            if promoted and rollout.selector:
+                self._publish_to_selected(rollout, back.model_dump_json())
+            elif promoted:
                 self.publisher.publish(group_desired(group), back.model_dump_json())
                 self._clear_overrides(group, [])
             else:
@@ -326,6 +338,8 @@ class Rollouts:
         }
         if request.ab_fraction is not None or request.ab_key:
             details |= {"ab_fraction": request.ab_fraction, "ab_key": request.ab_key}
+        if request.selector or request.canary_per_label:
+            details |= {"selector": request.selector, "canary_per_label": request.canary_per_label}
         with self.store.begin() as conn:
             conn.execute(rollouts.insert().values(**rollout.as_row()))
             target = f"{rollout.model} -> group {rollout.group}"
@@ -340,6 +354,13 @@ class Rollouts:
             mode=rollout.mode,
         )
 
+    def _publish_to_selected(self, rollout: Rollout, payload: str) -> None:
+        """A selector rollout's group-wide step: device-level desired states on the devices matching now."""
+        names = list(selectors.members(device_list(self.store, rollout.group), rollout.selector))
+        overrides.publish(
+            self.store, self.publisher, group=rollout.group, names=names, payload=payload, rollout_id=rollout.id
+        )
+
     def _clear_overrides(self, group: str, extra: list[str]) -> None:
         """Empty retained payloads on the device-level desired topics that hold one (recorded when published),
         so each device follows its group; one batch, not a round trip per device."""
@@ -349,7 +370,7 @@ class Rollouts:
     def _previous_version(self, group: str, name: str) -> int | None:
         """What the group runs: the last promoted rollout of `name`, else the version most of its devices report."""
         for rollout in self._rollouts(group=group, states=("promoted",)):
-            if rollout.model_name == name:
+            if rollout.model_name == name and not rollout.selector:  # a selector rollout reached only some
                 return rollout.model_version
         for rollout in self._rollouts(group=group, states=("rolled_back",)):
             if rollout.model_name == name and rollout.previous_version is not None:
@@ -395,7 +416,7 @@ class Rollouts:
         level = logging.WARNING if state != "promoted" else logging.INFO
         log_event(logger, f"rollout {state}", level=level, rollout=rollout.id, reason=reason, actor=actor)
         runs = rollout.model_version if state == "promoted" else rollout.previous_version
-        if state in ("promoted", "rolled_back") and runs is not None:  # what the group runs now
+        if state in ("promoted", "rolled_back") and runs is not None and not rollout.selector:  # the group runs
             lineage = self.registry.get(rollout.model_name, runs).manifest.lineage
             version = int(lineage.model_version) if lineage.model_version else runs
             self.aliases.group_runs(lineage.registered_model or rollout.model_name, version, rollout.group)

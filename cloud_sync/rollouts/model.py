@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
+from cloud_sync.rollouts.selectors import Selector
 from contracts.errors import InputError
+from contracts.labels import check_label
 from contracts.topics import validate_id
 
 __all__ = ["ACTIVE", "MODE_NAMES", "Mode", "Rollout", "RolloutRequest", "State"]
@@ -39,6 +41,10 @@ class RolloutRequest:
     """`ab` mode: the challenger's share of request keys, in [0, 1]."""
     ab_key: str | None = None
     """`ab` mode: the record field that is the request key; none = the `X-Request-Key` header only."""
+    selector: str | None = None
+    """Only the group's devices whose labels match (`site=graz,hw!=pi3`, rollouts/selectors.py); None = all."""
+    canary_per_label: str | None = None
+    """A label key (e.g. `hw`): the canary gets at least one device of each of its values."""
 
     def __post_init__(self) -> None:
         try:
@@ -51,6 +57,13 @@ class RolloutRequest:
             raise InputError("an A/B rollout needs ab_fraction between 0 and 1 (the challenger's share of keys)")
         if self.mode != "ab" and (self.ab_fraction is not None or self.ab_key):
             raise InputError("ab_fraction and ab_key are for an A/B rollout (mode ab)")
+        if self.selector is not None:  # canonical text, stored with the rollout
+            object.__setattr__(self, "selector", str(Selector.parse(self.selector)))
+        if self.canary_per_label is not None:
+            try:
+                check_label(self.canary_per_label, "")
+            except ValueError as exc:
+                raise InputError(f"--canary-per-label: {exc}") from None
 
     @property
     def model(self) -> str:
@@ -76,6 +89,8 @@ class Rollout:
     soak_started_at: float | None = None
     finished_at: float | None = None
     mode: Mode = "serving"
+    selector: str | None = None
+    """Only the group's devices matching this label selector; its promotion publishes to each of them."""
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Rollout:
@@ -95,6 +110,7 @@ class Rollout:
             soak_started_at=row["soak_started_at"],
             finished_at=row["finished_at"],
             mode=cast(Mode, row.get("mode") or "serving"),
+            selector=row.get("selector"),
         )
 
     def as_row(self) -> dict[str, Any]:
@@ -114,6 +130,7 @@ class Rollout:
             "soak_started_at": self.soak_started_at,
             "finished_at": self.finished_at,
             "mode": self.mode,
+            "selector": self.selector,
         }
 
     @property

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cloud_sync.fleet.stats import device_list
+from cloud_sync.rollouts import selectors
 from cloud_sync.rollouts.model import Rollout
 from cloud_sync.rollouts.modes.base import ModeView, RolloutMode
 from cloud_sync.store import audit
@@ -38,7 +39,7 @@ def report(
     extra = mode.report(view, rollout, rollout.finished_at or time.time())
     if extra is not None:
         result[mode.name] = extra
-    members = device_list(view.store, rollout.group)
+    members = _targets(view.store, rollout)
     target = (rollout.model_name, rollout.model_version)
     result["devices"] = [
         {
@@ -56,8 +57,22 @@ def report(
     return result
 
 
+def _targets(store: Store, rollout: Rollout) -> list[dict[str, Any]]:
+    """The devices the rollout targets: its group's, narrowed by its selector if it has one."""
+    members = device_list(store, rollout.group)
+    if not rollout.selector:
+        return members
+    chosen = selectors.members(members, rollout.selector)
+    return [d for d in members if d["device_id"] in chosen]
+
+
 def on_target(store: Store, rollout: Rollout) -> tuple[int, int]:
-    """(devices in the group, how many of them report the rollout's version): one query."""
+    """(devices in the group (matching its selector), how many of them report the rollout's version): one query
+    for a whole-group rollout."""
+    if rollout.selector:
+        members = _targets(store, rollout)
+        target = (rollout.model_name, rollout.model_version)
+        return len(members), sum(1 for d in members if (d["model_name"], d["model_version"]) == target)
     c = devices.c
     hit = sa.case(((c.model_name == rollout.model_name) & (c.model_version == rollout.model_version), 1), else_=0)
     query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(hit), 0)).where(c.group_name == rollout.group)
@@ -84,4 +99,5 @@ def public(rollout: Rollout) -> dict[str, Any]:
         "soak_started_at": audit.iso(rollout.soak_started_at),
         "finished_at": audit.iso(rollout.finished_at),
         "mode": rollout.mode,
+        "selector": rollout.selector,
     }

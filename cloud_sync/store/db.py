@@ -59,6 +59,7 @@ devices = sa.Table(
     sa.Column("unacknowledged", sa.Integer),  # from the device's latest telemetry window (end-to-end ack)
     sa.Column("unacknowledged_oldest_s", sa.Float),
     sa.Column("unacknowledged_at", sa.Float),  # that window's end: a resent older window never overwrites it
+    sa.Column("labels", sa.JSON),  # from the reported state (agent setting `labels`); null = none reported
 )
 
 windows = sa.Table(
@@ -151,6 +152,7 @@ rollouts = sa.Table(
     sa.Column("soak_started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
     sa.Column("mode", sa.String(16), nullable=False, server_default="serving"),  # serving | shadow
+    sa.Column("selector", sa.Text),  # label selector (rollouts/selectors.py); null = the whole group
     sa.Index("ix_rollouts_group", "group_name", "created_at"),
 )
 
@@ -349,6 +351,9 @@ def _add_missing_columns(conn: Connection, schema: str | None) -> None:
     if "mode" not in present:
         table = f'"{schema}".rollouts' if schema else "rollouts"
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN mode VARCHAR(16) NOT NULL DEFAULT 'serving'")
+    if "selector" not in present:
+        table = f'"{schema}".rollouts' if schema else "rollouts"
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN selector TEXT")
     if "epoch" not in {column["name"] for column in inspector.get_columns("gaps", schema=schema)}:
         table = f'"{schema}".gaps' if schema else "gaps"
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
@@ -362,6 +367,7 @@ def _add_missing_columns(conn: Connection, schema: str | None) -> None:
         ("unacknowledged", "INTEGER"),
         ("unacknowledged_oldest_s", "DOUBLE PRECISION"),
         ("unacknowledged_at", "DOUBLE PRECISION"),
+        ("labels", "JSON"),
     ):
         if column not in device_columns:
             table = f'"{schema}".devices' if schema else "devices"

@@ -45,6 +45,8 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
             mode=body.mode,
             ab_fraction=body.ab_fraction,
             ab_key=body.ab_key,
+            selector=body.selector,
+            canary_per_label=body.canary_per_label,
         )
         return ctx.rollouts.deploy(request, actor=principal.name)
 

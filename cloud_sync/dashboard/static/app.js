@@ -30,6 +30,11 @@ function unacked(d) {
   const oldest = age === null || age === undefined ? "" : ` <span class="muted">oldest ${Math.round(age)} s</span>`;
   return `${d.unacknowledged}${oldest}`;
 }
+// Device labels (agent setting `labels`) as key=value chips, keys sorted; rollouts select on them.
+function labelChips(d) {
+  const keys = Object.keys(d.labels || {}).sort();
+  return keys.map((k) => `<span class="label">${esc(k + "=" + d.labels[k])}</span>`).join(" ") || "–";
+}
 const badge = (text, cls) => `<span class="badge ${esc(cls)}">${esc(text)}</span>`;
 function showBanner(text, error) {
   banner.hidden = !text;
@@ -168,6 +173,7 @@ async function renderFleet(liveUpdate) {
       class="${d.alert_severity ? "alert-" + esc(d.alert_severity) : ""} ${changed ? "flash" : ""}">
       <td><a href="#/device/${encodeURIComponent(d.device_id)}">${esc(d.device_id)}</a></td>
       <td>${esc(d.group)}</td>
+      <td class="labels">${labelChips(d)}</td>
       <td><span class="dot ${d.online ? "on" : "off"}"></span>${d.online ? "online" : "offline"}</td>
       <td>${d.model_name ? esc(d.model_name + " v" + d.model_version) : "–"} <span class="muted">${esc(d.state || "")}</span></td>
       <td>${ago(d.last_seen_s_ago)}</td>
@@ -188,9 +194,9 @@ async function renderFleet(liveUpdate) {
       <div class="card"><b>${online}</b>online</div>
       <div class="card"><b>${drifting}</b>drifting (PSI &gt; 0.25)</div>
       <div class="card"><b>${firing}</b>firing alerts</div></div>
-    <table id="fleet"><thead><tr><th>Device</th><th>Group</th><th>State</th><th>Model</th><th>Last seen</th>
+    <table id="fleet"><thead><tr><th>Device</th><th>Group</th><th>Labels</th><th>State</th><th>Model</th><th>Last seen</th>
       <th>Unacked</th><th>Req/s</th><th>Errors</th><th>p99</th><th>Worst drift (PSI)</th><th>Accuracy</th><th>Alerts</th></tr></thead>
-      <tbody>${body || '<tr><td colspan="12" class="muted">No device has reported yet.</td></tr>'}</tbody></table>`;
+      <tbody>${body || '<tr><td colspan="13" class="muted">No device has reported yet.</td></tr>'}</tbody></table>`;
   document.getElementById("group").onchange = (e) => { state.group = e.target.value; render(); };
   document.getElementById("period").onchange = (e) => {
     state.period = e.target.value; localStorage.setItem("edgeloop.period", state.period); render();
