@@ -3,13 +3,17 @@
 A real Mosquitto, the real cloud service (API + ingest + rollout controller + alert evaluator) on a free port
 with a SQLite store, and three devices speaking the v1 contract over MQTT (`SimDevice`, publishing telemetry
 windows built from the bundle's reference profile; one of them drifted). The page must load without console
-or page errors, show the devices, update live when a window arrives, and its operator actions (acknowledge an
-alert, promote a rollout) must change the store. Screenshots go to artifacts/screenshots/.
+or page errors with every request leaving the cloud blocked (offline), show the devices, draw its charts (pixels
+of each series' colour on the canvas, not only a script tag), update live when a window arrives, and its
+operator actions (acknowledge an alert, promote a rollout) must change the store. Screenshots go to
+artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 import time
 import uuid
@@ -22,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cloud_sync.dashboard.routes import CHART_JS_VERSION, STATIC_DIR
 from cloud_sync.fleet.simulator import SimDevice, make_window
 from cloud_sync.service import CloudService
 from cloud_sync.settings import CloudSettings
@@ -43,6 +48,21 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 OPERATOR = {"Authorization": "Bearer act"}
 GROUP = "plant-a"
+# What one chart drew: its datasets (label, points with a value) and how many canvas pixels have each colour.
+CHART_DRAWN = """(id) => {
+  const canvas = document.querySelector('#' + id + ' canvas');
+  const chart = canvas && window.Chart ? Chart.getChart(canvas) : null;
+  if (!chart) return null;
+  const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  const colours = {};
+  for (let i = 0; i < pixels.length; i += 4) {
+    if (pixels[i + 3] !== 255) continue;
+    const hex = '#' + [0, 1, 2].map((k) => pixels[i + k].toString(16).padStart(2, '0')).join('');
+    colours[hex] = (colours[hex] || 0) + 1;
+  }
+  const filled = (v) => v !== null && (typeof v !== 'object' || v.y !== null);
+  return { datasets: chart.data.datasets.map((d) => [d.label, d.data.filter(filled).length]), colours };
+}"""
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
@@ -115,8 +135,9 @@ def running_cloud(
 
 @contextmanager
 def dashboard_page(cloud: RunningCloud) -> Iterator[tuple[Any, list[str], list[str]]]:
-    """(page, problems, external requests): headless Chromium on a 1400x900 page; console errors, page errors and
-    failed requests are collected in `problems`, requests leaving the cloud in `external`."""
+    """(page, problems, external requests): headless Chromium on a 1400x900 page with every request leaving the
+    cloud blocked (offline); console errors, page errors and failed requests are collected in `problems`,
+    requests leaving the cloud in `external`."""
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -129,6 +150,7 @@ def dashboard_page(cloud: RunningCloud) -> Iterator[tuple[Any, list[str], list[s
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
         page.on("request", lambda r: None if r.url.startswith((cloud.url, "data:")) else external.append(r.url))
+        page.route(lambda url: not url.startswith((cloud.url, "data:")), lambda route: route.abort())
         try:
             yield page, problems, external
         finally:
@@ -224,21 +246,41 @@ def _check_fleet_page(page: Any, cloud: RunningCloud, devices: list[SimDevice]) 
     page.screenshot(path=str(SCREENSHOTS / "fleet-live.png"), full_page=True)
 
 
+def chart_drawn(page: Any, element_id: str) -> dict[str, Any]:
+    """The chart in `element_id` once drawn: {"datasets": [[label, points]], "colours": {"#rrggbb": pixels}}."""
+    page.wait_for_function(f"({CHART_DRAWN})({element_id!r}) !== null", timeout=15_000)
+    drawn: dict[str, Any] = page.evaluate(f"({CHART_DRAWN})({element_id!r})")
+    return drawn
+
+
 def _check_device_and_model_pages(page: Any, cloud: RunningCloud) -> None:
     page.click("a[href='#/device/gw-3']")
-    page.wait_for_selector("#c-requests .main-svg")
-    page.wait_for_selector("#hists .chart[data-feature] .main-svg")
+    requests = chart_drawn(page, "c-requests")
+    assert requests["datasets"][0][0] == "req/s" and requests["datasets"][0][1] >= 1
+    assert requests["colours"].get("#3a6fd8", 0) >= 10, requests["colours"]  # the line and its points
+    psi = chart_drawn(page, "c-psi")
+    assert len(psi["datasets"]) == len(cloud.v1.reference_profile)
+    # the dotted thresholds at PSI 0.1 (moderate) and 0.25 (significant), colours no series uses
+    assert psi["colours"].get("#d98a00", 0) >= 10 and psi["colours"].get("#d23c3c", 0) >= 10, psi["colours"]
     features = page.locator("#hists .chart[data-feature]")
     assert features.count() == len(cloud.v1.reference_profile)
-    assert "significant" in page.inner_text("#hists")
-    assert page.locator("#c-psi .scatterlayer .trace").count() >= 1
+    titles = [
+        page.evaluate(f"Chart.getChart(document.querySelector('#h-{i} canvas')).options.plugins.title.text")
+        for i in range(features.count())
+    ]
+    assert any("significant" in title for title in titles), titles
+    drifted = chart_drawn(page, f"h-{next(i for i, t in enumerate(titles) if 'significant' in t)}")
+    assert [label for label, _ in drifted["datasets"]] == ["reference", "current"]
+    assert drifted["colours"].get("#9aa5b8", 0) >= 50 and drifted["colours"].get("#d23c3c", 0) >= 50  # bars drawn
     page.screenshot(path=str(SCREENSHOTS / "device.png"), full_page=True)
 
     page.click("a[data-nav='models']")
     page.wait_for_selector("table.versions tr[data-version='2']")
     row = page.locator("table.versions tr[data-version='1']")
     assert "gw-1" in row.inner_text() and cloud.v1.lineage.run_id[:10] in row.inner_text()
-    page.wait_for_selector("#impact-0 .main-svg")
+    impact = chart_drawn(page, "impact-0")
+    assert [label for label, _ in impact["datasets"]] == ["held-out accuracy", "live accuracy (feedback, 24h)"]
+    assert impact["colours"].get("#9aa5b8", 0) >= 50  # the held-out accuracy bars of v1 and v2
     page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
 
 
@@ -280,3 +322,14 @@ def _check_rollout_promotion(page: Any, cloud: RunningCloud, devices: list[SimDe
     assert status["state"] == "promoted" and status["reason"] == "canary looks fine"
     assert all(device.wait_for(2) for device in devices), [d.model for d in devices]
     page.screenshot(path=str(SCREENSHOTS / "rollout-promoted.png"), full_page=True)
+
+
+def test_the_vendored_chart_library_is_the_recorded_file() -> None:
+    """static/VENDORED.md records the version and digest of chart.umd.min.js (the page loads it from the cloud)."""
+    vendored = (STATIC_DIR / "VENDORED.md").read_text()
+    script = (STATIC_DIR / "chart.umd.min.js").read_bytes()
+    row = re.search(r"`chart.umd.min.js` .*\| (\S+) \| MIT .*\| ([0-9a-f]{64}) \|", vendored)
+    assert row, vendored
+    assert row.group(1) == CHART_JS_VERSION and f"Chart.js v{CHART_JS_VERSION}" in script[:200].decode()
+    assert hashlib.sha256(script).hexdigest() == row.group(2)
+    assert (STATIC_DIR / "chart.js.LICENSE.md").read_text().startswith("The MIT License")

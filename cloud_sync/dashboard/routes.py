@@ -1,8 +1,8 @@
 """The fleet dashboard, served by `edgeloop cloud` on the API's port: `/` (redirects to `/dashboard`).
 
 A static page (HTML + vanilla JS, no build step) that reads the cloud API with the token stored in the
-page, charts with Plotly's JavaScript served from the installed `plotly` package (nothing is fetched from
-the internet), and refreshes what changed on server-sent events from `/v1/events/stream`.
+page, charts drawn by Chart.js vendored in `static/` (static/VENDORED.md: version, licence, digest; nothing is
+fetched from the internet), and refreshes what changed on server-sent events from `/v1/events/stream`.
 
     app.include_router(router(ctx, auth))    # the page, its static files, /v1/dashboard/* and the event stream
 
@@ -27,23 +27,13 @@ from cloud_sync.dashboard.live import LiveHub, sse_stream
 from cloud_sync.times import duration
 from contracts.errors import InputError, NotFoundError
 
-__all__ = ["STATIC_DIR", "plotly_js", "router"]
+__all__ = ["CHART_JS_VERSION", "STATIC_DIR", "router"]
 
 STATIC_DIR = Path(__file__).parent / "static"
-_STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+CHART_JS_VERSION = "4.6.2"  # static/chart.umd.min.js (npm chart.js, MIT)
+_STATIC = {"app.js": "text/javascript", "app.css": "text/css", "chart.umd.min.js": "text/javascript"}
+_CACHE = {"chart.umd.min.js": "public, max-age=86400"}  # versioned with the package; the page's own files are not
 _MAX_PERIOD_S = 31 * 86400
-
-
-def plotly_js() -> Path:
-    """plotly.min.js from the installed `plotly` package (the `cloud` extra)."""
-    try:
-        import plotly
-    except ImportError:
-        raise NotFoundError("plotly is not installed: pip install 'edgeloop[cloud]'") from None
-    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    if not path.is_file():
-        raise NotFoundError(f"{path} is missing from the installed plotly package")
-    return path
 
 
 def _seconds(since: str) -> float:
@@ -68,12 +58,10 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
 
     @routes.get("/dashboard/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:
-        if name == "plotly.min.js":
-            headers = {"Cache-Control": "public, max-age=86400"}
-            return FileResponse(plotly_js(), media_type="text/javascript", headers=headers)
         if name not in _STATIC:
             raise NotFoundError(f"no dashboard file {name!r}")
-        return FileResponse(STATIC_DIR / name, media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": _CACHE.get(name, "no-cache")}
+        return FileResponse(STATIC_DIR / name, media_type=_STATIC[name], headers=headers)
 
     @routes.get("/v1/dashboard/config", tags=["dashboard"])
     def config() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-// edgeloop fleet dashboard: vanilla JS over the cloud API, Plotly for charts, server-sent events for live updates.
+// edgeloop fleet dashboard: vanilla JS over the cloud API, Chart.js (vendored) for charts, server-sent events for live updates.
 "use strict";
 
 const state = { token: localStorage.getItem("edgeloop.token") || "", authRequired: false, group: "",
@@ -7,7 +7,6 @@ const state = { token: localStorage.getItem("edgeloop.token") || "", authRequire
 const view = document.getElementById("view");
 const banner = document.getElementById("banner");
 const live = document.getElementById("live");
-const PLOT = { displayModeBar: false, responsive: true };
 
 // -- helpers ------------------------------------------------------------------------------------------
 function esc(value) {
@@ -64,12 +63,78 @@ function failed(error) {
   showBanner(error.message + hint, true);
 }
 
-function chart(id, traces, layout) {
+// -- charts (Chart.js, vendored in static/: see static/VENDORED.md) ---------------------------------------
+// One Chart per element id: a live update replaces the data of the chart in place; a chart whose canvas left
+// the page (a re-rendered view) is destroyed so it does not leak.
+const charts = new Map();
+// Series colours; none is a band colour (#d98a00 moderate, #d23c3c significant) or the reference grey.
+const PALETTE = ["#3a6fd8", "#e6862a", "#2a9d5c", "#8a4fd0", "#1f9bb0", "#b05a8a", "#7a8a2a", "#5f6b7a", "#c0487a"];
+const percent = (digits) => (value) => (100 * value).toFixed(digits) + " %";
+const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+
+// Horizontal reference lines (PSI 0.1 and 0.25): options.plugins.thresholds = { lines: [{ y, color }] }.
+const thresholdLines = {
+  id: "thresholds",
+  afterDatasetsDraw(chartInstance, _args, options) {
+    const { ctx, chartArea, scales } = chartInstance;
+    (options.lines || []).forEach((line) => {
+      const y = Math.round(scales.y.getPixelForValue(line.y)) + 0.5;  // a crisp 1 px line
+      if (y < chartArea.top || y > chartArea.bottom) return;
+      ctx.save();
+      ctx.strokeStyle = line.color;
+      ctx.lineWidth = 1;
+      ctx.setLineDash([3, 3]);
+      ctx.beginPath();
+      ctx.moveTo(chartArea.left, y);
+      ctx.lineTo(chartArea.right, y);
+      ctx.stroke();
+      ctx.restore();
+    });
+  },
+};
+
+function draw(id, config) {
+  charts.forEach((instance, key) => { if (!instance.canvas.isConnected) { instance.destroy(); charts.delete(key); } });
   const element = document.getElementById(id);
-  if (!element || typeof Plotly === "undefined") return;
-  const base = { margin: { l: 50, r: 12, t: 30, b: 36 }, font: { size: 11 }, legend: { orientation: "h", y: -0.2 },
-                 paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)" };
-  Plotly.react(element, traces, Object.assign(base, layout), PLOT);
+  if (!element || typeof Chart === "undefined") return;
+  const existing = charts.get(id);
+  if (existing && element.contains(existing.canvas)) {
+    existing.data = config.data;
+    existing.options = config.options;
+    existing.update("none");
+    return;
+  }
+  if (existing) existing.destroy();
+  element.innerHTML = "<canvas></canvas>";
+  config.plugins = [thresholdLines];
+  charts.set(id, new Chart(element.firstChild, config));
+}
+
+function chartOptions(title, y) {
+  return { responsive: true, maintainAspectRatio: false, animation: false, normalized: true,
+           plugins: { title: { display: true, text: title }, legend: { position: "bottom", labels: { boxWidth: 12 } } },
+           scales: { y: Object.assign({ beginAtZero: true }, y || {}) } };
+}
+
+// A time series: t = ISO times, series = [{ name, values (null = no data) }], range = [start, end] ISO.
+function lineChart(id, title, t, series, range, opts = {}) {
+  const x = t.map((value) => Date.parse(value));
+  const options = chartOptions(title, opts.y);
+  const [start, end] = range.map((value) => Date.parse(value));
+  const pad = (end - start) / 50;  // the newest bucket ends at "now": keep its point inside the frame
+  options.scales.x = { type: "linear", min: start - pad, max: end + pad, ticks: { callback: clock, maxTicksLimit: 6 } };
+  options.plugins.thresholds = { lines: opts.thresholds || [] };
+  options.plugins.tooltip = { callbacks: { title: (items) => (items.length ? clock(items[0].parsed.x) : "") } };
+  draw(id, { type: "line", options, data: { datasets: series.map((s, i) => ({
+    label: s.name, data: s.values.map((y, k) => ({ x: x[k], y })), spanGaps: Boolean(opts.spanGaps),
+    borderColor: PALETTE[i % PALETTE.length], backgroundColor: PALETTE[i % PALETTE.length], pointRadius: 2,
+    borderWidth: 1.5 })) } });
+}
+
+// Grouped bars: labels on x, series = [{ name, values, color }].
+function barChart(id, title, labels, series, y) {
+  draw(id, { type: "bar", options: chartOptions(title, y), data: { labels, datasets: series.map((s) => ({
+    label: s.name, data: s.values, backgroundColor: s.color })) } });
 }
 
 // -- live updates -------------------------------------------------------------------------------------
@@ -234,33 +299,29 @@ async function renderDevice(device, liveUpdate) {
       <div class="card"><b>${d.worst_drift ? badge(num(d.worst_drift.psi, 3), "band-" + d.worst_drift.band) : "–"}</b>
         worst drift ${esc(d.worst_drift ? d.worst_drift.feature : "")}</div></div>` : '<p class="muted">Unknown device.</p>';
   const s = series.series;
-  const span = { xaxis: { type: "date", range: [series.start, series.end] } };
-  chart("c-requests", [{ x: s.t, y: s.requests_per_s, type: "scatter", mode: "lines+markers", name: "req/s" }],
-        Object.assign({ title: { text: "Requests per second" }, yaxis: { rangemode: "tozero" } }, span));
-  chart("c-latency", [
-    { x: s.t, y: s.latency_p50_s.map((v) => (v === null ? null : v * 1000)), name: "p50", mode: "lines+markers" },
-    { x: s.t, y: s.latency_p99_s.map((v) => (v === null ? null : v * 1000)), name: "p99", mode: "lines+markers" },
-  ], Object.assign({ title: { text: "Latency (ms, bucket upper bound)" }, yaxis: { rangemode: "tozero" } }, span));
-  chart("c-errors", [{ x: s.t, y: s.error_rate, mode: "lines+markers", name: "error rate" }],
-        Object.assign({ title: { text: "Error rate" }, yaxis: { tickformat: ".1%", rangemode: "tozero" } }, span));
-  chart("c-accuracy", [{ x: s.t, y: s.accuracy, mode: "lines+markers", name: "accuracy", connectgaps: true }],
-        Object.assign({ title: { text: "Accuracy (feedback)" }, yaxis: { tickformat: ".0%", range: [0, 1] } }, span));
-  const psiTraces = Object.entries(s.psi).map(([feature, values]) => ({ x: s.t, y: values, name: feature,
-                                                                       mode: "lines+markers" }));
-  chart("c-psi", psiTraces, { title: { text: "PSI per feature" }, xaxis: span.xaxis, shapes: [0.1, 0.25].map((y) => ({
-    type: "line", xref: "paper", x0: 0, x1: 1, y0: y, y1: y, line: { dash: "dot", width: 1,
-    color: y > 0.2 ? "#d23c3c" : "#d98a00" } })) });
+  const range = [series.start, series.end];
+  const toMs = (values) => values.map((v) => (v === null ? null : v * 1000));
+  lineChart("c-requests", "Requests per second", s.t, [{ name: "req/s", values: s.requests_per_s }], range);
+  lineChart("c-latency", "Latency (ms, bucket upper bound)", s.t,
+            [{ name: "p50", values: toMs(s.latency_p50_s) }, { name: "p99", values: toMs(s.latency_p99_s) }], range);
+  lineChart("c-errors", "Error rate", s.t, [{ name: "error rate", values: s.error_rate }], range,
+            { y: { ticks: { callback: percent(1) } } });
+  lineChart("c-accuracy", "Accuracy (feedback)", s.t, [{ name: "accuracy", values: s.accuracy }], range,
+            { spanGaps: true, y: { min: 0, max: 1, ticks: { callback: percent(0) } } });
+  lineChart("c-psi", "PSI per feature", s.t, Object.entries(s.psi).map(([name, values]) => ({ name, values })), range,
+            { thresholds: [{ y: 0.1, color: "#d98a00" }, { y: 0.25, color: "#d23c3c" }] });
   document.getElementById("hist-note").textContent = hist.model
     ? `${hist.model}: ${hist.records || 0} records in the period, sorted by PSI.` : "No telemetry in this period.";
   const hists = document.getElementById("hists");
   hists.innerHTML = hist.features.map((f, i) => `<div id="h-${i}" class="chart hist" data-feature="${esc(f.feature)}"></div>`).join("");
   hist.features.forEach((f, i) => {
     const psi = f.drift ? ` — PSI ${num(f.drift.psi, 3)} (${f.drift.band})` : "";
-    chart(`h-${i}`, [
-      { x: f.labels, y: f.reference, type: "bar", name: "reference", marker: { color: "#9aa5b8" } },
-      { x: f.labels, y: f.current, type: "bar", name: "current", marker: {
-        color: f.drift && f.drift.band === "significant" ? "#d23c3c" : f.drift && f.drift.band === "moderate" ? "#d98a00" : "#3a6fd8" } },
-    ], { title: { text: f.feature + psi }, barmode: "group", yaxis: { tickformat: ".0%" }, margin: { l: 44, r: 8, t: 30, b: 60 } });
+    const current = f.drift && f.drift.band === "significant" ? "#d23c3c"
+      : f.drift && f.drift.band === "moderate" ? "#d98a00" : "#3a6fd8";
+    barChart(`h-${i}`, f.feature + psi, f.labels, [
+      { name: "reference", values: f.reference, color: "#9aa5b8" },
+      { name: "current", values: f.current, color: current },
+    ], { ticks: { callback: percent(0) } });
   });
   document.getElementById("events").innerHTML = events.length ? `<table><thead><tr><th>At</th><th>Kind</th><th>Model</th>
     <th>Reason</th></tr></thead><tbody>${events.map((e) => `<tr><td>${esc(e.at)}</td><td>${esc(e.kind)}</td>
@@ -304,10 +365,10 @@ async function renderModels() {
   models.forEach((m, i) => {
     const versions = [...m.versions].reverse();
     const x = versions.map((v) => "v" + v.version);
-    chart(`impact-${i}`, [
-      { x, y: versions.map((v) => v.metrics.accuracy ?? null), type: "bar", name: "held-out accuracy", marker: { color: "#9aa5b8" } },
-      { x, y: versions.map((v) => v.live.accuracy), type: "bar", name: "live accuracy (feedback, 24h)", marker: { color: "#3a6fd8" } },
-    ], { title: { text: "Impact of each version: held-out vs live accuracy" }, barmode: "group", yaxis: { tickformat: ".0%", range: [0, 1] } });
+    barChart(`impact-${i}`, "Impact of each version: held-out vs live accuracy", x, [
+      { name: "held-out accuracy", values: versions.map((v) => v.metrics.accuracy ?? null), color: "#9aa5b8" },
+      { name: "live accuracy (feedback, 24h)", values: versions.map((v) => v.live.accuracy), color: "#3a6fd8" },
+    ], { min: 0, max: 1, ticks: { callback: percent(0) } });
   });
 }
 
