@@ -22,7 +22,7 @@ from cloud_sync.api.app import create_app
 from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.ingest.subscriber import Ingest
-from cloud_sync.leader import leadership_for
+from cloud_sync.leader import LoopStop, leadership_for
 from cloud_sync.loop.impact import load_value_matrices
 from cloud_sync.rollouts.checks import Limits
 from cloud_sync.rollouts.controller import Rollouts
@@ -110,7 +110,7 @@ class CloudService:
                 s.retrain_tracking_uri,
                 s.retrain_cooldown_s,
             )
-        self.leadership = leadership_for(self.store, s.rollout_tick_s)
+        self.leadership = leadership_for(self.store, s.rollout_tick_s, s.leader_stale_ticks)
         self._stop = threading.Event()
         self._loops_stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -160,7 +160,7 @@ class CloudService:
     def _start_loops(self) -> None:
         """Leadership gained: the controller, alerts, retention and retrain loops start (a fresh stop event)."""
         s = self.settings
-        self._loops_stop = threading.Event()
+        self._loops_stop = LoopStop(self.leadership.confirmed, poll_s=min(0.1, s.rollout_tick_s))
         self._threads = []
         for name, target, args in (
             ("edgeloop-rollouts", self.rollouts.run, (self._loops_stop, s.rollout_tick_s)),

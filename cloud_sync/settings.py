@@ -71,7 +71,12 @@ class CloudSettings(EdgeloopSettings):
     online_timeout_s: float = Field(default=120.0, gt=0)
     """A device that sent nothing for this long is shown offline even without its last will."""
     rollout_tick_s: float = Field(default=1.0, gt=0)
-    """How often the rollout controller checks active rollouts."""
+    """How often the rollout controller checks active rollouts (and, on PostgreSQL, how often every replica
+    tries for the leadership and the leader checks it still holds it)."""
+    leader_stale_ticks: int = Field(default=5, ge=3)
+    """PostgreSQL replicas: a leader whose lock connection has been idle this many `rollout_tick_s` (frozen:
+    SIGSTOP, swap) has that connection terminated by another replica, which takes over; the leader's own
+    loops act only within half of it after its last check (docs/cloud.md "One leader")."""
     rollout_confirm_timeout_s: float = Field(default=300.0, gt=0)
     """Canary devices must report the new version within this time, else the rollout is rolled back."""
     rollout_max_error_rate: float = Field(default=0.05, ge=0)
