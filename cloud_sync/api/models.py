@@ -56,6 +56,30 @@ class Rollout(BaseModel):
     selector: str | None = Field(
         None, description="Label selector: only the group's devices matching it (null = the whole group)"
     )
+    stages: list[float] | None = Field(
+        default=None, description="A staged rollout's cumulative shares of the group (%); null for a canary rollout"
+    )
+
+
+class RolloutStage(BaseModel):
+    """A staged rollout's stage in progress (the last one once promoted), its devices and its checks."""
+
+    stage: int = Field(description="1-based index of the stage in progress")
+    of: int = Field(description="How many stages")
+    percent: float = Field(description="The share of the group this stage reaches")
+    stages: list[float]
+    devices: list[str] = Field(description="The devices this stage adds")
+    switched: int = Field(description="Devices switched so far (every stage up to this one)")
+    planned: int = Field(description="Devices the stages switch one by one (planned at deploy)")
+    checks: str | None = Field(description='"passing", or why the rollout was (or will be) rolled back')
+    max_per_minute: int | None
+    abort_failed_pct: float | None
+    abort_min_devices: int | None
+    next_switch_at: str | None = Field(description="Rate limit: the earliest next switch (ISO)")
+    confirmed: int | None = Field(default=None, description="Switched devices reporting the version")
+    waiting: int | None = Field(default=None, description="Switched devices not reporting it yet")
+    rejected: list[str] | None = Field(default=None, description="Switched devices that rejected it")
+    late: list[str] | None = Field(default=None, description="Switched devices past the confirm timeout")
 
 
 class RolloutDevice(BaseModel):
@@ -75,6 +99,7 @@ class RolloutStatus(Rollout):
     group_devices: int | None = Field(default=None, description="Devices in the group (devices=false only)")
     on_target: int | None = Field(default=None, description="How many devices report the rollout's version")
     ab: dict[str, Any] | None = Field(default=None, description="A/B rollouts: per-arm requests, failures, accuracy")
+    stage: RolloutStage | None = Field(default=None, description="Staged rollouts: the stage and its checks")
 
 
 class Alert(BaseModel):
@@ -131,6 +156,29 @@ class DeployRequest(BaseModel):
         min_length=1,
         max_length=63,
         description="A label key (e.g. `hw`): the canary gets at least one device of each of its values",
+    )
+
+    stages: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description="Staged rollout (serving mode, instead of `canary`): cumulative % of the group per stage, "
+        "increasing, e.g. [1, 10, 50, 100]; each stage confirms, soaks `soak_minutes` and passes the canary "
+        "checks before the next; a failed check rolls every switched device back",
+    )
+    max_per_minute: int | None = Field(
+        default=None, ge=1, description="Staged rollout: at most this many devices switched per minute"
+    )
+    abort_failed_pct: float | None = Field(
+        default=None,
+        ge=0,
+        lt=100,
+        description="Staged rollout: roll back when more than this % of the switched devices rejected the "
+        "version or did not confirm it within `confirm_timeout_s` (after `abort_min_devices`)",
+    )
+    abort_min_devices: int = Field(default=1, ge=1, description="The abort rule counts from this many devices")
+    confirm_timeout_s: float | None = Field(
+        default=None, gt=0, description="Seconds a switched device has to confirm; default: the cloud's setting"
     )
 
 

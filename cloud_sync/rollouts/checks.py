@@ -72,11 +72,20 @@ def rejections(store: Store, rollout: Rollout) -> list[tuple[str, str]]:
         return [(row.device_id, row.reason or "no reason given") for row in conn.execute(query)]
 
 
-def check_canary(store: Store, registry: BundleRegistry, rollout: Rollout, *, now: float, limits: Limits) -> str | None:
-    """The first reason to roll `rollout` back from what its canary reported since it started (module doc), or None."""
+def check_canary(
+    store: Store,
+    registry: BundleRegistry,
+    rollout: Rollout,
+    *,
+    now: float,
+    limits: Limits,
+    count_rejections: bool = True,
+) -> str | None:
+    """The first reason to roll `rollout` back from what its canary reported since it started (module doc), or None.
+    `count_rejections=False`: rejections are left to a staged rollout's abort rule (`pacing`)."""
     group, canary, name, version = rollout.group, list(rollout.canary), rollout.model_name, rollout.model_version
     previous, since = rollout.previous_version, rollout.created_at
-    refused = rejections(store, rollout)
+    refused = rejections(store, rollout) if count_rejections else []
     if refused:
         device, reason = refused[0]
         return f"canary device {device} rejected {name}/{version}: {reason}"

@@ -2,6 +2,8 @@
 or an automatic rollback that says why.
 
     deploy   -> retained DesiredState (signed manifest + model_url) on each canary device's topic
+                (a staged rollout, `--stages 1%,10%,50%,100%`: each stage is a canary that widens; stages.py
+                decides its steps, pacing.py its rate limit and abort rule, `_advance_stages` applies them)
     canary   -> every canary device reports the version (else rollback after rollout_confirm_timeout_s)
     soaking  -> checks.check_canary every tick; a failure rolls back at once
     promoted -> retained DesiredState on the group topic, then the device-level overrides of the group are
@@ -34,7 +36,8 @@ import sqlalchemy as sa
 
 from cloud_sync.fleet.stats import device_list
 from cloud_sync.ingest.publisher import MqttPublisher
-from cloud_sync.rollouts import overrides, selectors
+from cloud_sync.rollouts import overrides, selectors, stages
+from cloud_sync.rollouts import pacing as pace
 from cloud_sync.rollouts import status as rollout_status
 from cloud_sync.rollouts.checks import Limits, check_canary
 from cloud_sync.rollouts.desired import desired_state, rollback_state
@@ -44,6 +47,7 @@ from cloud_sync.rollouts.modes.ab import ABTest
 from cloud_sync.rollouts.modes.base import Decision, ModeView, RolloutMode
 from cloud_sync.rollouts.modes.serving import Serving
 from cloud_sync.rollouts.modes.shadow import Shadow
+from cloud_sync.rollouts.stages import parse_canary
 from cloud_sync.store import audit
 from cloud_sync.store.bundles import BundleInfo, BundleRegistry
 from cloud_sync.store.db import Store, rollouts
@@ -58,26 +62,6 @@ logger = logging.getLogger("edgeloop.cloud.rollouts")
 NO_CANARY = "no canary devices: published to the whole group"
 MODES: dict[str, RolloutMode] = {mode.name: mode for mode in (Serving(), Shadow(), ABTest())}
 """Every rollout mode by name; a new mode is a class in modes/ and one entry here."""
-
-
-def parse_canary(spec: str | None, group_devices: list[str]) -> list[str]:
-    """`25%` or `25` -> that share of the group's known devices (at least one); `a,b` -> those devices."""
-    spec = (spec or "10%").strip()
-    number = spec.removesuffix("%")
-    if number.replace(".", "", 1).isdigit():
-        share = float(number)
-        if not 0 <= share <= 100:
-            raise InputError(f"--canary {spec}: a percentage must be between 0 and 100")
-        if share == 0 or not group_devices:
-            return []
-        count = max(1, round(len(group_devices) * share / 100))
-        return sorted(group_devices)[:count]
-    names = [name.strip() for name in spec.split(",") if name.strip()]
-    unknown = [name for name in names if name not in group_devices]
-    if unknown:
-        known = ", ".join(sorted(group_devices)) or "none yet"
-        raise InputError(f"--canary: {', '.join(unknown)} not known in this group (known: {known})")
-    return names
 
 
 class Rollouts:
@@ -106,6 +90,8 @@ class Rollouts:
         self._lock = threading.RLock()
         self.last_report: dict[str, dict[str, Any]] = {}
         """What each rollout's mode reported at the controller's last tick (A/B: per arm), for `per_device=False`."""
+        self.last_checks: dict[str, str] = {}
+        """A staged rollout's checks at the controller's last tick ("passing" or the failure), for status."""
 
     # -- commands -----------------------------------------------------------------------------------
     def deploy(self, request: RolloutRequest, *, actor: str = "operator") -> dict[str, Any]:
@@ -122,9 +108,12 @@ class Rollouts:
             targets = selectors.members(device_list(self.store, group), request.selector)
             if request.selector and not targets:
                 raise InputError(f"--selector {request.selector} matches no device of group {group}")
-            chosen = selectors.with_each_label(
-                parse_canary(request.canary, list(targets)), targets, request.canary_per_label
-            )
+
+            def represent(canary: list[str]) -> list[str]:  # --canary-per-label: each label value in it
+                return selectors.with_each_label(canary, targets, request.canary_per_label)
+
+            planned = stages.plan(request.stages, list(targets), represent)
+            chosen = [] if request.stages else represent(parse_canary(request.canary, list(targets)))
             previous = self._previous_version(group, name)
             if previous == version:
                 raise InputError(f"group {group} already runs {name}/{version}")
@@ -155,7 +144,15 @@ class Rollouts:
                 created_at=time.time(),
                 mode=mode.name,
                 selector=request.selector,
+                stages=request.stages,
+                stage_devices=planned,
+                pacing=request.pacing,
             )
+            if request.stages:  # the first stage's devices are switched by the controller's step, at once
+                rollout = replace(rollout, next_switch_at=rollout.created_at if request.pacing else None)
+                self._record_start(rollout, request, self._describe_stages(rollout))
+                self._advance(rollout.id, rollout.created_at)
+                return self.status(rollout.id)
             desired = mode.publishes(
                 request, new=info, champion=champion, base_url=self.base_url, rollout_id=rollout.id
             ).model_dump_json()
@@ -274,6 +271,9 @@ class Rollouts:
             rollout = self._get(rollout_id)
             if not rollout.active:
                 return
+            if rollout.stages:
+                self._advance_stages(rollout, now)
+                return
             if not rollout.canary:
                 # The replica that took the request promotes it at once; the leader only finishes what a crash
                 # between its insert and its publish left (never a soak without a canary to watch).
@@ -285,13 +285,45 @@ class Rollouts:
             )
             self._apply(rollout, decision, now)
 
+    def _advance_stages(self, rollout: Rollout, now: float) -> None:
+        """One step of a staged rollout (stages.py): checks over every device switched so far, the abort rule,
+        then switch the next devices, soak, widen, promote or roll back."""
+        pacing = rollout.pacing
+        timeout = (pacing.confirm_timeout_s if pacing else None) or self.confirm_timeout_s
+        seen = pace.progress(self.store, rollout, now=now, timeout_s=timeout)
+        strict = pacing is None or pacing.abort_failed_pct is None
+        failure = None
+        if rollout.canary:
+            failure = check_canary(
+                self.store, self.registry, rollout, now=now, limits=self.limits, count_rejections=strict
+            )
+        self.last_checks[rollout.id] = failure or "passing"
+        step = stages.next_step(rollout, seen, failure=failure, now=now)
+        if step.action == "switch":
+            payload = self._desired(self.registry.get(rollout.model_name, rollout.model_version), rollout.id)
+            overrides.publish(  # before recording: a repeated publish of the same retained state is harmless
+                self.store,
+                self.publisher,
+                group=rollout.group,
+                names=step.devices,
+                payload=payload.model_dump_json(),
+                rollout_id=rollout.id,
+            )
+            stages.record_switch(self.store, rollout, step, now=now)
+        elif step.action == "widen":
+            stages.record_widen(self.store, rollout, step, now=now)
+        elif step.action != "wait":
+            self._apply(rollout, Decision(step.action, step.reason), now)
+
     def _apply(self, rollout: Rollout, decision: Decision, now: float) -> None:
         if decision.report is not None:
             self.last_report[rollout.id] = decision.report
         if decision.action == "soak":
-            with self.store.begin() as conn:
+            with self.store.begin() as conn:  # compare-and-set: a staged rollout's stage soaks once
                 conn.execute(
-                    rollouts.update().where(rollouts.c.id == rollout.id).values(state="soaking", soak_started_at=now)
+                    rollouts.update()
+                    .where(rollouts.c.id == rollout.id, rollouts.c.state == rollout.state)
+                    .values(state="soaking", soak_started_at=now)
                 )
             log_event(logger, "rollout soaking", rollout=rollout.id, soak_s=rollout.soak_s, why=decision.reason)
         elif decision.action == "promote":
@@ -313,12 +345,20 @@ class Rollouts:
         """The rollout and each device of its group; `per_device=False`: only the counts `group_devices` and
         `on_target`, by one aggregate query (for polling a group of thousands)."""
         rollout = self._get(rollout_id)
+        stage = None
+        if rollout.stages:
+            pacing = rollout.pacing
+            timeout = (pacing.confirm_timeout_s if pacing else None) or self.confirm_timeout_s
+            seen = pace.progress(self.store, rollout, now=time.time(), timeout_s=timeout) if rollout.active else None
+            checks = self.last_checks.get(rollout_id) if rollout.active else rollout.reason
+            stage = stages.report(rollout, seen, checks=checks)
         return rollout_status.report(
             self.view,
             rollout,
             MODES[rollout.mode],
             per_device=per_device,
             last_report=self.last_report.get(rollout_id),
+            stage=stage,
         )
 
     def get(self, rollout_id: str) -> Rollout:
@@ -329,6 +369,19 @@ class Rollouts:
     def _desired(self, info: BundleInfo, rollout_id: str) -> DesiredState:
         return desired_state(self.base_url, info, rollout_id)
 
+    def _describe_stages(self, rollout: Rollout) -> str:
+        """A staged rollout's plan, for the audit log's deploy entry."""
+        plan = ", ".join(
+            f"{share:g}% (+{len(names)})" for share, names in zip(rollout.stages, rollout.stage_devices, strict=True)
+        )
+        why = f"stages {plan}, soak {rollout.soak_s:g}s each"
+        pacing = rollout.pacing
+        if pacing is not None and pacing.max_per_minute is not None:
+            why += f", at most {pacing.max_per_minute} devices a minute"
+        if pacing is not None and pacing.abort_failed_pct is not None:
+            why += f", abort above {pacing.abort_failed_pct:g}% failed after {pacing.abort_min_devices} devices"
+        return why
+
     def _record_start(self, rollout: Rollout, request: RolloutRequest, why: str) -> None:
         details: dict[str, Any] = {
             "rollout_id": rollout.id,
@@ -336,6 +389,8 @@ class Rollouts:
             "canary": list(rollout.canary),
             "mode": rollout.mode,
         }
+        if rollout.stages:
+            details |= {"stages": list(rollout.stages), "pacing": rollout.pacing and rollout.pacing.as_json()}
         if request.ab_fraction is not None or request.ab_key:
             details |= {"ab_fraction": request.ab_fraction, "ab_key": request.ab_key}
         if request.selector or request.canary_per_label:

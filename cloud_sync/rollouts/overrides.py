@@ -20,7 +20,7 @@ from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.store.db import Store, desired_overrides, devices
 from contracts.topics import device_topic
 
-__all__ = ["clear", "publish", "recorded"]
+__all__ = ["clear", "publish", "published", "recorded"]
 
 
 def publish(
@@ -35,6 +35,14 @@ def publish(
     with store.begin() as conn:  # recorded first: a publish that fails half-way still gets cleared later
         conn.execute(store.upsert(desired_overrides, "device_id", ["group_name", "rollout_id", "published_at"]), rows)
     publisher.publish_many([(device_topic(name, "desired"), payload) for name in names])
+
+
+def published(store: Store, rollout_id: str) -> dict[str, float]:
+    """When each device override of `rollout_id` still recorded was published (a staged rollout's switch times)."""
+    c = desired_overrides.c
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(c.device_id, c.published_at).where(c.rollout_id == rollout_id)).all()
+    return {row.device_id: float(row.published_at) for row in rows}
 
 
 def recorded(store: Store, group: str, extra: Iterable[str] = ()) -> list[str]:

@@ -27,10 +27,14 @@ def report(
     *,
     per_device: bool = True,
     last_report: dict[str, Any] | None = None,
+    stage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The rollout and each device of its group; `per_device=False`: only the counts `group_devices` and
-    `on_target`, and `last_report` (what the mode reported at the controller's last tick) under its key."""
+    `on_target`, and `last_report` (what the mode reported at the controller's last tick) under its key.
+    `stage`: a staged rollout's stage, its devices and its checks (`stages.report`)."""
     result = public(rollout)
+    if stage is not None:
+        result["stage"] = stage
     if not per_device:
         if last_report is not None:  # the last tick's report: polling reads no windows
             result[mode.name] = last_report
@@ -100,4 +104,5 @@ def public(rollout: Rollout) -> dict[str, Any]:
         "finished_at": audit.iso(rollout.finished_at),
         "mode": rollout.mode,
         "selector": rollout.selector,
+        "stages": list(rollout.stages) or None,
     }

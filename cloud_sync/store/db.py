@@ -153,6 +153,11 @@ rollouts = sa.Table(
     sa.Column("finished_at", sa.Float),
     sa.Column("mode", sa.String(16), nullable=False, server_default="serving"),  # serving | shadow
     sa.Column("selector", sa.Text),  # label selector (rollouts/selectors.py); null = the whole group
+    sa.Column("stages", sa.JSON),  # staged rollouts (rollouts/stages.py): cumulative % of the group per stage
+    sa.Column("stage", sa.Integer),  # the stage in progress
+    sa.Column("stage_devices", sa.JSON),  # the devices each stage adds
+    sa.Column("pacing", sa.JSON),  # model.Pacing: rate limit and abort rule
+    sa.Column("next_switch_at", sa.Float),  # rate limit: earliest time of the next device switch
     sa.Index("ix_rollouts_group", "group_name", "created_at"),
 )
 
@@ -354,6 +359,16 @@ def _add_missing_columns(conn: Connection, schema: str | None) -> None:
     if "selector" not in present:
         table = f'"{schema}".rollouts' if schema else "rollouts"
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN selector TEXT")
+    for column, kind in (  # staged rollouts
+        ("stages", "JSON"),
+        ("stage", "INTEGER"),
+        ("stage_devices", "JSON"),
+        ("pacing", "JSON"),
+        ("next_switch_at", "DOUBLE PRECISION"),
+    ):
+        if column not in present:
+            table = f'"{schema}".rollouts' if schema else "rollouts"
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     if "epoch" not in {column["name"] for column in inspector.get_columns("gaps", schema=schema)}:
         table = f'"{schema}".gaps' if schema else "gaps"
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")

@@ -10,7 +10,7 @@ from cloud_sync.api.auth import Auth
 from cloud_sync.api.context import CloudContext, Principal
 from cloud_sync.api.errors import ERRORS
 from cloud_sync.api.models import DeployRequest, ReasonRequest, Rollout, RolloutStatus
-from cloud_sync.rollouts.model import RolloutRequest
+from cloud_sync.rollouts.model import Pacing, RolloutRequest
 
 __all__ = ["router"]
 
@@ -47,6 +47,8 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
             ab_key=body.ab_key,
             selector=body.selector,
             canary_per_label=body.canary_per_label,
+            stages=tuple(body.stages or ()),
+            pacing=_pacing_of(body),
         )
         return ctx.rollouts.deploy(request, actor=principal.name)
 
@@ -63,3 +65,10 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
         return ctx.rollouts.rollback(rollout_id, actor=principal.name, reason=body.reason if body else None)
 
     return routes
+
+
+def _pacing_of(body: DeployRequest) -> Pacing | None:
+    """The rate limit and abort rule of a deploy request (None when it sets neither)."""
+    if body.max_per_minute is None and body.abort_failed_pct is None and body.confirm_timeout_s is None:
+        return None
+    return Pacing(body.max_per_minute, body.abort_failed_pct, body.abort_min_devices, body.confirm_timeout_s)
