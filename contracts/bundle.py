@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from contracts.errors import InputError, IntegrityError, NotFoundError
 from contracts.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, canonical_bytes, sha256_file
-from contracts.signing import PublicKey, verify_bytes
+from contracts.signing import KeySet, PublicKey, verify_bytes
 
 __all__ = ["Bundle", "atomic_directory", "load_bundle", "parse_manifest"]
 
@@ -47,8 +47,9 @@ def parse_manifest(data: bytes, source: str = "manifest") -> Manifest:
         raise InputError(f"{source} does not match contract v1 at {where}: {first['msg']}") from None
 
 
-def load_bundle(path: Path, public_key: PublicKey | None = None, require_signature: bool = True) -> Bundle:
-    """Parse and verify the bundle at `path`; raise a one-line error naming what is wrong."""
+def load_bundle(path: Path, public_key: PublicKey | KeySet | None = None, require_signature: bool = True) -> Bundle:
+    """Parse and verify the bundle at `path` (signed by `public_key`, or by a key of the set); raise a one-line
+    error naming what is wrong."""
     path = Path(path)
     if not path.is_dir():
         raise NotFoundError(f"bundle directory {path} not found")

@@ -94,6 +94,9 @@ class ReportedState(_Message):
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         return check_labels(value)
+    trusted_keys: list[str] = Field(default_factory=list)
+    """Key ids of the public keys the device verifies bundles with (two during a key rotation's overlap);
+    empty when it checks no signatures."""
 
 
 class DeviceStatus(_Message):

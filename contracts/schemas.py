@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
+from contracts.keyset import KeySetMessage
 from contracts.manifest import Manifest
 from contracts.messages import CloudAck, DesiredState, DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
 from contracts.telemetry import TelemetryWindow
@@ -28,6 +29,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "telemetry-window": TelemetryWindow,
     "feedback-rows": FeedbackRows,
     "cloud-ack": CloudAck,
+    "key-set": KeySetMessage,
 }
 
 

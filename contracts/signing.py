@@ -9,6 +9,10 @@ library. Verification, all a device does, reads the PEM public key itself (an Ed
 fixed 12-byte prefix plus the 32-byte key) and checks signatures with PyNaCl (libsodium): the agent never loads
 cryptography's OpenSSL bindings (about 12 MB of RSS against 3.5 MB; docs/edge-agent.md). `verify_bytes` and
 `key_id` also take a cryptography public key, as the converter holds one.
+
+A signer may trust several keys at once (`KeySet`: during a key rotation's overlap, docs/edge-agent.md "Key
+rotation"); `verify_bytes` with a set picks the key the signature document names and refuses a key not in it.
+The cloud's trusted set lives in `keys_dir/trusted/*.pub` beside the current pair (`trusted_keys`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = [
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
+    "TRUSTED_DIR",
+    "KeySet",
     "PublicKey",
     "generate_keypair",
     "key_id",
@@ -38,11 +44,15 @@ __all__ = [
     "load_public_key",
     "public_key_of",
     "sign_bytes",
+    "signer_key_id",
+    "trusted_keys",
     "verify_bytes",
 ]
 
 PRIVATE_KEY_FILE = "edgeloop-signing.key"
 PUBLIC_KEY_FILE = "edgeloop-signing.pub"
+TRUSTED_DIR = "trusted"
+"""`keys_dir/trusted/{key_id}.pub`: every public key of the signer's published key set (key rotation)."""
 _SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 """DER of an Ed25519 SubjectPublicKeyInfo up to its 32 key bytes (RFC 8410)."""
 
@@ -67,6 +77,20 @@ class PublicKey:
         if len(der) != len(_SPKI_PREFIX) + 32 or not der.startswith(_SPKI_PREFIX):
             raise ValueError("not an Ed25519 key")
         return cls(der[len(_SPKI_PREFIX) :])
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The public keys a verifier trusts at once (one, or two during a key rotation's overlap)."""
+
+    keys: tuple[PublicKey, ...]
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(key_id(key) for key in self.keys)
+
+    def find(self, wanted: str) -> PublicKey | None:
+        return next((key for key in self.keys if key_id(key) == wanted), None)
 
 
 def _raw(public_key: PublicKey | Ed25519PublicKey) -> bytes:
@@ -135,6 +159,27 @@ def key_id(public_key: PublicKey | Ed25519PublicKey) -> str:
     return hashlib.sha256(_raw(public_key)).hexdigest()[:16]
 
 
+def trusted_keys(keys_dir: Path) -> KeySet | None:
+    """The signer's trusted set: the current public key plus `keys_dir/trusted/*.pub`; None when it has no key."""
+    paths = [keys_dir / PUBLIC_KEY_FILE, *sorted((keys_dir / TRUSTED_DIR).glob("*.pub"))]
+    keys: dict[str, PublicKey] = {}
+    for path in paths:
+        if path.is_file():
+            key = load_public_key(path)
+            keys.setdefault(key_id(key), key)
+    return KeySet(tuple(keys.values())) if keys else None
+
+
+def signer_key_id(signature_document: bytes) -> str | None:
+    """The key id a `manifest.sig` document names, or None when it is malformed."""
+    try:
+        document = orjson.loads(signature_document)
+    except orjson.JSONDecodeError:
+        return None
+    signer = document.get("key_id") if isinstance(document, dict) else None
+    return signer if isinstance(signer, str) else None
+
+
 def sign_bytes(data: bytes, private_key: Ed25519PrivateKey) -> bytes:
     """Return the content of a `manifest.sig` document for `data`."""
     signature = private_key.sign(data)
@@ -146,8 +191,19 @@ def sign_bytes(data: bytes, private_key: Ed25519PrivateKey) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
-def verify_bytes(data: bytes, signature_document: bytes, public_key: PublicKey | Ed25519PublicKey) -> None:
-    """Raise IntegrityError unless `signature_document` is a valid signature of `data` by `public_key`."""
+def verify_bytes(data: bytes, signature_document: bytes, public_key: PublicKey | Ed25519PublicKey | KeySet) -> None:
+    """Raise IntegrityError unless `signature_document` is a valid signature of `data` by `public_key` (by the
+    key of the set that the document names, for a `KeySet`)."""
+    if isinstance(public_key, KeySet):
+        signer = signer_key_id(signature_document)
+        chosen = public_key.find(signer) if signer else None
+        if chosen is None:
+            raise IntegrityError(
+                f"manifest signature is invalid for the trusted keys ({', '.join(public_key.ids)}): it was signed by "
+                f"key {signer} (another key, not trusted here); sign with a current key, or announce the new key "
+                "with `edgeloop keys rotate`"
+            )
+        public_key = chosen
     try:
         document = orjson.loads(signature_document)
         if document.get("algorithm") != "ed25519":

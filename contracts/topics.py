@@ -10,8 +10,10 @@
 | edgeloop/v1/devices/{device}/events     | edge -> cloud  | 1   | no       | DeviceEvent     |
 | edgeloop/v1/devices/{device}/feedback   | edge -> cloud  | 1   | no       | FeedbackRows    |
 | edgeloop/v1/devices/{device}/ack        | cloud -> edge  | 1   | yes      | CloudAck        |
+| edgeloop/v1/keys                        | cloud -> edge  | 1   | yes      | KeySetMessage   |
 
-A device-level desired state wins over its group's.
+A device-level desired state wins over its group's. The key set (contracts.keyset.KEYS_TOPIC) is fleet-wide:
+one signing key signs every group's bundles.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from contracts.drift_stats import DriftRule
-from contracts.errors import EdgeloopError, InputError
+from contracts.errors import EdgeloopError, InputError, IntegrityError
+from contracts.keyset import KEYS_TOPIC, KeySetMessage
 from contracts.logs import log_event
 from contracts.signing import load_public_key
 from edge_agent.ab_split import KeyFields
@@ -36,6 +37,7 @@ from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
 from edge_agent.store import ModelStore
 from edge_agent.telemetry import TelemetryReporter
+from edge_agent.trust import TrustedKeys
 from edge_agent.updater import AGENT_VERSION, Updater, UpdateWorker
 
 __all__ = ["Agent", "run_agent"]
@@ -47,13 +49,14 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.key_path = settings.resolved_public_key()
-        self.public_key = load_public_key(self.key_path) if self.key_path else None
+        public_key = load_public_key(self.key_path) if self.key_path else None
+        self.trust = TrustedKeys(settings.state_dir, public_key) if public_key is not None else None
         from contracts.runtime import resolve_runtime
 
         self.runtime = resolve_runtime(settings.runtime)  # one-line InputError when onnxruntime is asked for but absent
         self.metrics = AgentMetrics()
         self.metrics.set_runtime(self.runtime)
-        self.store = ModelStore(settings.state_dir, self.public_key, settings.keep_versions)
+        self.store = ModelStore(settings.state_dir, self.trust, settings.keep_versions)
         self._lock_file = self._lock_state_dir()
         self.counter = EventCounter(self.store.state_dir / "events.seq")
         # With a broker configured, telemetry windows and events go through the on-disk outbox first.
@@ -108,11 +111,15 @@ class Agent:
                 on_append=self.sync.publisher.wake if self.sync and self.sync.publisher else None,
             )
         reporter: Reporter = self.sync or LogReporter(settings.device_id, self.counter)
-        self.updater = Updater(settings, self.store, self.service, reporter, self.public_key, self.metrics)
+        self.updater = Updater(settings, self.store, self.service, reporter, self.trust, self.metrics)
         self.worker = UpdateWorker(self.updater)
         if self.sync is not None:
             self.sync.on_desired = self.worker.submit
             self.sync.reported_provider = self.updater.reported_state
+            if self.trust is not None:
+                self.sync.on_key_set = self.apply_key_set
+        if self.trust is not None:
+            self.metrics.set_trusted_keys(self.trust.ids)
         self._started = False
 
     def _lock_state_dir(self) -> Any:
@@ -159,10 +166,29 @@ class Agent:
         from contracts.bundle import load_bundle
         from contracts.runtime import OnnxModel
 
-        bundle = load_bundle(path, self.public_key, require_signature=self.public_key is not None)
+        keys = self.trust.current() if self.trust is not None else None
+        bundle = load_bundle(path, keys, require_signature=keys is not None)
         model = OnnxModel.load(bundle, intra_op_threads=self.settings.intra_op_threads, runtime=self.runtime)
         model.check_golden_samples()
         self.service.set_shadow(model, bundle)
+
+    def apply_key_set(self, message: KeySetMessage) -> None:
+        """A key set announced on edgeloop/v1/keys: trusted from now on (persisted, reported), or refused (logged
+        and reported as a `rejected` event); the served model keeps serving either way."""
+        if self.trust is None:
+            return
+        try:
+            changed = self.trust.apply(message)
+        except IntegrityError as exc:
+            self.trust.refused(exc.message)
+            if self.sync is not None:
+                self.sync.publish_event("rejected", reason=exc.message, details={"topic": KEYS_TOPIC,
+                                        "key_set": message.seq, "signer": message.signer})  # fmt: skip
+            return
+        if changed:
+            self.metrics.set_trusted_keys(self.trust.ids)
+            if self.sync is not None:
+                self.sync.publish_reported(self.updater.reported_state())
 
     def start(self) -> None:
         """Start the update worker and the MQTT connection (both in the background)."""
@@ -206,6 +232,8 @@ class Agent:
             "mqtt": None if self.sync is None else ("connected" if self.sync.connected.is_set() else "disconnected"),
             "last_error": self.updater.last_error,
             "stored_bundles": [path.name for path in self.store.installed()],
+            "trusted_keys": [] if self.trust is None else self.trust.ids,
+            "key_set_seq": None if self.trust is None else self.trust.seq,
             "agent_version": AGENT_VERSION,
             "runtime": self.runtime,
             "outbox_pending": None if self.outbox is None else self.outbox.size(),

@@ -6,10 +6,11 @@ fail, and what to do when it is not ok. No check changes anything on the device 
     runtime      onnxruntime importable (or the numpy runtime, slower)
     state dir    exists or can be made, writable, free space
     clock        the kernel's clock is synchronised (signatures' and telemetry windows' times depend on it)
-    public key   set and readable
-    bundle       --bundle or the store's current bundle verifies with that key (signature, sha256) and
-                 replays its golden samples
+    public key   set and readable; the key set the device trusts (after a key rotation: state_dir/trusted-keys.json)
+    bundle       --bundle (by a trusted key) or the store's current bundle (by a trusted or retired key) verifies
+                 (signature, sha256) and replays its golden samples
     broker       reachable with the agent's TLS and credentials; the ACL lets it subscribe to its desired states
+                 and to the fleet's key set
 
 Publishing is not probed: a test message on the device's topics would reach the cloud as real data.
 """
@@ -32,8 +33,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from contracts.errors import EdgeloopError
+from contracts.keyset import KEYS_TOPIC
 from contracts.topics import device_topic, group_desired
 from edge_agent.settings import AgentSettings
+from edge_agent.trust import TrustedKeys
 
 __all__ = ["Check", "run_checks"]
 
@@ -116,10 +119,11 @@ def _public_key(s: AgentSettings) -> Check:
     if path is None:
         return Check("public key", "warn", "none set: bundle signatures are not checked", "set --public-key")
     try:
-        load_public_key(path)
+        trust = TrustedKeys(s.state_dir, load_public_key(path))
     except (EdgeloopError, OSError, ValueError) as exc:
         return Check("public key", "fail", f"{path}: {exc}", "copy edgeloop-signing.pub from the build side")
-    return Check("public key", "ok", str(path))
+    rotated = f" (key set {trust.seq}, {trust.path.name})" if trust.seq else ""
+    return Check("public key", "ok", f"{path}; trusts {', '.join(trust.ids)}{rotated}")
 
 
 def _bundle(s: AgentSettings) -> Check:
@@ -135,7 +139,8 @@ def _bundle(s: AgentSettings) -> Check:
         return Check("bundle", "warn", "no --bundle and nothing installed yet", "pass --bundle or deploy one")
     key_path = s.resolved_public_key()
     try:
-        key = load_public_key(key_path) if key_path else None
+        trust = TrustedKeys(s.state_dir, load_public_key(key_path)) if key_path else None
+        key = None if trust is None else (trust.current() if s.bundle is not None else trust.installed())
         bundle = load_bundle(path, key, require_signature=key is not None)
         OnnxModel.load(bundle, intra_op_threads=1, runtime=s.runtime).check_golden_samples()
     except (EdgeloopError, OSError, ValueError) as exc:
@@ -170,7 +175,7 @@ def _broker(s: AgentSettings) -> Check:
             done.set()
             return
         topics = [(group_desired(s.group), 1), (device_topic(s.device_id, "desired"), 1)]
-        client.subscribe(topics)
+        client.subscribe([*topics, (KEYS_TOPIC, 1)] if s.resolved_public_key() else topics)
 
     def on_subscribe(_c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any) -> None:
         result["subscribe"] = reasons
@@ -200,8 +205,10 @@ def _broker(s: AgentSettings) -> Check:
     refused = [str(r) for r in result.get("subscribe", []) if r.is_failure]
     if "subscribe" not in result or refused:
         return Check("broker", "fail", f"{where}: subscribe refused ({', '.join(refused) or 'no SUBACK'})",
-                     "the broker's ACL must let this user read its group's and device's desired topics")  # fmt: skip
-    return Check("broker", "ok", f"{where}" + (f" as {user}" if user else "") + ", may subscribe to its desired states")
+                     "the broker's ACL must let this user read its group's and device's desired topics and "
+                     f"{KEYS_TOPIC} (deploy/mosquitto/acl.head)")  # fmt: skip
+    return Check("broker", "ok", f"{where}" + (f" as {user}" if user else "") + ", may subscribe to its desired states"
+                 + (" and the key set" if s.resolved_public_key() else ""))  # fmt: skip
 
 
 CHECKS: tuple[Callable[[AgentSettings], Check], ...] = (

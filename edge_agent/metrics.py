@@ -77,6 +77,10 @@ class AgentMetrics:
         self.updates = Counter(
             "edgeloop_model_updates", "Model update attempts by outcome.", ["outcome"], registry=self.registry
         )
+        self.trusted_key = Gauge(
+            "edgeloop_trusted_key", "A public key bundles are verified with (value 1; two during a key rotation).",
+            ["key_id"], registry=self.registry,
+        )  # fmt: skip
         self.feature_psi = Gauge(
             "edgeloop_feature_psi", "PSI of each feature over the last telemetry window.", ["feature"],
             registry=self.registry,
@@ -114,6 +118,11 @@ class AgentMetrics:
             self._children[key] = children
         children[0].observe(seconds)
         children[1].inc()
+
+    def set_trusted_keys(self, key_ids: list[str]) -> None:
+        self.trusted_key.clear()
+        for key in key_ids:
+            self.trusted_key.labels(key).set(1)
 
     def set_runtime(self, runtime: str) -> None:
         self.runtime_info.clear()

@@ -1,7 +1,8 @@
 """MQTT transport of the agent (paho-mqtt 2, MQTT 5, callback API v2): desired state in, state and events out.
 
 Subscribes to the retained desired-state topics of its group and of itself; the device-level one wins
-while it is set (an empty retained message clears it and the group's applies again). Publishes online
+while it is set (an empty retained message clears it and the group's applies again). With a key set to keep
+(`on_key_set`), it also subscribes to the fleet's signed key set (`edgeloop/v1/keys`). Publishes online
 status (retained, with a retained `offline` last will), reported state (retained) and events (QoS 1).
 Connection runs on paho's thread with exponential reconnect backoff; updates are handed to the
 `UpdateWorker`, never run on the network thread. No business logic here.
@@ -26,6 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from contracts.keyset import KEYS_TOPIC, KeySetMessage
 from contracts.logs import log_event
 from contracts.messages import CloudAck, DesiredState, DeviceEvent, DeviceStatus, ReportedState
 from contracts.topics import device_topic, group_desired
@@ -51,6 +53,7 @@ class MqttSync:
         self.counter = counter
         self.device_id = settings.device_id
         self.on_desired: Callable[[DesiredState], None] = lambda _desired: None
+        self.on_key_set: Callable[[KeySetMessage], None] | None = None
         self.reported_provider: Callable[[], ReportedState] | None = None
         self.group_topic = group_desired(settings.group)
         self.device_desired_topic = device_topic(self.device_id, "desired")
@@ -169,6 +172,8 @@ class MqttSync:
             log_event(logger, "mqtt connection refused", level=logging.WARNING, reason=str(reason))
             return
         topics = [(self.group_topic, QOS), (self.device_desired_topic, QOS)]
+        if self.on_key_set is not None:  # first: the broker sends retained messages in this order, so a device
+            topics.insert(0, (KEYS_TOPIC, QOS))  # back after a rotation knows the new set before the desired state
         client.subscribe([*topics, (self.ack_topic, QOS)] if self.acks is not None else topics)
         if self.publisher is not None:
             self.publisher.on_connected()
@@ -203,6 +208,9 @@ class MqttSync:
         if message.topic == self.ack_topic:
             self._on_ack(bytes(message.payload))
             return
+        if message.topic == KEYS_TOPIC:
+            self._on_keys(bytes(message.payload))
+            return
         level = "device" if message.topic == self.device_desired_topic else "group"
         if not message.payload:
             with self._lock:
@@ -223,6 +231,19 @@ class MqttSync:
             effective = self._desired.get("device") or self._desired.get("group")
         if effective is not None:
             self.on_desired(effective)
+
+    def _on_keys(self, payload: bytes) -> None:
+        if self.on_key_set is None or not payload:
+            return
+        try:
+            message = KeySetMessage.model_validate_json(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            reason = f"key set on {KEYS_TOPIC} is malformed at {first['loc']}: {first['msg']}"
+            log_event(logger, "key set refused", level=logging.ERROR, reason=reason)
+            self.publish_event("rejected", reason=reason, details={"topic": KEYS_TOPIC})
+            return
+        self.on_key_set(message)
 
     def _on_ack(self, payload: bytes) -> None:
         if self.acks is None or self.publisher is None or not payload:

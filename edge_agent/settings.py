@@ -70,7 +70,9 @@ class AgentSettings(EdgeloopSettings):
     """Longest delay between reconnection attempts."""
     public_key: Path | None = None
     """Ed25519 public key that must have signed every bundle (default: $EDGELOOP_HOME/keys/edgeloop-signing.pub
-    when present). Without one, updates over MQTT are refused and local bundles are checked by sha256 only."""
+    when present): the key the device is provisioned with; a key rotation announced on edgeloop/v1/keys (signed
+    by a trusted key) replaces the set, kept in state_dir/trusted-keys.json. Without one, updates over MQTT are
+    refused and local bundles are checked by sha256 only."""
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     """Largest request body accepted by /v1/predict (413 above)."""
     max_batch: int = Field(default=1000, ge=1)

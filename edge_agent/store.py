@@ -19,14 +19,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from contracts.bundle import Bundle, load_bundle
 from contracts.errors import EdgeloopError
 from contracts.logs import log_event
 from contracts.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest
-from contracts.signing import PublicKey
+from contracts.signing import KeySet, PublicKey
 
-__all__ = ["ModelStore", "bundle_dir_name"]
+__all__ = ["FixedKeys", "ModelStore", "SigningKeys", "bundle_dir_name"]
 
 logger = logging.getLogger("edgeloop.agent.store")
 POINTER_FILE = "current"
@@ -64,22 +65,49 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+class SigningKeys(Protocol):
+    """The keys bundles are verified with (edge_agent.trust.TrustedKeys: a set that a key rotation changes)."""
+
+    def current(self) -> KeySet:
+        """What a new bundle (an update, `--bundle`) must be signed by."""
+        ...
+
+    def installed(self) -> KeySet:
+        """What a bundle already in the store may be signed by (current keys and retired ones)."""
+        ...
+
+
+class FixedKeys:
+    """One public key, never rotated (a store opened by a tool or a test)."""
+
+    def __init__(self, key: PublicKey) -> None:
+        self._set = KeySet((key,))
+
+    def current(self) -> KeySet:
+        return self._set
+
+    def installed(self) -> KeySet:
+        return self._set
+
+
 class ModelStore:
-    def __init__(self, state_dir: Path, public_key: PublicKey | None, keep_versions: int = 3) -> None:
+    def __init__(self, state_dir: Path, keys: SigningKeys | PublicKey | None, keep_versions: int = 3) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.bundles_dir = self.state_dir / "bundles"
         self.tmp_dir = self.state_dir / "tmp"
         self.pointer = self.state_dir / POINTER_FILE
-        self.public_key = public_key
+        self.keys: SigningKeys | None = FixedKeys(keys) if isinstance(keys, PublicKey) else keys
         self.keep_versions = keep_versions
         shutil.rmtree(self.tmp_dir, ignore_errors=True)  # leftovers of a download cut by a restart
         for directory in (self.bundles_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
     # -- reading ------------------------------------------------------------------------------------
-    def verify(self, path: Path) -> Bundle:
-        """Verify a bundle directory: sha256 and size always, the signature when a public key is set."""
-        return load_bundle(path, self.public_key, require_signature=True)
+    def verify(self, path: Path, fresh: bool = False) -> Bundle:
+        """Verify a bundle directory: sha256 and size always, the signature when keys are set (a `fresh` bundle,
+        not installed yet, by a current key; a stored one may also be signed by a key retired since)."""
+        keys = None if self.keys is None else (self.keys.current() if fresh else self.keys.installed())
+        return load_bundle(path, keys, require_signature=True)
 
     def current_name(self) -> str | None:
         try:
@@ -124,7 +152,7 @@ class ModelStore:
     # -- writing ------------------------------------------------------------------------------------
     def install_from_dir(self, source: Path) -> Bundle:
         """Verify a bundle directory and copy it into the store (no-op when the same bundle is there)."""
-        bundle = self.verify(source)
+        bundle = self.verify(source, fresh=True)
         existing = self.find(bundle.manifest)
         if existing is not None:
             return existing

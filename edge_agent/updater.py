@@ -30,7 +30,7 @@ from contracts.logs import log_event
 from contracts.manifest import Manifest, canonical_bytes
 from contracts.messages import ABSplit, DesiredState, ReportedState, ShadowBundle
 from contracts.runtime import OnnxModel
-from contracts.signing import PublicKey, verify_bytes
+from contracts.signing import verify_bytes
 from edge_agent.download import download_model
 from edge_agent.errors import DownloadFailed
 from edge_agent.loaded import LoadedModel
@@ -38,7 +38,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.reporting import Reporter, utc_now
 from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
-from edge_agent.store import ModelStore
+from edge_agent.store import ModelStore, SigningKeys
 
 __all__ = ["AGENT_VERSION", "UpdateOutcome", "UpdateWorker", "Updater", "check_version_policy"]
 
@@ -85,14 +85,14 @@ class Updater:
         store: ModelStore,
         service: InferenceService,
         reporter: Reporter,
-        public_key: PublicKey | None,
+        keys: SigningKeys | None,
         metrics: AgentMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.service = service
         self.reporter = reporter
-        self.public_key = public_key
+        self.keys = keys
         self.metrics = metrics
         self.last_error: str | None = None
         self._shadow_from_desired = False
@@ -109,7 +109,7 @@ class Updater:
         """Install a bundle directory (`--bundle`): verified, copied into the store, served unless older."""
         with self._lock:
             bundle = self.store.install_from_dir(path)
-            if self.public_key is None:
+            if self.keys is None:
                 log_event(logger, "no public key: signature of the local bundle not checked", level=logging.WARNING)
             current = self.service.current
             try:
@@ -255,14 +255,15 @@ class Updater:
             agent_version=AGENT_VERSION,
             updated_at=utc_now(),
             labels=self.settings.labels,
+            trusted_keys=list(self.keys.current().ids) if self.keys is not None else [],
         )
 
     # -- steps --------------------------------------------------------------------------------------
     def _verified_manifest(self, raw: dict[str, object], signature: str) -> Manifest:
         manifest = parse_manifest(orjson.dumps(raw), "desired state manifest")
-        if self.public_key is None:
+        if self.keys is None:
             raise IntegrityError("no public key configured (EDGELOOP_AGENT_PUBLIC_KEY): updates cannot be verified")
-        verify_bytes(canonical_bytes(manifest), signature.encode(), self.public_key)
+        verify_bytes(canonical_bytes(manifest), signature.encode(), self.keys.current())
         if manifest.onnx.size > self.settings.download_max_bytes:
             raise ModelRejected(
                 f"{manifest.ref}: model.onnx is {manifest.onnx.size} bytes, over download_max_bytes "

@@ -37,17 +37,20 @@ def test_a_device_is_confined_to_its_own_topics_and_its_group(
     cloud.publish("edgeloop/v1/groups/plant-a/desired", b"for-a", retain=True)
     cloud.publish("edgeloop/v1/groups/plant-b/desired", b"for-b", retain=True)
     cloud.publish("edgeloop/v1/devices/gw-2/desired", b"for-gw-2", retain=True)
-    gw1 = Client(broker, ca, "gw-1", "pw1", ["edgeloop/v1/groups/+/desired", "edgeloop/v1/devices/+/desired"])
+    cloud.publish("edgeloop/v1/keys", b"key-set", retain=True)
+    gw1 = Client(
+        broker, ca, "gw-1", "pw1", ["edgeloop/v1/groups/+/desired", "edgeloop/v1/devices/+/desired", "edgeloop/v1/keys"]
+    )
     agent = None
     try:
         time.sleep(1.0)
-        # Reads: its group's desired state only.
-        assert gw1.topics() == {"edgeloop/v1/groups/plant-a/desired"}, gw1.messages
+        # Reads: its group's desired state and the fleet's key set only.
+        assert gw1.topics() == {"edgeloop/v1/groups/plant-a/desired", "edgeloop/v1/keys"}, gw1.messages
         # Writes: under another device's topics, or its own desired state, nothing gets through.
         before = len(cloud.messages)
         for topic in ("edgeloop/v1/devices/gw-2/telemetry", "edgeloop/v1/devices/gw-2/events",
                       "edgeloop/v1/devices/gw-2/reported", "edgeloop/v1/devices/gw-1/desired",
-                      "edgeloop/v1/groups/plant-a/desired", "edgeloop/v1/alerts/x/y"):  # fmt: skip
+                      "edgeloop/v1/groups/plant-a/desired", "edgeloop/v1/alerts/x/y", "edgeloop/v1/keys"):  # fmt: skip
             gw1.publish(topic, b"forged")
         gw1.publish("edgeloop/v1/devices/gw-1/telemetry", b"mine")
         deadline = time.monotonic() + 5
