@@ -28,11 +28,12 @@ from cloud_sync.rollouts.checks import Limits
 from cloud_sync.rollouts.controller import Rollouts
 from cloud_sync.rollouts.fleet_aliases import connect_registry
 from cloud_sync.settings import CloudSettings
+from cloud_sync.signing_keys import KeyRotation
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store
 from contracts.drift_stats import DriftRule
 from contracts.logs import log_event
-from contracts.signing import PUBLIC_KEY_FILE, load_public_key
+from contracts.signing import trusted_keys
 
 __all__ = ["CloudService"]
 
@@ -43,16 +44,14 @@ class CloudService:
     def __init__(self, settings: CloudSettings) -> None:
         self.settings = s = settings
         self.store = Store(s.store_url, s.store_schema).create()
-        key_path = s.keys_dir / PUBLIC_KEY_FILE
-        public_key = load_public_key(key_path) if key_path.is_file() else None
-        if public_key is None:
+        if trusted_keys(s.keys_dir) is None:
             log_event(
                 logger,
                 "no public key: uploaded bundles are checked by sha256 only",
                 level=logging.WARNING,
-                expected=str(key_path),
+                expected=str(s.keys_dir),
             )
-        self.registry = BundleRegistry(s.bundles_dir, public_key)
+        self.registry = BundleRegistry(s.bundles_dir, keys_dir=s.keys_dir)
         self.rules = load_rules(s.alert_rules)
         self.value_matrices = load_value_matrices(s.value_matrices)
         self.publisher = MqttPublisher(
@@ -87,6 +86,7 @@ class CloudService:
             confirm_timeout_s=s.rollout_confirm_timeout_s,
             aliases=connect_registry(s.registry_tracking_uri, s.registry_champion_group, s.registry_aliases),
         )
+        self.keys = KeyRotation(s.keys_dir, self.store, self.registry, self.publisher)
         self.alerts = AlertEvaluator(
             self.store,
             self.registry,
@@ -136,6 +136,10 @@ class CloudService:
 
     def start(self) -> None:
         self.publisher.start(wait_s=0)
+        try:
+            self.keys.republish()
+        except Exception as exc:  # the broker may be down at start; the next rotation publishes again
+            log_event(logger, "key set not republished", level=logging.WARNING, error=str(exc))
         self.ingest.start()
         s = self.settings
         self._elector = threading.Thread(
@@ -212,6 +216,7 @@ class CloudService:
             s.max_body_bytes,
             is_leader=self.leadership.is_leader,
             broker_connected=lambda: self.ingest.connected.is_set() and self.publisher.connected.is_set(),
+            keys=self.keys,
         )
         return create_app(context, lifespan)
 

@@ -24,7 +24,8 @@ app = typer.Typer(
     add_completion=False,
 )
 keys_app = typer.Typer(
-    help="Manage the Ed25519 key pair that signs bundles.\n\nExample: [cyan]edgeloop keys generate[/cyan]",
+    help="Manage the Ed25519 key pair that signs bundles and rotate it on a live fleet.\n\n"
+    "Example: [cyan]edgeloop keys generate[/cyan]",
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
@@ -185,6 +186,10 @@ def keys_generate(
     private, public = generate_keypair(out or edgeloop_home() / "keys", overwrite)
     console.print(f"private key {private} (keep it secret)\npublic key  {public} (copy it to devices)")
 
+
+from edgeloop.cmd_keys import register as _register_keys  # noqa: E402
+
+_register_keys(keys_app)
 
 from edgeloop.cmd_score import register as _register_score  # noqa: E402
 

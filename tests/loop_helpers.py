@@ -18,6 +18,7 @@ from cloud_sync.api.app import create_app
 from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.signing_keys import KeyRotation
 from cloud_sync.store.bundles import BundleRegistry
 from contracts.signing import load_public_key
 from tests.agent_helpers import free_port
@@ -28,20 +29,35 @@ __all__ = ["CloudServer", "slow_server", "start_ingest"]
 
 
 class CloudServer:
-    """The cloud API with bundles registered, on a free port."""
+    """The cloud API with bundles registered, on a free port. With `keys_dir`, the cloud signs with and
+    rotates the keys there (GET /v1/keys, POST /v1/keys/rotate|retire) instead of `trained`'s."""
 
-    def __init__(self, broker: Broker, tmp_path: Path, trained: TrainedBundle, bundles: list[Path], **ctx: Any) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        tmp_path: Path,
+        trained: TrainedBundle,
+        bundles: list[Path],
+        keys_dir: Path | None = None,
+        **ctx: Any,
+    ) -> None:
         self._store_cm = make_store("sqlite", tmp_path)
         self.store = self._store_cm.__enter__()
-        self.registry = BundleRegistry(tmp_path / "cloud-bundles", load_public_key(trained.public_key))
+        self.registry = (
+            BundleRegistry(tmp_path / "cloud-bundles", keys_dir=keys_dir)
+            if keys_dir is not None
+            else BundleRegistry(tmp_path / "cloud-bundles", load_public_key(trained.public_key))
+        )
         for bundle in bundles:
             self.registry.add(bundle)
         self.publisher = MqttPublisher(broker.url, client_id=f"loop-test-{time.monotonic_ns()}").start()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.rollouts = Rollouts(
-            self.store, self.registry, self.publisher, base_url=self.url, keys_dir=trained.keys_dir
+            self.store, self.registry, self.publisher, base_url=self.url, keys_dir=keys_dir or trained.keys_dir
         )
+        if keys_dir is not None:
+            ctx["keys"] = KeyRotation(keys_dir, self.store, self.registry, self.publisher)
         self.context = CloudContext(self.store, self.registry, self.rollouts, ["viewer:look"], ["ops:act"], **ctx)
         config = uvicorn.Config(
             create_app(self.context), host="127.0.0.1", port=self.port, log_config=None, log_level="warning"

@@ -20,12 +20,12 @@ from fastapi import FastAPI
 from cloud_sync.api.auth import Auth
 from cloud_sync.api.context import CloudContext
 from cloud_sync.api.errors import BodyLimit, install_error_handlers
-from cloud_sync.api.routes import alerts, audit, bundles, fleet, loop, metrics, rollouts, scoring, service
+from cloud_sync.api.routes import alerts, audit, bundles, fleet, keys, loop, metrics, rollouts, scoring, service
 from cloud_sync.dashboard import routes as dashboard
 
 __all__ = ["create_app"]
 
-ROUTES = (bundles, service, metrics, fleet, rollouts, alerts, audit, scoring, loop, dashboard)
+ROUTES = (bundles, service, metrics, fleet, rollouts, alerts, audit, scoring, loop, keys, dashboard)
 """The route modules, in the order their routes are matched."""
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 from cloud_sync.ingest.subscriber import IngestStats
 from cloud_sync.loop.impact import ValueMatrix
 from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.signing_keys import KeyRotation
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store
 
@@ -50,3 +51,5 @@ class CloudContext:
     """True while this replica runs the controller loops (GET /metrics edgeloop_cloud_leader, /readyz)."""
     broker_connected: Callable[[], bool] = field(default=_yes)
     """True while the ingest and the publisher are connected to the broker (GET /readyz)."""
+    keys: KeyRotation | None = None
+    """Signing key rotation (GET /v1/keys, POST /v1/keys/rotate|retire); None = not offered (503)."""

@@ -184,3 +184,13 @@ class DeployRequest(BaseModel):
 
 class ReasonRequest(BaseModel):
     reason: str | None = None
+
+
+class KeyStatusResponse(BaseModel):
+    """`GET /v1/keys`: the signing key, the set devices trust, and which bundles each key signed."""
+
+    current: str = Field(description="Key id of the key that signs from now on (`edgeloop convert`, rollbacks)")
+    trusted: list[str] = Field(description="Key ids devices and the registry trust (two during an overlap)")
+    seq: int = Field(description="Sequence number of the last key set published (0: never rotated)")
+    overlap: bool = Field(description="True between `keys rotate` and `keys retire`")
+    bundles_by_key: dict[str, list[str]] = Field(description="Key id -> bundles (NAME/VERSION) it signed")

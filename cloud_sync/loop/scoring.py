@@ -57,7 +57,8 @@ class Scorer:
         with self._lock:
             cached = self._models.get(key)
         if cached is None:
-            bundle = load_bundle(info.path, self.registry.public_key, self.registry.public_key is not None)
+            keys = self.registry.trusted()
+            bundle = load_bundle(info.path, keys, keys is not None)
             cached = OnnxModel.load(bundle, intra_op_threads=0)
             with self._lock:
                 self._models[key] = cached

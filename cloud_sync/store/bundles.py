@@ -24,7 +24,7 @@ from typing import Any
 from contracts.bundle import atomic_directory, load_bundle, parse_manifest
 from contracts.errors import ConflictError, InputError, NotFoundError
 from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, sha256_file
-from contracts.signing import PublicKey
+from contracts.signing import KeySet, PublicKey, trusted_keys
 
 __all__ = ["BUNDLE_FILES", "BundleInfo", "BundleRegistry", "bundle_tar"]
 
@@ -61,13 +61,20 @@ class BundleInfo:
 
 
 class BundleRegistry:
-    def __init__(self, root: Path, public_key: PublicKey | None = None) -> None:
+    def __init__(self, root: Path, public_key: PublicKey | None = None, keys_dir: Path | None = None) -> None:
+        """Bundles are verified with `public_key`, or with the trusted set of `keys_dir` (read again at each
+        check, so a key rotation made by another replica counts at once)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_key = public_key
+        self.keys_dir = keys_dir
         self._lock = threading.Lock()
         self._cache: dict[Path, tuple[int, BundleInfo]] = {}
         self._digests: dict[Path, tuple[int, int, str]] = {}
+
+    def trusted(self) -> PublicKey | KeySet | None:
+        """What an uploaded bundle must be signed by (None: sha256 only)."""
+        return trusted_keys(self.keys_dir) if self.keys_dir is not None else self.public_key
 
     def dir_for(self, name: str, version: int) -> Path:
         return self.root / f"{name}-v{version}"
@@ -118,7 +125,7 @@ class BundleRegistry:
 
     def add(self, source: Path) -> BundleInfo:
         """Verify a bundle directory (size, sha256, signature) and copy it in; the same bundle twice is a no-op."""
-        bundle = load_bundle(Path(source), self.public_key)
+        bundle = load_bundle(Path(source), self.trusted())
         target = self.dir_for(bundle.manifest.name, bundle.manifest.version)
         if target.resolve() == Path(source).resolve():
             return self._read(target)
