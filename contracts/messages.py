@@ -90,13 +90,14 @@ class ReportedState(_Message):
     """The device's labels (agent setting `labels`: hardware class, site, firmware ...); rollouts select on them.
     Absent from agents before labels (= none)."""
 
+    trusted_keys: list[str] = Field(default_factory=list)
+    """Key ids of the public keys the device verifies bundles with (two during a key rotation's overlap);
+    empty when it checks no signatures."""
+
     @field_validator("labels")
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         return check_labels(value)
-    trusted_keys: list[str] = Field(default_factory=list)
-    """Key ids of the public keys the device verifies bundles with (two during a key rotation's overlap);
-    empty when it checks no signatures."""
 
 
 class DeviceStatus(_Message):
