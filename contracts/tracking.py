@@ -60,6 +60,9 @@ def ensure_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
         # Fail fast instead of MLflow's default minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # MLflow writes "🏃 View run ... / 🧪 View experiment ..." to stdout after each run against a server; our
+        # commands print their own one line (run id and where), and stdout may be a pipe a script parses.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 response.read(64)
