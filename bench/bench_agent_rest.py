@@ -475,7 +475,7 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int] | None:
         return None
     port = free_port()
     config = work / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")  # as deploy/mosquitto
     process = subprocess.Popen([*LOAD_PREFIX, binary, "-c", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 10

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from contracts.keyset import KeySetMessage
 from contracts.manifest import Manifest
 from contracts.messages import CloudAck, DesiredState, DeviceEvent, DeviceStatus, FeedbackRows, ReportedState
+from contracts.predictions import BatchPrediction, SinglePrediction
+from contracts.problem import Problem
 from contracts.telemetry import TelemetryWindow
 
 __all__ = ["MODELS", "render_schemas"]
@@ -30,6 +32,9 @@ MODELS: dict[str, type[BaseModel]] = {
     "feedback-rows": FeedbackRows,
     "cloud-ack": CloudAck,
     "key-set": KeySetMessage,
+    "prediction": SinglePrediction,
+    "prediction-batch": BatchPrediction,
+    "problem": Problem,
 }
 
 

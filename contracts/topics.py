@@ -11,9 +11,13 @@
 | edgeloop/v1/devices/{device}/feedback   | edge -> cloud  | 1   | no       | FeedbackRows    |
 | edgeloop/v1/devices/{device}/ack        | cloud -> edge  | 1   | yes      | CloudAck        |
 | edgeloop/v1/keys                        | cloud -> edge  | 1   | yes      | KeySetMessage   |
+| edgeloop/v1/devices/{device}/predict    | client -> edge | any | no       | /v1/predict body|
+| MQTT 5 response topic, else             | edge -> client | req.| no       | SinglePrediction,|
+|   edgeloop/v1/devices/{device}/predict/response |      |     |          | BatchPrediction or Problem |
 
 A device-level desired state wins over its group's. The key set (contracts.keyset.KEYS_TOPIC) is fleet-wide:
-one signing key signs every group's bundles.
+one signing key signs every group's bundles. The predict topics exist only with the agent's opt-in
+`mqtt_predict` setting (docs/mqtt.md, "Inference over MQTT").
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "device_topic",
     "group_desired",
     "parse_device_topic",
+    "predict_response_topic",
     "validate_id",
 ]
 
@@ -44,8 +49,13 @@ def group_desired(group: str) -> str:
 
 
 def device_topic(device: str, kind: str) -> str:
-    """kind is one of desired, reported, status, telemetry, events, feedback, ack."""
+    """kind is one of desired, reported, status, telemetry, events, feedback, ack, predict."""
     return f"{PREFIX}/devices/{device}/{kind}"
+
+
+def predict_response_topic(device: str) -> str:
+    """Where the agent answers a predict request that names no MQTT 5 response topic (MQTT 3.1.1 clients)."""
+    return f"{PREFIX}/devices/{device}/predict/response"
 
 
 def parse_device_topic(topic: str) -> tuple[str, str] | None:

@@ -45,7 +45,7 @@ from edge_agent.loaded import PredictionBatch
 from edge_agent.metrics import CONTENT_TYPE_LATEST, AgentMetrics
 from edge_agent.openapi_schema import ERRORS, install_openapi
 from edge_agent.protocol_mlflow import MLFLOW_OPERATIONS, install_mlflow
-from edge_agent.protocol_support import ProtocolContext, add_operations, read_body
+from edge_agent.protocol_support import ProtocolContext, add_operations, prediction_body, read_body
 from edge_agent.protocol_v2 import V2_OPERATIONS, install_v2
 from edge_agent.service import InferenceService
 from edge_agent.settings import AgentSettings
@@ -218,10 +218,7 @@ def create_app(
             result = await run_in_threadpool(service.predict, records, key)
         if service.hybrid is not None:
             result = await service.resolve_hybrid(result, records)
-        manifest = result.model.manifest
-        if batch:
-            return _json({"model": manifest.name, "model_version": manifest.version, "predictions": result.predictions})
-        return _json({"model": manifest.name, "model_version": manifest.version, **result.predictions[0]})
+        return _json(prediction_body(result, batch))
 
     # A plain Starlette route under FastAPI's router: no dependency solving or body model per request
     # (a FastAPI route costs ~60 µs more here); its OpenAPI operation is written by _install_openapi.

@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts.errors import EdgeloopError, Unauthorized
 from contracts.logs import log_event
 from contracts.problem import error_response, problem_response
-from edge_agent.metrics import AgentMetrics, error_kind
+from edge_agent.metrics import AgentMetrics
+from edge_agent.protocol_support import count_prediction_error
 from edge_agent.service import InferenceService
 
 __all__ = ["install_error_handlers"]
@@ -33,9 +34,7 @@ def install_error_handlers(app: FastAPI, metrics: AgentMetrics, service: Inferen
     @app.exception_handler(EdgeloopError)
     async def edgeloop_error(request: Request, exc: EdgeloopError) -> Response:
         if request.scope["path"] == _COUNTED:
-            metrics.prediction_errors.labels(error_kind(exc)).inc()
-            if not isinstance(exc, Unauthorized):
-                service.record_error(error_kind(exc))
+            count_prediction_error(metrics, service, exc)
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return error_response(exc, headers)
 
@@ -55,5 +54,5 @@ def install_error_handlers(app: FastAPI, metrics: AgentMetrics, service: Inferen
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log_event(logger, "request failed", level=logging.ERROR, path=request.url.path, error=repr(exc))
         if request.scope["path"] == _COUNTED:
-            metrics.prediction_errors.labels("internal").inc()
+            count_prediction_error(metrics, service, exc)
         return problem_response(500, f"{type(exc).__name__}: {exc}")

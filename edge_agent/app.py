@@ -25,12 +25,14 @@ from contracts.errors import EdgeloopError, InputError, IntegrityError
 from contracts.keyset import KEYS_TOPIC, KeySetMessage
 from contracts.logs import log_event
 from contracts.signing import load_public_key
+from contracts.topics import predict_response_topic
 from edge_agent.ab_split import KeyFields
 from edge_agent.api import create_app
 from edge_agent.feedback import FeedbackStore
 from edge_agent.memory import fix_mmap_threshold
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt import MqttSync
+from edge_agent.mqtt_predict import MqttPredictor, PredictLimits
 from edge_agent.outbox import Outbox
 from edge_agent.reporting import EventCounter, LogReporter, Reporter
 from edge_agent.service import InferenceService
@@ -120,7 +122,19 @@ class Agent:
                 self.sync.on_key_set = self.apply_key_set
         if self.trust is not None:
             self.metrics.set_trusted_keys(self.trust.ids)
+        self.predictor = self._mqtt_predictor() if settings.mqtt_predict else None
         self._started = False
+
+    def _mqtt_predictor(self) -> MqttPredictor:
+        """Inference over MQTT (opt-in): requests from the predict topic, answered by the service (mqtt_predict.py)."""
+        if self.sync is None:
+            raise InputError("mqtt_predict is on but mqtt_url is not set: requests come through the broker")
+        limits = PredictLimits(
+            self.settings.max_batch, self.settings.mqtt_predict_max_waiting, predict_response_topic(self.sync.device_id)
+        )
+        predictor = MqttPredictor(self.service, self.metrics, self.sync.publish_answer, limits)
+        self.sync.on_predict = predictor.submit
+        return predictor
 
     def _lock_state_dir(self) -> Any:
         handle = open(self.store.state_dir / "agent.lock", "w")  # noqa: SIM115 - held for the agent's life
@@ -198,6 +212,8 @@ class Agent:
         self.worker.start()
         if self.telemetry is not None:
             self.telemetry.start()
+        if self.predictor is not None:
+            self.predictor.start()
         if self.sync is not None:
             self.sync.start()
         if self.settings.token is None:
@@ -206,11 +222,13 @@ class Agent:
         log_event(logger, "agent started", device=self.settings.device_id, group=self.settings.group,
                   model=current.manifest.ref if current else None, mqtt=self.settings.mqtt_url or "offline",
                   public_key=self.key_path or "none (signatures not checked)", version=AGENT_VERSION,
-                  runtime=self.runtime)  # fmt: skip
+                  runtime=self.runtime, mqtt_predict=self.predictor is not None)  # fmt: skip
 
     def stop(self) -> None:
         """Close the telemetry window, drain the outbox briefly, publish offline and disconnect, let a running
         update finish, release the state dir."""
+        if self.predictor is not None:
+            self.predictor.stop()
         if self.telemetry is not None:
             self.telemetry.stop(final_flush=True)
         if self.sync is not None:

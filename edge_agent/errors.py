@@ -9,7 +9,8 @@ EdgeloopError (contracts.errors)
 ├── Unauthorized (contracts) missing or wrong bearer token                         (HTTP 401)
 ├── ServiceUnavailableError
 │   ├── ModelNotReady        no model is loaded yet                                (HTTP 503)
-│   └── DownloadFailed       the bundle URL cannot be fetched                      (HTTP 503)
+│   ├── DownloadFailed       the bundle URL cannot be fetched                      (HTTP 503)
+│   └── PredictQueueFull     too many MQTT predict requests waiting                (HTTP 503)
 └── ModelRejected (contracts) an update refused by this device                     (HTTP 409)
 """
 
@@ -18,7 +19,15 @@ from __future__ import annotations
 from contracts.errors import InputError, PayloadTooLarge, ServiceUnavailableError, Unauthorized
 
 # PayloadTooLarge and Unauthorized are contracts' classes, named here too for the agent's callers.
-__all__ = ["BatchTooLarge", "DownloadFailed", "MalformedBody", "ModelNotReady", "PayloadTooLarge", "Unauthorized"]
+__all__ = [
+    "BatchTooLarge",
+    "DownloadFailed",
+    "MalformedBody",
+    "ModelNotReady",
+    "PayloadTooLarge",
+    "PredictQueueFull",
+    "Unauthorized",
+]
 
 
 class MalformedBody(InputError):
@@ -30,6 +39,10 @@ class BatchTooLarge(InputError):
 
 
 class ModelNotReady(ServiceUnavailableError):
+    pass
+
+
+class PredictQueueFull(ServiceUnavailableError):
     pass
 
 

@@ -10,37 +10,59 @@ Connection runs on paho's thread with exponential reconnect backoff; updates are
 MQTT 5 because its PUBACK carries a reason code: a broker that refuses a publish (ACL: 0x87 not authorized)
 says so, where MQTT 3.1.1 acknowledges it like any other and the outbox would delete it. Refused outbox
 messages are kept (edge_agent.publisher); a refused status or reported state is logged once per topic.
+
+With `mqtt_predict` on it also subscribes to its predict topic and hands each request, as a `PredictRequest`, to
+`on_predict` (edge_agent/mqtt_predict.py answers it through `publish_answer`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from contracts.keyset import KEYS_TOPIC, KeySetMessage
 from contracts.logs import log_event
 from contracts.messages import CloudAck, DesiredState, DeviceEvent, DeviceStatus, ReportedState
-from contracts.topics import device_topic, group_desired
+from contracts.topics import device_topic, group_desired, predict_response_topic
 from edge_agent.cloud_ack import CloudAckTracker
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import OutboxPublisher, reason_name
 from edge_agent.reporting import EventCounter, make_event, utc_now
 from edge_agent.settings import AgentSettings
 
-__all__ = ["MqttSync"]
+__all__ = ["MqttSync", "PredictRequest"]
 
 logger = logging.getLogger("edgeloop.agent.mqtt")
 QOS = 1
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A prediction request as it came off the predict topic (MQTT 5 properties read, nothing parsed yet)."""
+
+    payload: bytes
+    response_topic: str
+    """The request's MQTT 5 response topic, else the device's `.../predict/response`."""
+    correlation: bytes | None
+    """The request's correlation data, echoed in the answer."""
+    request_key: str | None
+    """The A/B request key: the user property `X-Request-Key` (as the REST header)."""
+    qos: int
+    """The answer's QoS: the request's, at most 1."""
 
 
 class MqttSync:
@@ -54,6 +76,9 @@ class MqttSync:
         self.device_id = settings.device_id
         self.on_desired: Callable[[DesiredState], None] = lambda _desired: None
         self.on_key_set: Callable[[KeySetMessage], None] | None = None
+        self.on_predict: Callable[[PredictRequest], None] | None = None
+        """Set before start() to answer predictions over MQTT (setting mqtt_predict)."""
+        self.predict_topic = device_topic(self.device_id, "predict")
         self.reported_provider: Callable[[], ReportedState] | None = None
         self.group_topic = group_desired(settings.group)
         self.device_desired_topic = device_topic(self.device_id, "desired")
@@ -102,6 +127,7 @@ class MqttSync:
         client.will_set(self._topic("status"), self._status(False), qos=QOS, retain=True)
         client.reconnect_delay_set(s.mqtt_reconnect_min_s, s.mqtt_reconnect_max_s)  # type: ignore[arg-type]
         client.max_queued_messages_set(1000)
+        client.on_socket_open = _no_delay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -174,7 +200,11 @@ class MqttSync:
         topics = [(self.group_topic, QOS), (self.device_desired_topic, QOS)]
         if self.on_key_set is not None:  # first: the broker sends retained messages in this order, so a device
             topics.insert(0, (KEYS_TOPIC, QOS))  # back after a rotation knows the new set before the desired state
-        client.subscribe([*topics, (self.ack_topic, QOS)] if self.acks is not None else topics)
+        if self.acks is not None:
+            topics.append((self.ack_topic, QOS))
+        if self.on_predict is not None:
+            topics.append((self.predict_topic, QOS))
+        client.subscribe(topics)
         if self.publisher is not None:
             self.publisher.on_connected()
         self._publish_direct(self._topic("status"), self._status(True))
@@ -210,6 +240,10 @@ class MqttSync:
             return
         if message.topic == KEYS_TOPIC:
             self._on_keys(bytes(message.payload))
+            return
+        if message.topic == self.predict_topic:
+            if self.on_predict is not None:
+                self.on_predict(self._predict_request(message))
             return
         level = "device" if message.topic == self.device_desired_topic else "group"
         if not message.payload:
@@ -256,11 +290,30 @@ class MqttSync:
         if self.acks.on_ack(ack):
             self.publisher.wake()
 
+    def _predict_request(self, message: mqtt.MQTTMessage) -> PredictRequest:
+        props = getattr(message, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) or predict_response_topic(self.device_id)
+        correlation = getattr(props, "CorrelationData", None)
+        key = next((v for k, v in getattr(props, "UserProperty", None) or () if k.lower() == "x-request-key"), None)
+        return PredictRequest(bytes(message.payload), response_topic, correlation, key, min(message.qos, QOS))
+
+    def publish_answer(self, request: PredictRequest, payload: bytes, content_type: str) -> None:
+        """Answer a predict request on its response topic with its correlation data (not retained, not through the
+        outbox: an answer nobody is waiting for any more is worth nothing); a refusal by the broker is logged."""
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ContentType = content_type
+        if request.correlation is not None:
+            properties.CorrelationData = request.correlation
+        self._publish_direct(request.response_topic, payload, retain=False, qos=request.qos, properties=properties)
+
     # -- helpers ------------------------------------------------------------------------------------
-    def _publish_direct(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
-        """A retained QoS 1 publish outside the outbox (status, reported state); its refusal is logged."""
+    def _publish_direct(
+        self, topic: str, payload: bytes, *, retain: bool = True, qos: int = QOS, properties: Properties | None = None
+    ) -> mqtt.MQTTMessageInfo:
+        """A QoS 1 publish outside the outbox (status, reported state: retained; predict answers); a refusal by the
+        broker is logged once per topic."""
         with self._paho_lock:  # the PUBACK cannot be handled before the mid is known
-            info = self.client.publish(topic, payload, qos=QOS, retain=True)
+            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 if len(self._direct) > 1000:  # PUBACKs lost with a connection leave entries behind
                     self._direct.clear()
@@ -272,3 +325,10 @@ class MqttSync:
 
     def _status(self, online: bool) -> bytes:
         return DeviceStatus(device_id=self.device_id, online=online, at=utc_now()).model_dump_json().encode()
+
+
+def _no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY on the broker connection: with Nagle's algorithm a predict answer written right after the
+    request's PUBACK waits for the broker's delayed ACK (~40 ms) before it leaves (bench/bench_mqtt_predict.py)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -8,14 +8,14 @@ accepted and predicted (the pipeline ignores it) and later counted as unseen for
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts.manifest import Manifest
+from contracts.predictions import BatchPrediction, SinglePrediction
 from contracts.problem import PROBLEM_MEDIA_TYPE, Problem
 from edge_agent.service import InferenceService
 
@@ -29,27 +29,6 @@ ERRORS = {
     503: "no model loaded yet",
 }
 _PROBLEM = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-
-
-class Prediction(BaseModel):
-    prediction_id: str
-    label: int | str
-    probabilities: dict[str, float]
-    model_version: int | None = Field(default=None, description="A/B split only: the version that answered.")
-    arm: Literal["champion", "challenger"] | None = Field(
-        default=None, description="A/B split only: the arm that answered this record."
-    )
-
-
-class SinglePrediction(Prediction):
-    model: str
-    model_version: int
-
-
-class BatchPrediction(BaseModel):
-    model: str
-    model_version: int
-    predictions: list[Prediction]
 
 
 def record_schema(manifest: Manifest | None) -> tuple[dict[str, Any], dict[str, Any] | None]:

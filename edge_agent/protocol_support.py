@@ -24,13 +24,39 @@ from edge_agent.loaded import LoadedModel, PredictionBatch
 from edge_agent.metrics import AgentMetrics, error_kind
 from edge_agent.service import InferenceService
 
-__all__ = ["ProtocolContext", "add_operations", "json_response", "read_body"]
+__all__ = [
+    "ProtocolContext",
+    "add_operations",
+    "count_prediction_error",
+    "json_response",
+    "prediction_body",
+    "read_body",
+]
 
 _INLINE_ROWS = 32  # as /v1/predict: bigger batches run in the thread pool so they do not stall the event loop
 
 
 def json_response(content: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content), status, dict(headers or {}), media_type="application/json")
+
+
+def prediction_body(result: PredictionBatch, batch: bool) -> dict[str, Any]:
+    """The `/v1/predict` answer (contracts.predictions): one record's fields, or `predictions` for a batch."""
+    manifest = result.model.manifest
+    if batch:
+        return {"model": manifest.name, "model_version": manifest.version, "predictions": result.predictions}
+    return {"model": manifest.name, "model_version": manifest.version, **result.predictions[0]}
+
+
+def count_prediction_error(metrics: AgentMetrics, service: InferenceService, exc: Exception) -> None:
+    """A failed prediction request: `edgeloop_prediction_errors_total{kind}` and, except a refused token, the
+    telemetry window's errors (an exception outside the error tree counts as `internal`, on /metrics only)."""
+    if not isinstance(exc, EdgeloopError):
+        metrics.prediction_errors.labels("internal").inc()
+        return
+    metrics.prediction_errors.labels(error_kind(exc)).inc()
+    if not isinstance(exc, Unauthorized):
+        service.record_error(error_kind(exc))
 
 
 @dataclass(frozen=True)
@@ -67,9 +93,7 @@ class ProtocolContext:
     def error(self, exc: EdgeloopError, extra: Mapping[str, Any], *, prediction: bool) -> Response:
         """A problem+json answer with the protocol's own members; a failed prediction is counted as on /v1."""
         if prediction:
-            self.metrics.prediction_errors.labels(error_kind(exc)).inc()
-            if not isinstance(exc, Unauthorized):
-                self.service.record_error(error_kind(exc))
+            count_prediction_error(self.metrics, self.service, exc)
         body = {**problem_for(exc).model_dump(), **extra}
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return Response(orjson.dumps(body), exc.http_status, headers, media_type=PROBLEM_MEDIA_TYPE)

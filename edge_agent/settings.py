@@ -143,6 +143,13 @@ class AgentSettings(EdgeloopSettings):
     shadow_bundle: Path | None = None
     """A challenger bundle run in shadow beside the served model (verified like any bundle): it predicts
     every record, never answers; telemetry counts agreement and, with feedback, its confusion counts."""
+    mqtt_predict: bool = False
+    """Opt-in: answer prediction requests over MQTT. A client publishes a /v1/predict body on
+    edgeloop/v1/devices/{device_id}/predict; the agent answers on the request's MQTT 5 response topic (else on
+    .../predict/response) with its correlation data (docs/mqtt.md). Needs mqtt_url; the broker's ACL is the auth."""
+    mqtt_predict_max_waiting: int = Field(default=100, ge=1)
+    """MQTT predict requests queued for the answering thread, at most; past it a request is answered at once
+    with a 503 problem (PredictQueueFull)."""
     feedback_rows: bool = False
     """Opt-in: when feedback labels a prediction, send its kept input fields with the true label to the cloud
     (topic .../feedback, through the outbox) for retraining. Off by default; needs mqtt_url."""

@@ -31,6 +31,7 @@ __all__ = [
     "AgentServer",
     "BundleServer",
     "MqttProbe",
+    "MqttRequester",
     "desired_state",
     "free_port",
     "record_of",
@@ -202,6 +203,111 @@ class MqttProbe:
                     seen = sorted({item["seq"] for item in items})
                     raise AssertionError(f"{kind} from {device}: wanted 1..{last_seq}, got {seen}")
                 self._cond.wait(remaining)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class Answer:
+    topic: str
+    payload: Any
+    correlation: bytes | None
+    content_type: str | None
+
+
+class MqttRequester:
+    """A gateway asking an agent for predictions over MQTT (paho, MQTT 5 or 3.1.1): publishes on the device's
+    predict topic with a response topic and correlation data, and collects the answers it reads."""
+
+    def __init__(
+        self, host: str, port: int, device: str, *, protocol: int = mqtt.MQTTv5, tls: Any = None,
+        user: str | None = None, password: str | None = None, response_topic: str | None = None,
+    ) -> None:  # fmt: skip
+        self.device = device
+        self.response_topic = response_topic or f"edgeloop/v1/devices/{device}/predict/response/{user or 'tester'}"
+        self.protocol = protocol
+        self.answers: list[Answer] = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"requester-{time.monotonic_ns()}",
+                                  protocol=protocol)  # fmt: skip
+        if user:
+            self.client.username_pw_set(user, password)
+        if tls is not None:
+            self.client.tls_set(ca_certs=str(tls))
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_args: subscribed.set()
+        self.client.connect(host, port)
+        self.client.loop_start()
+        listen = self.response_topic if protocol == mqtt.MQTTv5 else f"edgeloop/v1/devices/{device}/predict/response"
+        self.client.subscribe(listen, qos=1)
+        assert subscribed.wait(10), "requester subscription not acknowledged"
+
+    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        answer = Answer(message.topic, orjson.loads(message.payload), getattr(props, "CorrelationData", None),
+                        getattr(props, "ContentType", None))  # fmt: skip
+        with self._cond:
+            self.answers.append(answer)
+            self._cond.notify_all()
+
+    def send(self, body: bytes, correlation: bytes | None = None, key: str | None = None) -> None:
+        properties = None
+        if self.protocol == mqtt.MQTTv5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = self.response_topic
+            if correlation is not None:
+                properties.CorrelationData = correlation
+            if key is not None:
+                properties.UserProperty = ("X-Request-Key", key)
+        topic = f"edgeloop/v1/devices/{self.device}/predict"
+        self.client.publish(topic, body, qos=1, properties=properties).wait_for_publish(5)
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Answer]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.answers) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{len(self.answers)} answers of {count} after {timeout}s: {self.answers}")
+                self._cond.wait(remaining)
+            return list(self.answers)
+
+    def ask(self, body: Any, correlation: bytes, timeout: float = 10.0) -> Answer:
+        """Send `body` (JSON-encoded unless bytes) and wait for the answer carrying `correlation`."""
+        self.send(body if isinstance(body, bytes) else orjson.dumps(body), correlation)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for answer in self.answers:
+                    if answer.correlation == correlation:
+                        return answer
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no answer with correlation {correlation!r}: {self.answers}")
+                self._cond.wait(remaining)
+
+    def wait_ready(self, body: Any, timeout: float = 10.0) -> Answer:
+        """Ask until the agent answers (its subscription to the predict topic is in place), then forget answers."""
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer = self.ask(body, f"hello-{attempt}".encode(), timeout=0.5)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            time.sleep(0.6)  # late answers to earlier attempts arrive before the answers are forgotten
+            with self._cond:
+                self.answers.clear()
+            return answer
 
     def stop(self) -> None:
         self.client.disconnect()

@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.agent_helpers import AgentServer, MqttRequester
 from tests.conftest import TrainedBundle
 from tests.fault_helpers import AgentProcess, CloudProcess, wait_http
 from tests.secure_broker import Client, SecureBroker, start_secure_broker
@@ -184,3 +185,37 @@ def test_every_topic_works_under_the_shipped_secure_broker(
         for agent in agents:
             agent.stop()
         cloud.stop()
+
+
+def test_a_requester_asks_a_device_for_predictions_through_the_shipped_acl(
+    tmp_path: Path, rf_bundle: TrainedBundle
+) -> None:
+    """Inference over MQTT under deploy/mosquitto as shipped: a --requester account asks a device (MQTT 5 response
+    topic under its own name) and gets the /v1/predict answer; another requester cannot read it."""
+    secure = start_secure_broker(
+        tmp_path, [("gw-r1", GROUP, "pw-r1"), ("plc-1", "--requester", "pw-p1"), ("plc-2", "--requester", "pw-p2")]
+    )
+    server = AgentServer(
+        state_dir=tmp_path / "gw-r1", bundle=rf_bundle.bundle, public_key=rf_bundle.public_key, device_id="gw-r1",
+        group=GROUP, mqtt_url=secure.url, mqtt_ca_file=secure.ca, mqtt_username="gw-r1", mqtt_password="pw-r1",
+        mqtt_predict=True,
+    )  # fmt: skip
+    broker = secure.broker
+    eavesdropper = Client(broker, secure.ca, "plc-2", "pw-p2", ["edgeloop/v1/devices/+/predict/response/plc-1"])
+    requester = MqttRequester(broker.host, broker.port, "gw-r1", tls=secure.ca, user="plc-1", password="pw-p1")
+    try:
+        rows = records(4, seed=5)
+        requester.wait_ready(rows[0], timeout=20)
+        answer = requester.ask({"records": rows}, b"plc-1:42")
+        assert answer.topic == "edgeloop/v1/devices/gw-r1/predict/response/plc-1"
+        rest = server.predict({"records": rows}).json()["predictions"]
+        assert [p["label"] for p in answer.payload["predictions"]] == [p["label"] for p in rest]
+        got = [v for p in answer.payload["predictions"] for v in p["probabilities"].values()]
+        assert got == pytest.approx([v for p in rest for v in p["probabilities"].values()], abs=1e-7)
+        time.sleep(0.5)
+        assert eavesdropper.messages == []  # plc-1's answers are plc-1's
+    finally:
+        requester.stop()
+        eavesdropper.stop()
+        server.stop()
+        secure.stop()
