@@ -27,6 +27,7 @@ from cloud_sync.loop.impact import load_value_matrices
 from cloud_sync.rollouts.checks import Limits
 from cloud_sync.rollouts.controller import Rollouts
 from cloud_sync.rollouts.fleet_aliases import connect_registry
+from cloud_sync.rollouts.sequential import SequentialRule
 from cloud_sync.settings import CloudSettings
 from cloud_sync.signing_keys import KeyRotation
 from cloud_sync.store.bundles import BundleRegistry
@@ -75,6 +76,7 @@ class CloudService:
             s.rollout_max_accuracy_drop,
             s.rollout_min_samples,
             DriftRule(alpha=s.drift_alpha, min_expected=s.drift_min_expected, correction=s.drift_correction),
+            SequentialRule(s.ab_alpha, s.ab_min_labels, s.ab_mixture_sd, s.ab_auto_decide),
         )
         self.rollouts = Rollouts(
             self.store,

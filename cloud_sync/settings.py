@@ -92,6 +92,17 @@ class CloudSettings(EdgeloopSettings):
     rollout_min_samples: int = Field(default=50, ge=1)
     """Fewest requests (error rate, latency), records (drift) or feedback labels (accuracy) before a
     soak check is trusted."""
+    ab_auto_decide: bool = False
+    """A/B rollouts: act on the sequential test's verdict (docs/loop.md "A/B decision"): roll back when the
+    challenger is worse, promote when it is better and the soak has passed. Off: the verdict is shown
+    (`rollout status`, API, dashboard) and the operator decides."""
+    ab_alpha: float = Field(default=0.05, gt=0, lt=1)
+    """A/B test: largest chance of a "better" or "worse" verdict between equally accurate arms, however often
+    the test is read (the verdict's confidence must reach 1 - ab_alpha)."""
+    ab_min_labels: int = Field(default=100, ge=1)
+    """A/B test: feedback labels each arm needs before the test may give a verdict."""
+    ab_mixture_sd: float = Field(default=0.05, gt=0, lt=1)
+    """A/B test: the accuracy difference it is tuned to find fastest (sd of the mSPRT's mixing prior)."""
     alert_rules: Path | None = None
     """YAML file of alert rules (docs/cloud.md); default: the built-in rules."""
     alert_tick_s: float = Field(default=30.0, gt=0)

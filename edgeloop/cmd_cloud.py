@@ -246,7 +246,8 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
         arms = Table(
             "arm", "version", "requests", "failed", "records", "share", "labels", "accuracy", title="A/B on the canary"
         )
-        for arm, part in rollout["ab"].items():
+        for arm in ("champion", "challenger"):
+            part = rollout["ab"][arm]
             share, accuracy = part.get("share"), part.get("accuracy")
             arms.add_row(
                 arm,
@@ -259,6 +260,10 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
                 "-" if accuracy is None else f"{accuracy:.3f}",
             )
         console.print(arms)
+        decision = rollout["ab"].get("decision")
+        if decision:
+            acts = "the controller acts on it" if decision["auto_decide"] else "promote or roll back by hand"
+            console.print(f"A/B decision: [bold]{escape(decision['summary'])}[/bold] ({acts})")
 
 
 def _rollout_path(rollout_id: str | None, group: str | None) -> str:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_sync.store.db import Store
+from contracts.telemetry import LATENCY_BUCKETS, ArmCounts
 
 PG_USERS = ("postgres", "root")
 
@@ -82,3 +83,19 @@ class Publisher:
 def count(store: Store, table: sa.Table) -> int:
     with store.engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def arm_counts(classes: list[str], requests: int, errors: int, labels: int, accuracy: float) -> ArmCounts:
+    """One arm of an A/B window: `requests` with `errors` failed, `labels` feedback labels `accuracy` right."""
+    right = round(labels * accuracy)
+    first, second = classes[0], classes[-1]
+    latency = [0] * (len(LATENCY_BUCKETS) + 1)
+    latency[2] = requests - errors
+    return ArmCounts(
+        requests=requests,
+        errors=errors,
+        records=requests - errors,
+        latency_counts=latency,
+        latency_sum=0.002 * (requests - errors),
+        confusion={first: {first: right, second: labels - right}},
+    )

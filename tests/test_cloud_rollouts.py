@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,12 @@ import pytest
 from cloud_sync.fleet.simulator import SimDevice, make_window
 from cloud_sync.rollouts.controller import Rollouts
 from cloud_sync.rollouts.model import RolloutRequest
+from cloud_sync.rollouts.sequential import SequentialRule
 from cloud_sync.store.audit import entries
 from contracts.errors import ConflictError
 from contracts.manifest import Manifest, canonical_bytes
 from contracts.signing import load_public_key, verify_bytes
-from contracts.telemetry import LATENCY_BUCKETS, ArmCounts
-from tests.cloud_support import wait_until
+from tests.cloud_support import arm_counts, wait_until
 from tests.conftest import Broker, TrainedBundle
 from tests.rollout_helpers import Cloud, running_cloud
 
@@ -120,21 +121,6 @@ def test_bad_canary_telemetry_rolls_back_with_a_signed_rollback_manifest(
     assert _versions(devices) == [1, 1, 1]
 
 
-def _arm(classes: list[str], requests: int, errors: int, labels: int, accuracy: float) -> ArmCounts:
-    right = round(labels * accuracy)
-    first, second = classes[0], classes[-1]
-    latency = [0] * (len(LATENCY_BUCKETS) + 1)
-    latency[2] = requests - errors
-    return ArmCounts(
-        requests=requests,
-        errors=errors,
-        records=requests - errors,
-        latency_counts=latency,
-        latency_sum=0.002 * (requests - errors),
-        confusion={first: {first: right, second: labels - right}},
-    )
-
-
 @pytest.mark.parametrize("challenger", ["errors", "accuracy", "good", "few labels"])
 def test_an_ab_challenger_is_guarded_by_comparing_its_arm_with_the_champions(cloud: Cloud, challenger: str) -> None:
     """In mode ab the canary's windows carry the champion's version (the challenger is in `arms`), so the
@@ -154,7 +140,8 @@ def test_an_ab_challenger_is_guarded_by_comparing_its_arm_with_the_champions(clo
     time.sleep(0.1)
     now = time.time()  # the windows end after the rollout started
     for seq, part in enumerate(
-        [(_arm(classes, 60, 0, 60, 0.9), _arm(classes, 40, errors // 2, labels // 2, accuracy))] * 2, start=1
+        [(arm_counts(classes, 60, 0, 60, 0.9), arm_counts(classes, 40, errors // 2, labels // 2, accuracy))] * 2,
+        start=1,
     ):
         window = make_window("dev-1", "line-1", seq, now - 0.05 + seq / 100, cloud.v1, requests=100)
         arms = {"champion": part[0], "challenger": part[1]}
@@ -165,7 +152,7 @@ def test_an_ab_challenger_is_guarded_by_comparing_its_arm_with_the_champions(clo
         for _ in range(3):
             cloud.rollouts.tick()
         status = cloud.rollouts.status(rollout["id"])
-        assert status["state"] == "soaking", status["reason"]  # promotion stays manual
+        assert status["state"] == "soaking", status["reason"]  # ab_auto_decide is off: the operator decides
         part = status["ab"]["challenger"]
         assert (part["requests"], part["errors"], part["labels"]) == (80, errors // 2 * 2, labels // 2 * 2)
         # Polling without devices reads the last tick's report, not the windows.
@@ -217,3 +204,76 @@ def test_a_rollout_without_canary_is_promoted_by_whichever_replica_gets_there_fi
     promotes = [e for e in entries(cloud.store) if e["action"] == "promote"]
     assert len(promotes) == 1, promotes
     assert promotes[0]["actor"] == "controller"
+
+
+def _deciding(cloud: Cloud, auto: bool) -> Cloud:
+    """The same cloud with a controller that acts on the A/B test's verdict (`ab_auto_decide`) or not."""
+    r = cloud.rollouts
+    limits = replace(r.limits, ab=SequentialRule(alpha=0.05, min_labels=100, auto_decide=auto))
+    rollouts = Rollouts(
+        r.store, r.registry, r.publisher, base_url=r.base_url, keys_dir=r.keys_dir, limits=limits, confirm_timeout_s=10
+    )
+    return replace(cloud, rollouts=rollouts)
+
+
+@pytest.mark.parametrize(
+    ("case", "auto", "challenger_accuracy", "labels", "outcome", "state"),
+    [
+        ("clearly worse", True, 0.70, 200, "worse", "rolled_back"),
+        ("slightly worse", False, 0.86, 3000, "worse", "soaking"),
+        ("slightly worse", True, 0.86, 3000, "worse", "rolled_back"),
+        ("tie", True, 0.90, 400, "not yet known", "soaking"),
+        ("better", True, 0.96, 400, "better", "promoted"),
+    ],
+)
+def test_the_ab_test_decides_and_the_controller_acts_on_it_only_when_asked(
+    cloud: Cloud, case: str, auto: bool, challenger_accuracy: float, labels: int, outcome: str, state: str
+) -> None:
+    """Simulated canary windows (champion arm at 0.90 accuracy) read by the sequential test: its verdict is in
+    the status; with ab_auto_decide on, "worse" rolls back and "better" promotes (the verdict in the audit log);
+    a tie stays "not yet known" and soaking. A challenger 0.04 worse (under the guard's max_accuracy_drop) is
+    only caught by the test, and only acted on when the setting is on."""
+    cloud = _deciding(cloud, auto)
+    devices = cloud.devices(2)
+    cloud.rollouts.deploy(RolloutRequest(NAME, 1, "line-1", canary="0", soak_s=0))
+    for device in devices:
+        assert device.wait_for(1)
+    rollout = cloud.rollouts.deploy(
+        RolloutRequest(NAME, 2, "line-1", canary="dev-1", soak_s=0.5, mode="ab", ab_fraction=0.5)
+    )
+    assert cloud.run_until(rollout["id"], ("soaking",))["state"] == "soaking"
+    classes = [str(c) for c in cloud.v1.classes]
+    time.sleep(0.6)  # past the soak: only the verdict holds a promotion back
+    now, windows = time.time(), 4
+    for seq in range(1, windows + 1):
+        part = (
+            arm_counts(classes, 100, 0, labels // windows, 0.90),
+            arm_counts(classes, 100, 0, labels // windows, challenger_accuracy),
+        )
+        window = make_window("dev-1", "line-1", seq, now - 0.05 + seq / 100, cloud.v1, requests=200)
+        arms = {"champion": part[0], "challenger": part[1]}
+        devices[0].publish_window(window.model_copy(update={"arms": arms, "ab_model_version": 2}))
+    cloud.ingest.wait_idle(2)
+    wait_until(lambda: cloud.rollouts.status(rollout["id"])["ab"]["champion"]["requests"] == 400, what="windows")
+    for _ in range(3):
+        cloud.rollouts.tick()
+    status = cloud.rollouts.status(rollout["id"])
+    decision = status["ab"]["decision"]
+    assert (status["state"], decision["verdict"]) == (state, outcome), status["reason"]
+    assert (decision["champion_labels"], decision["challenger_labels"]) == (labels, labels)
+    assert decision["auto_decide"] is auto and decision["method"] == "mSPRT"
+    if outcome == "not yet known":
+        assert decision["confidence"] < 0.95 and decision["decided_at_labels"] is None
+        return
+    assert decision["confidence"] >= 0.95
+    if not auto:
+        assert status["reason"] is None  # shown, not acted on
+        return
+    action = {"rolled_back": "rollback", "promoted": "promote"}[state]
+    entry = [e for e in entries(cloud.store) if e["action"] == action][-1]
+    assert entry["actor"] == "controller" and entry["details"]["ab"]["decision"]["verdict"] == outcome
+    assert f"challenger {outcome}" in status["reason"] and "(ab_auto_decide)" in status["reason"]
+    assert f"on {labels} labels" in status["reason"] and "confidence" in status["reason"]
+    wanted = 2 if state == "promoted" else 1
+    for device in devices if state == "promoted" else devices[:1]:
+        assert device.wait_for(wanted)

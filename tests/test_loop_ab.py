@@ -320,8 +320,11 @@ def test_edgeloop_deploy_ab_fraction_through_the_cloud_and_rollout_status_per_ar
             part = status["ab"][arm]
             assert part["model_version"] == version and part["records"] == served[arm]
             assert part["labels"] == served[arm] and part["accuracy"] == 1.0
+        decision = status["ab"]["decision"]  # the sequential test: too few labels for a verdict
+        assert (decision["verdict"], decision["challenger_labels"]) == ("not yet known", served["challenger"])
         shown = cli("rollout", "status", rollout["id"])
         assert shown.exit_code == 0 and "A/B on the canary" in shown.stdout and "challenger" in shown.stdout
+        assert "A/B decision: not yet known" in shown.stdout and "100 labels per arm needed" in shown.stdout
 
         # Rolling back stops the split on the canary; the champion keeps serving.
         back = cli("rollout", "rollback", rollout["id"], "--reason", "enough data")

@@ -4,11 +4,22 @@ build; times are ISO 8601 strings (UTC)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Alert", "DeployRequest", "Device", "ReasonRequest", "Rollout", "RolloutDevice", "RolloutStatus"]
+__all__ = [
+    "ABArm",
+    "ABDecision",
+    "ABReport",
+    "Alert",
+    "DeployRequest",
+    "Device",
+    "ReasonRequest",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutStatus",
+]
 
 
 class Device(BaseModel):
@@ -92,13 +103,53 @@ class RolloutDevice(BaseModel):
     last_error: str | None
 
 
+class ABArm(BaseModel):
+    """One arm of an A/B split, merged from the canary's windows since the rollout started."""
+
+    model_version: int | None
+    requests: int
+    errors: int = Field(description="Requests in which this arm's model failed (the champion answered them)")
+    error_rate: float | None
+    p99_s: float | None = Field(description="p99 of this arm's model time; null when unknown or past the last bucket")
+    records: int
+    share: float | None = Field(description="This arm's share of the records answered")
+    labels: int = Field(description="Feedback labels on this arm's answers")
+    accuracy: float | None
+
+
+class ABDecision(BaseModel):
+    """The sequential test on the arms' feedback accuracy (mSPRT, docs/loop.md "A/B decision")."""
+
+    verdict: Literal["better", "worse", "not yet known"] = Field(description="The challenger against the champion")
+    confidence: float = Field(description="1 - the always-valid p-value (a verdict needs at least 1 - alpha)")
+    p_value: float = Field(description="Always-valid p-value: the running minimum over the windows read so far")
+    difference: float | None = Field(description="Challenger accuracy - champion accuracy on every label so far")
+    interval: list[float] | None = Field(description="Always-valid (1 - alpha) interval of the difference, now")
+    champion_labels: int
+    challenger_labels: int
+    decided_at_labels: list[int] | None = Field(description="[champion, challenger] labels when it was decided")
+    method: Literal["mSPRT"]
+    alpha: float
+    min_labels: int = Field(description="Labels each arm needs before a verdict")
+    auto_decide: bool = Field(description="The controller promotes or rolls back on the verdict (ab_auto_decide)")
+    summary: str = Field(description="The verdict in one line")
+
+
+class ABReport(BaseModel):
+    champion: ABArm
+    challenger: ABArm
+    decision: ABDecision | None = Field(default=None, description="Absent in reports made before the test existed")
+
+
 class RolloutStatus(Rollout):
     """A rollout with its group's devices (or, with `devices=false`, only the counts)."""
 
     devices: list[RolloutDevice] | None = Field(default=None, description="Absent with devices=false")
     group_devices: int | None = Field(default=None, description="Devices in the group (devices=false only)")
     on_target: int | None = Field(default=None, description="How many devices report the rollout's version")
-    ab: dict[str, Any] | None = Field(default=None, description="A/B rollouts: per-arm requests, failures, accuracy")
+    ab: ABReport | None = Field(
+        default=None, description="A/B rollouts: per-arm requests, failures, accuracy and the sequential test's verdict"
+    )
     stage: RolloutStage | None = Field(default=None, description="Staged rollouts: the stage and its checks")
 
 

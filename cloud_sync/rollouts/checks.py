@@ -10,12 +10,13 @@ on the rest of the group over the same period. A check needs `min_samples` obser
 the champion's (merged `confusion`) from the very windows of the canary devices in which the challenger ran
 in shadow, so both are scored on the same feedback.
 
-`ab_comparison` reports an A/B split: requests, failures, p99, records and accuracy per arm (merged `arms`)
+`ab_report` reports an A/B split: requests, failures, p99, records and accuracy per arm (merged `arms`)
 from the canary's windows in which the challenger had its arm (their `model_version` is the champion's, so
 `check_canary`'s window checks never see an A/B challenger). `check_ab` is its guard: the challenger's error
 rate (requests in which it failed and the champion answered, at least `min_samples` requests) or p99 above the
 limits, or its accuracy more than `max_accuracy_drop` below the champion arm's (at least `min_samples` labels
-on each arm). Promotion of an A/B challenger stays an operator's decision.
+on each arm). Whether the challenger is better or worse is the sequential test's call (`sequential.py`, fed
+by `ab_windows` in the order the windows ended); acting on it is opt-in (`SequentialRule.auto_decide`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sqlalchemy as sa
 
 from cloud_sync.fleet.stats import load_windows
 from cloud_sync.rollouts.model import Rollout
+from cloud_sync.rollouts.sequential import SequentialRule
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, events, windows
 from contracts.drift_stats import DriftRule
@@ -37,10 +39,11 @@ __all__ = [
     "Limits",
     "ShadowComparison",
     "ab_arms",
-    "ab_comparison",
     "ab_report",
+    "ab_windows",
     "check_ab",
     "check_canary",
+    "merge_arms",
     "rejections",
     "shadow_comparison",
 ]
@@ -55,6 +58,8 @@ class Limits:
     min_samples: int = 50
     drift: DriftRule = field(default_factory=DriftRule)
     """The drift decision (docs/loop.md "Drift"); its minimum effect is `max_psi`."""
+    ab: SequentialRule = field(default_factory=SequentialRule)
+    """The A/B test's sequential decision (`sequential.py`) and whether the controller acts on it."""
 
 
 def rejections(store: Store, rollout: Rollout) -> list[tuple[str, str]]:
@@ -164,12 +169,23 @@ def shadow_comparison(store: Store, rollout: Rollout, *, since: float, now: floa
     return ShadowComparison(merged.feedback_count, merged.accuracy, merged.shadow_accuracy, challenger_labels)
 
 
-def ab_arms(store: Store, rollout: Rollout, *, now: float) -> dict[str, ArmCounts]:
-    """The merged counts of each arm (`champion`, `challenger`) from the canary's windows on the champion (the
-    rollout's previous version) since the rollout started that counted the challenger's arm."""
+def ab_windows(store: Store, rollout: Rollout, *, now: float) -> list[dict[str, ArmCounts]]:
+    """The arms (`champion`, `challenger`) of each canary window on the champion (the rollout's previous
+    version) since the rollout started that counted the challenger's arm, in the order the windows ended."""
     challenger = rollout.model_version
     payloads = _canary_payloads(store, rollout, since=rollout.created_at, now=now)
-    merged = merge_counts(WindowCounts.model_validate(p) for p in payloads if p.get("ab_model_version") == challenger)
+    counts = [WindowCounts.model_validate(p) for p in payloads if p.get("ab_model_version") == challenger]
+    return [{arm: window.arms.get(arm) or ArmCounts() for arm in ("champion", "challenger")} for window in counts]
+
+
+def ab_arms(store: Store, rollout: Rollout, *, now: float) -> dict[str, ArmCounts]:
+    """The merged counts of each arm (`champion`, `challenger`) of `ab_windows`."""
+    return merge_arms(ab_windows(store, rollout, now=now))
+
+
+def merge_arms(per_window: list[dict[str, ArmCounts]]) -> dict[str, ArmCounts]:
+    """Each arm's counts summed over windows (`ab_windows`)."""
+    merged = merge_counts(WindowCounts(arms=arms) for arms in per_window)
     return {arm: merged.arms.get(arm) or ArmCounts() for arm in ("champion", "challenger")}
 
 
@@ -193,11 +209,6 @@ def ab_report(arms: dict[str, ArmCounts], rollout: Rollout) -> dict[str, dict[st
             "accuracy": part.accuracy,
         }
     return report
-
-
-def ab_comparison(store: Store, rollout: Rollout, *, now: float) -> dict[str, dict[str, Any]]:
-    """`ab_report` of `ab_arms`: what `rollout status` shows for an A/B rollout."""
-    return ab_report(ab_arms(store, rollout, now=now), rollout)
 
 
 def check_ab(arms: dict[str, ArmCounts], rollout: Rollout, *, limits: Limits) -> str | None:
@@ -236,5 +247,6 @@ def _canary_payloads(store: Store, rollout: Rollout, *, since: float, now: float
         c.window_end > since,
         c.window_end <= now,
     )
+    query = query.order_by(c.window_end, c.id)
     with store.engine.connect() as conn:
         return [orjson.loads(row.payload) for row in conn.execute(query)]

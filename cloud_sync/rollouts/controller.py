@@ -12,7 +12,7 @@ or an automatic rollback that says why.
                 version otherwise), on the canary topics (or the group topic after a promotion)
 
 Modes `shadow` (the canary serves the champion with the challenger in shadow; its measured accuracy decides
-after the soak) and `ab` (an A/B split on the canary; promotion is manual): how the controller advances each
+after the soak) and `ab` (an A/B split on the canary; auto-decided when opted in): how the controller advances each
 mode is in `modes/` (one class per mode, one interface: `modes/base.py`): the controller applies the
 decision a mode returns; the desired states (and the re-signed rollback) are built in `desired`.
 

@@ -457,6 +457,20 @@ async function act(path, reasonInput) {
   }
 }
 
+// An A/B rollout's arms and the sequential test's verdict (docs/loop.md "A/B decision").
+const VERDICT_CLASS = { better: "yes", worse: "state-rolled_back", "not yet known": "no" };
+function abProgress(ab) {
+  if (!ab) return "";
+  const arm = (name) => {
+    const a = ab[name];
+    return `${name} v${a.model_version ?? "–"}: ${a.labels} labels, accuracy ${a.accuracy == null ? "–" : a.accuracy.toFixed(3)}`;
+  };
+  const d = ab.decision;
+  const verdict = d ? `<div class="ab-decision" data-verdict="${esc(d.verdict)}">A/B: ${badge(d.verdict === "not yet known" ? d.verdict : "challenger " + d.verdict, VERDICT_CLASS[d.verdict])}
+    confidence ${d.confidence > 0.999 ? "&gt; 99.9 %" : pct(Math.floor(d.confidence * 1000) / 1000)}${d.auto_decide ? " (acted on automatically)" : ""}</div>` : "";
+  return `${verdict}<span class="muted">${esc(arm("champion"))}; ${esc(arm("challenger"))}</span>`;
+}
+
 async function renderRollouts() {
   const rollouts = await api("/v1/rollouts");
   const active = rollouts.filter((r) => ["canary", "soaking"].includes(r.state));
@@ -471,7 +485,7 @@ async function renderRollouts() {
       return `<tr data-rollout="${esc(r.id)}" data-state="${esc(r.state)}"><td><code>${esc(r.id)}</code></td><td>${esc(r.group)}</td>
         <td>${esc(r.model)}</td><td>${r.previous_version ?? "–"}</td><td>${esc(r.canary.join(", ") || "none")}</td>
         <td>${badge(r.state, "state-" + r.state)}</td>
-        <td>${p ? `${p.on_target}/${p.devices.length} on target<br><span class="muted">${devices}</span>` : ""}</td>
+        <td>${p ? `${p.on_target}/${p.devices.length} on target<br><span class="muted">${devices}</span>${abProgress(p.ab)}` : ""}</td>
         <td>${esc(r.reason || "")}</td><td>${esc(r.actor)}</td><td>${esc(r.created_at)}</td>
         <td>${canAct ? `<div class="actions"><input placeholder="reason" class="reason">
           ${r.state !== "promoted" ? '<button class="primary promote">Promote</button>' : ""}

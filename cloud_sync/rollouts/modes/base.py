@@ -9,7 +9,8 @@ applies under its lock. Modes read the store through `ModeView` and never call b
     serving  (serving.py)  the canary serves the new version; soak once all of it reports it, then promote
     shadow   (shadow.py)   the canary serves the champion with the challenger in shadow; after the soak the
                            measured accuracies decide
-    ab       (ab.py)       an A/B split on the canary; guards every tick; promotion is the operator's call
+    ab       (ab.py)       an A/B split on the canary; guards every tick; a sequential test decides,
+                           acted on only with ab_auto_decide (else by the operator)
 """
 
 from __future__ import annotations
