@@ -52,27 +52,30 @@ def _bundle(source: Path, target: Path, version: int, signer: Path) -> Path:
 
 
 class Traffic:
-    """Predictions against every agent, all the time: any answer but 200 is a failure of 'keeps serving'."""
+    """Predictions against every agent, all the time: any answer but 200 is a failure of 'keeps serving'.
+    `lock` is held for each round, so an agent taken out of `agents` under it gets no more requests."""
 
     def __init__(self, agents: dict[str, AgentServer], record: dict[str, object]) -> None:
         self.agents, self.record = dict(agents), record
         self.answered = 0
         self.failures: list[str] = []
+        self.lock = threading.Lock()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name, agent in list(self.agents.items()):
-                try:
-                    status = agent.predict(self.record).status_code
-                except httpx.HTTPError as exc:
-                    status, name = 0, f"{name}: {exc}"
-                if status == 200:
-                    self.answered += 1
-                else:
-                    self.failures.append(f"{name}: HTTP {status}")
+            with self.lock:
+                for name, agent in self.agents.items():
+                    try:
+                        status = agent.predict(self.record).status_code
+                    except Exception as exc:  # counted, never a dead thread that checks nothing any more
+                        status, name = 0, f"{name}: {exc!r}"
+                    if status == 200:
+                        self.answered += 1
+                    else:
+                        self.failures.append(f"{name}: HTTP {status}")
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -216,10 +219,13 @@ def test_a_key_rotation_on_a_live_fleet_refuses_no_update_and_no_device_stops_se
         assert len(refusals) >= 2 * len(DEVICES), refusals
         assert any(key_id(public_key_of(intruder)) in fields["reason"] for fields in refusals)
         # A restart (planned: out of the traffic meanwhile) keeps the trusted set (state dir) and the served model.
-        traffic.agents.pop("gw-3")
+        with traffic.lock:
+            traffic.agents.pop("gw-3")
         agents["gw-3"].stop()
         agents["gw-3"] = AgentServer(**{**agents["gw-3"].settings.model_dump(), "bundle": None})
-        traffic.agents["gw-3"] = agents["gw-3"]
+        with traffic.lock:
+            traffic.agents["gw-3"] = agents["gw-3"]
+        answered = traffic.answered
         assert _trusted(agents["gw-3"]) == {new} and agents["gw-3"].version() == 4
         # A device offline all through the rotation, provisioned with the old key, follows the chain to the new
         # key before it looks at the retained desired state, so it refuses that bundle signed by the old key.
@@ -232,6 +238,7 @@ def test_a_key_rotation_on_a_live_fleet_refuses_no_update_and_no_device_stops_se
             assert late.version() is None
         finally:
             late.stop()
+        wait_until(lambda: traffic.answered > answered + 2 * len(DEVICES), what="traffic after the restart")
     finally:
         edgeloop_logger.removeHandler(caplog.handler)
         traffic.stop()
