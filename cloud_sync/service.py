@@ -68,6 +68,7 @@ class CloudService:
             s.mqtt_password,
             s.mqtt_ca_file,
             ack_interval_s=s.ack_interval_s if s.ack_enabled else None,
+            clock_tolerance_s=s.clock_tolerance_s,
         )
         limits = Limits(
             s.rollout_max_error_rate,
@@ -97,6 +98,7 @@ class CloudService:
             s.webhook_url,
             s.online_timeout_s,
             drift_rule=DriftRule(alpha=s.drift_alpha, min_expected=s.drift_min_expected, correction=s.drift_correction),
+            clock_skew_limit_s=s.clock_skew_limit_s,
         )
         self.retrains = None
         if s.retrain_policies:

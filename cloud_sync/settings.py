@@ -70,6 +70,12 @@ class CloudSettings(EdgeloopSettings):
     """Largest REST request body in bytes (a bundle upload is the largest): over it -> 413, unread."""
     online_timeout_s: float = Field(default=120.0, gt=0)
     """A device that sent nothing for this long is shown offline even without its last will."""
+    clock_skew_limit_s: float = Field(default=300.0, gt=0)
+    """A device whose clock is off by more than this (measured from the send times of its messages) fires the
+    `clock-skew` alert (a rule of kind clock_skew_above without a threshold uses this)."""
+    clock_tolerance_s: float = Field(default=2.0, ge=0)
+    """Clock offsets smaller than this are taken as delivery delay: window times are stored as the device sent
+    them; larger ones are corrected to the cloud's clock (docs/cloud.md "Honest clocks")."""
     rollout_tick_s: float = Field(default=1.0, gt=0)
     """How often the rollout controller checks active rollouts (and, on PostgreSQL, how often every replica
     tries for the leadership and the leader checks it still holds it)."""

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from contracts.errors import InputError
 
-__all__ = ["duration", "epoch", "parse_duration", "period"]
+__all__ = ["clock_offset_text", "duration", "epoch", "parse_duration", "period"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
@@ -24,6 +24,19 @@ def parse_duration(value: str | float | int) -> float:
     if not match:
         raise ValueError(f"{value!r} is not a duration like 30s, 10m, 1h or 2d")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def clock_offset_text(offset_s: float) -> str:
+    """A device's clock offset (the cloud's minus the device's) for people: `7.0 d slow`, `3.2 h fast`, `12 min
+    slow`, `40 s fast`."""
+    size = abs(offset_s)
+    if size >= 86400:
+        span = f"{size / 86400:.1f} d"
+    elif size >= 3600:
+        span = f"{size / 3600:.1f} h"
+    else:
+        span = f"{size / 60:.0f} min" if size >= 60 else f"{size:.0f} s"
+    return f"{span} {'slow' if offset_s > 0 else 'fast'}"
 
 
 def epoch(stamp: str) -> float:

@@ -26,9 +26,11 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from contracts.logs import log_event
+from edge_agent.clock import wall_time
 from edge_agent.cloud_ack import CloudAckTracker
 from edge_agent.outbox import Outbox, PendingMessage
 
@@ -208,7 +210,7 @@ class OutboxPublisher:
         """Publish `batch` in order; False when the connection went away meanwhile."""
         for message in batch:
             with self._paho_lock:
-                info = self.client.publish(message.topic, message.payload, qos=1)
+                info = self.client.publish(message.topic, message.payload, qos=1, properties=_sent_now())
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     return False  # disconnected meanwhile; on_connected restarts from the oldest pending
                 with self._lock:
@@ -218,3 +220,11 @@ class OutboxPublisher:
                         self._last_sent = message.id
                     self._inflight[info.mid] = (message.id, message.stream, message.topic)
         return True
+
+
+def _sent_now() -> Properties:
+    """The MQTT 5 user property `sent_at_ms`: this device's clock at the publish (the cloud measures the device's
+    clock offset from it; docs/mqtt.md). Stamped on each send, so a message resent from the outbox says when."""
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.UserProperty = ("sent_at_ms", str(round(wall_time() * 1000)))
+    return properties

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from contracts.logs import log_event
 from contracts.messages import DeviceEvent, ReportedState
+from edge_agent.clock import utc_iso
 from edge_agent.store import write_atomic
 
 __all__ = ["EventCounter", "LogReporter", "Reporter", "make_event", "utc_now"]
@@ -24,7 +24,8 @@ logger = logging.getLogger("edgeloop.agent.events")
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now on this device's clock (edge_agent.clock), ISO 8601 UTC."""
+    return utc_iso()
 
 
 class EventCounter:

@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from contracts.logs import log_event
 from contracts.manifest import Manifest
 from contracts.telemetry import DriftScore, Resources, TelemetryWindow, WindowCounter, WindowCounts, score_drift
 from contracts.topics import device_topic
+from edge_agent.clock import utc_iso
 from edge_agent.outbox import Outbox
 
 __all__ = ["TelemetryReporter", "read_resources"]
@@ -31,10 +31,6 @@ __all__ = ["TelemetryReporter", "read_resources"]
 logger = logging.getLogger("edgeloop.agent.telemetry")
 _THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
 _RETIRED_WINDOWS = 10
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def read_resources(state_dir: Path, process: psutil.Process) -> Resources:
@@ -86,7 +82,7 @@ class TelemetryReporter:
         self._ab_version: int | None = None
         self.on_window: Callable[[dict[str, DriftScore], DriftScore | None, WindowCounts], None] | None = None
         """Called after each window (the agent sets its drift and accuracy gauges from it)."""
-        self._window_start = _now()
+        self._window_start = utc_iso()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._process = psutil.Process(os.getpid())
@@ -133,7 +129,7 @@ class TelemetryReporter:
             return self._flush_locked()
 
     def _flush_locked(self) -> int | None:
-        start, end = self._window_start, _now()
+        start, end = self._window_start, utc_iso()
         self._window_start = end
         for entry in list(self._retired):
             counter, sha256, left = entry

@@ -58,7 +58,7 @@ def devices(
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
 ) -> None:
-    """List the devices the cloud knows: labels, online, last seen, the model each serves, its state and last error.
+    """List the devices the cloud knows: labels, online, last seen, clock offset, the model, its state and last error.
 
     Example: [cyan]edgeloop devices --group plant-a[/cyan]
 
@@ -70,18 +70,25 @@ def devices(
     if format == "json":
         _print_json(rows)
         return
-    table = Table("device", "group", "labels", "online", "last seen", "model", "state", "agent", "last error")
+    table = Table("device", "group", "labels", "online", "last seen", "clock", "model", "state", "agent", "last error")
     for d in rows:
         model = f"{d['model_name']}/{d['model_version']}" if d.get("model_name") else "-"
         table.add_row(
             escape(d["device_id"]), escape(d.get("group") or "-"), escape(format_labels(d.get("labels") or {}) or "-"),
-            "yes" if d["online"] else "no",
-            _ago(d.get("last_seen_s_ago")), escape(model), escape(d.get("state") or "-"),
+            "yes" if d["online"] else "no", _ago(d.get("last_seen_s_ago")), _clock(d.get("clock_offset_s")),
+            escape(model), escape(d.get("state") or "-"),
             escape(d.get("agent_version") or "-"), escape(d.get("last_error") or ""),
         )  # fmt: skip
     console.print(table)
     online = sum(1 for d in rows if d["online"])
     console.print(f"{len(rows)} devices, {online} online" + (f" in group {escape(group)}" if group else ""))
+
+
+def _clock(offset_s: float | None) -> str:
+    """The cloud's measured offset of the device's clock: `ok` under a second, else `7.0 d slow` / `40 s fast`."""
+    from cloud_sync.times import clock_offset_text
+
+    return "-" if offset_s is None else "ok" if abs(offset_s) < 1 else clock_offset_text(offset_s)
 
 
 @alerts_app.callback()

@@ -1,6 +1,6 @@
 """A cloud store made before outbox epochs is migrated in place on start: every row kept (epoch 0), keyed on
 (device, epoch, seq) afterwards, on SQLite (table copied) and PostgreSQL (constraint replaced); its device table
-gains the unacknowledged-message and label columns, its rows kept; its rollouts table the selector."""
+gains the unacknowledged-message, label and clock columns, its rows kept; its rollouts table the selector."""
 
 from __future__ import annotations
 
@@ -86,8 +86,11 @@ def test_a_pre_epoch_store_keeps_its_rows_and_accepts_a_new_epoch(engine: str, t
             assert device["last_seen"] == 2.0 and device["unacknowledged"] is None
             conn.execute(devices.update().values(unacknowledged=4, unacknowledged_oldest_s=1.5, unacknowledged_at=3.0))
             assert conn.execute(sa.select(devices.c.unacknowledged_oldest_s)).scalar() == 1.5
-            conn.execute(devices.update().values(labels={"site": "graz"}))
-            assert conn.execute(sa.select(devices.c.labels)).scalar() == {"site": "graz"}
+            conn.execute(devices.update().values(labels={"site": "graz"}, clock_offset_s=604800.0, clock_offset_at=3.0))
+            assert conn.execute(sa.select(devices.c.labels, devices.c.clock_offset_s)).one() == (
+                {"site": "graz"},
+                604800.0,
+            )
             assert "selector" in {column["name"] for column in sa.inspect(conn).get_columns("rollouts", schema=schema)}
             # The same seq under a new epoch is a new row; the same (epoch, seq) is still refused.
             rows = [{**_WINDOW, "seq": 1, "epoch": 1_700_000_000_000}, {**_WINDOW, "seq": 2, "epoch": 0}]

@@ -26,6 +26,7 @@ from cloud_sync.alerts.rules import Rule
 from cloud_sync.fleet.stats import WindowRecord, load_windows
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, alerts, devices, rollouts
+from cloud_sync.times import clock_offset_text
 from contracts.drift_stats import DriftRule
 from contracts.logs import log_event
 from contracts.telemetry import merge_counts, score_drift
@@ -59,8 +60,15 @@ class AlertEvaluator:
         online_timeout_s: float = 120.0,
         *,
         drift_rule: DriftRule | None = None,
+        clock_skew_limit_s: float = 300.0,
     ) -> None:
-        self.store, self.registry, self.rules = store, registry, rules
+        self.store, self.registry = store, registry
+        self.rules = [  # a clock-skew rule without a threshold takes the cloud's clock_skew_limit_s
+            rule.model_copy(update={"threshold": clock_skew_limit_s})
+            if rule.kind == "clock_skew_above" and not rule.threshold
+            else rule
+            for rule in rules
+        ]
         self.publish = publish
         self.webhook_url = webhook_url
         self.online_timeout_s = online_timeout_s
@@ -84,6 +92,8 @@ class AlertEvaluator:
                 breaches = self._offline(rule, now)
             elif rule.kind == "rollout_failed":
                 breaches = self._rollouts(rule, now)
+            elif rule.kind == "clock_skew_above":
+                breaches = self._clock_skew(rule, now)
             else:
                 if rule.window not in cache:
                     cache[rule.window] = load_windows(self.store, now - rule.window, now)
@@ -153,6 +163,25 @@ class AlertEvaluator:
             if now - since > rule.threshold and (row.online is False or now - row.last_seen > self.online_timeout_s):
                 minutes = (now - since) / 60
                 breaches[row.device_id] = Breach(minutes, f"device {row.device_id} offline for {minutes:.1f} min")
+        return breaches
+
+    def _clock_skew(self, rule: Rule, now: float) -> Breaches:
+        """Devices whose clock offset, measured within the rule's window, is beyond the limit (ingest/clocks.py)."""
+        limit = rule.threshold
+        c = devices.c
+        query = sa.select(c.device_id, c.clock_offset_s).where(
+            c.clock_offset_at >= now - rule.window, sa.func.abs(c.clock_offset_s) > limit
+        )
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        breaches: Breaches = {}
+        for row in rows:
+            offset = float(row.clock_offset_s)
+            breaches[row.device_id] = Breach(
+                abs(offset),
+                f"clock of {row.device_id} is {clock_offset_text(offset)} (limit {limit:g} s): its window times "
+                "are corrected by the cloud; set up NTP on the device",
+            )
         return breaches
 
     def _rollouts(self, rule: Rule, now: float) -> Breaches:

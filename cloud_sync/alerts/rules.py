@@ -14,7 +14,15 @@ from contracts.errors import InputError
 
 __all__ = ["DEFAULT_RULES", "Kind", "Rule", "load_rules"]
 
-Kind = Literal["accuracy_below", "psi_above", "device_offline", "p99_above", "error_rate_above", "rollout_failed"]
+Kind = Literal[
+    "accuracy_below",
+    "psi_above",
+    "device_offline",
+    "p99_above",
+    "error_rate_above",
+    "rollout_failed",
+    "clock_skew_above",
+]
 
 
 class Rule(BaseModel):
@@ -22,7 +30,8 @@ class Rule(BaseModel):
     name: str
     kind: Kind
     threshold: float = 0.0
-    """accuracy / PSI / seconds of p99 / error share; for device_offline a duration (`10m`)."""
+    """accuracy / PSI / seconds of p99 / error share; for device_offline and clock_skew_above a duration (`10m`;
+    clock_skew_above: 0 = the cloud setting clock_skew_limit_s)."""
     window: float = 3600.0
     """The period the telemetry is merged over, ending now (`1h`)."""
     for_: float = Field(default=0.0, alias="for")
@@ -50,6 +59,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     {"name": "latency-p99-high", "kind": "p99_above", "threshold": 0.25, "window": "15m", "for": "5m"},
     {"name": "error-rate-high", "kind": "error_rate_above", "threshold": 0.05, "window": "15m", "for": "5m"},
     {"name": "rollout-failed", "kind": "rollout_failed", "window": "24h", "severity": "critical"},
+    {"name": "clock-skew", "kind": "clock_skew_above", "window": "1h"},
 ]
 
 

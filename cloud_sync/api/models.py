@@ -46,6 +46,12 @@ class Device(BaseModel):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Labels from the device's reported state (site, hw ...); {} when none"
     )
+    clock_offset_s: float | None = Field(
+        None,
+        description="The cloud's clock minus the device's, measured from its send times (positive: the device is "
+        "slow); window times are stored corrected by it beyond clock_tolerance_s; null until measured",
+    )
+    clock_offset_at: str | None = Field(None, description="When that offset was measured (ISO)")
 
 
 class Rollout(BaseModel):

@@ -66,6 +66,8 @@ def device_list(
                 "unacknowledged_oldest_s": row["unacknowledged_oldest_s"],
                 "unacknowledged_reported_at": iso(row["unacknowledged_at"]),
                 "labels": row["labels"] or {},
+                "clock_offset_s": row["clock_offset_s"],
+                "clock_offset_at": iso(row["clock_offset_at"]),
             }
         )
     return result

@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_sync.ingest.acks import AckSender
+from cloud_sync.ingest.clocks import sent_at
 from cloud_sync.ingest.writer import BatchResult, Incoming, IngestWriter
 from cloud_sync.store.db import Store
 from contracts.logs import log_event
@@ -109,8 +110,9 @@ class Ingest:
         ca_file: Path | None = None,
         *,
         ack_interval_s: float | None = 1.0,
+        clock_tolerance_s: float = 2.0,
     ) -> None:
-        self.writer = IngestWriter(store)
+        self.writer = IngestWriter(store, clock_tolerance_s=clock_tolerance_s)
         self.batch = batch
         self.share_group = share_group
         self.stats = IngestStats()
@@ -189,7 +191,9 @@ class Ingest:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._idle.clear()
-        self._queue.put(Incoming(message.topic, bytes(message.payload), time.time(), message.mid, message.qos))
+        received = time.time()
+        sent = sent_at(message)
+        self._queue.put(Incoming(message.topic, bytes(message.payload), received, message.mid, message.qos, sent))
 
     # -- writer thread ------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -1,7 +1,9 @@
 """Turning device messages into rows: parse and validate (anything wrong goes to `dead_letters` with the
 reason), then write a whole batch in one transaction.
 
-Idempotent on (device_id, epoch, seq) per stream: a redelivered window or event inserts nothing and changes
+Window times are stored on the cloud's clock: shifted by the device's measured clock offset when it is
+beyond the tolerance (`clocks.py`), which the device row keeps (`clock_offset_s`). Idempotent on
+(device_id, epoch, seq) per stream: a redelivered window or event inserts nothing and changes
 nothing. A jump in a device's sequence is recorded in `gaps` (first and last missing number); a late
 message that falls inside a recorded gap counts as `filled`, so several ingest workers splitting one
 device's messages never leave a false gap behind. Device accepted/rejected/rolled back events also go to
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
+from cloud_sync.ingest.clocks import ClockReading, correction, measure
 from cloud_sync.ingest.watermarks import STREAMS, advance
 from cloud_sync.store import audit
 from cloud_sync.store.db import Store, dead_letters, devices, events, feedback_rows, gaps, windows
@@ -46,6 +49,8 @@ class Incoming:
     received_at: float
     mid: int = 0
     qos: int = 0
+    sent_at: float | None = None
+    """The device's send time (MQTT 5 user property `sent_at_ms`, its own clock), when it stamped one."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,9 @@ def parse_message(incoming: Incoming) -> Parsed | str | None:
 
 
 class IngestWriter:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock_tolerance_s: float = 2.0) -> None:
         self.store = store
+        self.clock_tolerance_s = clock_tolerance_s
 
     def write(self, batch: list[Incoming]) -> BatchResult:
         """Parse and store a batch in one transaction (raises only on database errors)."""
@@ -122,14 +128,17 @@ class IngestWriter:
             elif isinstance(outcome, str):
                 dead.append(_dead_row(incoming, outcome))
                 result.dead_reasons.append(outcome)
+        clocks = measure((p.device_id, p.incoming.received_at, p.incoming.sent_at) for p in parsed)
+        shifts = {device: correction(reading, self.clock_tolerance_s) for device, reading in clocks.items()}
         with self.store.begin() as conn:
             if dead:
                 conn.execute(dead_letters.insert(), dead)
                 result.dead = len(dead)
-            self._write_stream(conn, [p for p in parsed if p.kind == "telemetry"], "telemetry", result)
+            self._write_stream(conn, [p for p in parsed if p.kind == "telemetry"], "telemetry", result, shifts)
             self._write_stream(conn, [p for p in parsed if p.kind == "events"], "events", result)
             self._write_feedback(conn, [p for p in parsed if p.kind == "feedback"], result)
-            self._write_devices(conn, parsed, result)
+            self._write_devices(conn, parsed, result, shifts)
+            _write_clocks(conn, clocks)
             committed: dict[tuple[str, int, str], set[int]] = {}
             floors: dict[tuple[str, int, str], int] = {}
             for item in parsed:
@@ -173,7 +182,14 @@ class IngestWriter:
             conn.execute(dead_letters.insert(), [_dead_row(incoming, reason)])
 
     # -- streams ------------------------------------------------------------------------------------
-    def _write_stream(self, conn: Connection, items: list[Parsed], stream: str, result: BatchResult) -> None:
+    def _write_stream(
+        self,
+        conn: Connection,
+        items: list[Parsed],
+        stream: str,
+        result: BatchResult,
+        shifts: dict[str, float] | None = None,
+    ) -> None:
         if not items:
             return
         table = windows if stream == "telemetry" else events
@@ -193,7 +209,8 @@ class IngestWriter:
         if not new:
             return
         self._track_gaps(conn, table, stream, new, result)
-        rows = [_window_row(p) if stream == "telemetry" else _event_row(p) for p in new]
+        shifts = shifts or {}
+        rows = [_window_row(p, shifts.get(p.device_id, 0.0)) if stream == "telemetry" else _event_row(p) for p in new]
         conn.execute(self.store.insert_ignore(table, ["device_id", "epoch", "seq"]), rows)
         if stream == "telemetry":
             result.windows += len(rows)
@@ -261,7 +278,9 @@ class IngestWriter:
             result.gaps += len(found)
 
     # -- device table -------------------------------------------------------------------------------
-    def _write_devices(self, conn: Connection, parsed: list[Parsed], result: BatchResult) -> None:
+    def _write_devices(
+        self, conn: Connection, parsed: list[Parsed], result: BatchResult, shifts: dict[str, float]
+    ) -> None:
         seen: dict[str, dict[str, Any]] = {}
         status: dict[str, dict[str, Any]] = {}
         reported: dict[str, dict[str, Any]] = {}
@@ -275,7 +294,7 @@ class IngestWriter:
                 row["group_name"] = group
             if item.kind == "telemetry" and item.message.unacknowledged is not None:
                 window: TelemetryWindow = item.message
-                end, known = epoch(window.window_end), unacked.get(device)
+                end, known = epoch(window.window_end) + shifts.get(device, 0.0), unacked.get(device)
                 if known is None or end >= known["b_at"]:
                     unacked[device] = {"b_device": device, "b_at": end, "unacknowledged": window.unacknowledged,
                                        "unacknowledged_oldest_s": window.unacknowledged_oldest_s}  # fmt: skip
@@ -333,7 +352,19 @@ def _dead_row(incoming: Incoming, reason: str) -> dict[str, Any]:
     }
 
 
-def _window_row(item: Parsed) -> dict[str, Any]:
+def _write_clocks(conn: Connection, clocks: dict[str, ClockReading]) -> None:
+    """The latest measured offset of each device (its row exists: `_write_devices` ran first)."""
+    if clocks:
+        conn.execute(
+            devices.update()
+            .where(devices.c.device_id == sa.bindparam("b_device"))
+            .values(clock_offset_s=sa.bindparam("b_offset"), clock_offset_at=sa.bindparam("b_at")),
+            [{"b_device": d, "b_offset": r.offset_s, "b_at": r.measured_at} for d, r in clocks.items()],
+        )
+
+
+def _window_row(item: Parsed, shift: float = 0.0) -> dict[str, Any]:
+    """A window's row, its times on the cloud's clock (`shift`: the device's offset beyond the tolerance)."""
     window: TelemetryWindow = item.message
     return {
         "device_id": window.device_id,
@@ -342,8 +373,8 @@ def _window_row(item: Parsed) -> dict[str, Any]:
         "group_name": window.group,
         "model_name": window.model_name,
         "model_version": window.model_version,
-        "window_start": epoch(window.window_start),
-        "window_end": epoch(window.window_end),
+        "window_start": epoch(window.window_start) + shift,
+        "window_end": epoch(window.window_end) + shift,
         "received_at": item.incoming.received_at,
         "requests": window.requests,
         "errors": sum(window.errors.values()),

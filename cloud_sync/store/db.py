@@ -60,6 +60,8 @@ devices = sa.Table(
     sa.Column("unacknowledged_oldest_s", sa.Float),
     sa.Column("unacknowledged_at", sa.Float),  # that window's end: a resent older window never overwrites it
     sa.Column("labels", sa.JSON),  # from the reported state (agent setting `labels`); null = none reported
+    sa.Column("clock_offset_s", sa.Float),  # cloud time minus device time, measured at ingest (ingest/clocks.py)
+    sa.Column("clock_offset_at", sa.Float),  # when that was measured (the cloud's receive time)
 )
 
 windows = sa.Table(
@@ -383,6 +385,8 @@ def _add_missing_columns(conn: Connection, schema: str | None) -> None:
         ("unacknowledged_oldest_s", "DOUBLE PRECISION"),
         ("unacknowledged_at", "DOUBLE PRECISION"),
         ("labels", "JSON"),
+        ("clock_offset_s", "DOUBLE PRECISION"),
+        ("clock_offset_at", "DOUBLE PRECISION"),
     ):
         if column not in device_columns:
             table = f'"{schema}".devices' if schema else "devices"

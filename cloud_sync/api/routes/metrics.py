@@ -15,6 +15,7 @@ clouds in one process (tests) never share a value.
     edgeloop_cloud_device_unacknowledged_messages{group}        messages devices hold unacknowledged by the cloud
                                                                 (summed; as each device's latest window said)
     edgeloop_cloud_device_unacknowledged_oldest_seconds{group}  age of the oldest of them in the group
+    edgeloop_cloud_device_clock_skew_seconds{group}             largest |clock offset| of a device of the group
     edgeloop_cloud_dead_letters                        dead letters in the store (every replica)
     edgeloop_cloud_gaps{state}                         sequence gaps in the store: open or filled
     edgeloop_cloud_rollouts{state}                     rollouts by state (canary, soaking, promoted, ...)
@@ -69,6 +70,7 @@ class FleetCollector(Collector):
                     sa.func.sum(sa.case((online, 1), else_=0)),
                     sa.func.sum(devices.c.unacknowledged),
                     sa.func.max(devices.c.unacknowledged_oldest_s),
+                    sa.func.max(sa.func.abs(devices.c.clock_offset_s)),
                 ).group_by(devices.c.group_name)
             ).all()
             dead = conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()
@@ -94,15 +96,22 @@ class FleetCollector(Collector):
             "Age of the oldest message a device of the group held unacknowledged (its latest window; 0 when none).",
             labels=["group"],
         )
-        for name, total, online_count, held, oldest_s in device_rows:
+        skew = GaugeMetricFamily(
+            "edgeloop_cloud_device_clock_skew_seconds",
+            "Largest |clock offset| of a device of the group, measured from its send times (0 when none measured).",
+            labels=["group"],
+        )
+        for name, total, online_count, held, oldest_s, skew_s in device_rows:
             known.add_metric([name or ""], float(total))
             up.add_metric([name or ""], float(online_count or 0))
             unacked.add_metric([name or ""], float(held or 0))
             oldest.add_metric([name or ""], float(oldest_s or 0.0))
+            skew.add_metric([name or ""], float(skew_s or 0.0))
         yield known
         yield up
         yield unacked
         yield oldest
+        yield skew
         yield GaugeMetricFamily("edgeloop_cloud_dead_letters", "Dead letters in the store.", value=float(dead))
         by_state = {"open": int(gap_open), "filled": int(gap_total) - int(gap_open)}
         gap_family = GaugeMetricFamily("edgeloop_cloud_gaps", "Sequence gaps in the store, open or filled.",

@@ -29,6 +29,17 @@ function unacked(d) {
   const oldest = age === null || age === undefined ? "" : ` <span class="muted">oldest ${Math.round(age)} s</span>`;
   return `${d.unacknowledged}${oldest}`;
 }
+// The device's clock offset measured by the cloud (its window times are stored corrected); the clock-skew alert
+// in the Alerts column says when it is beyond the limit.
+function clockOffset(d) {
+  const s = d.clock_offset_s;
+  if (s === null || s === undefined) return "–";
+  if (Math.abs(s) < 1) return "ok";
+  const a = Math.abs(s);
+  const span = a >= 86400 ? (a / 86400).toFixed(1) + " d" : a >= 3600 ? (a / 3600).toFixed(1) + " h" :
+    a >= 60 ? Math.round(a / 60) + " min" : Math.round(a) + " s";
+  return `${span} ${s > 0 ? "slow" : "fast"}`;
+}
 // Device labels (agent setting `labels`) as key=value chips, keys sorted; rollouts select on them.
 function labelChips(d) {
   const keys = Object.keys(d.labels || {}).sort();
@@ -243,6 +254,7 @@ async function renderFleet(liveUpdate) {
       <td>${d.model_name ? esc(d.model_name + " v" + d.model_version) : "–"} <span class="muted">${esc(d.state || "")}</span></td>
       <td>${ago(d.last_seen_s_ago)}</td>
       <td class="num unacked" title="held, not yet acknowledged by the cloud">${unacked(d)}</td>
+      <td class="num clock" title="the cloud's clock minus the device's">${clockOffset(d)}</td>
       <td class="num">${num(d.request_rate_per_s)}</td>
       <td class="num">${pct(d.error_rate)}</td>
       <td class="num">${ms(d.latency_p99_s)}</td>
@@ -260,8 +272,8 @@ async function renderFleet(liveUpdate) {
       <div class="card"><b>${drifting}</b>drifting (PSI &gt; 0.25)</div>
       <div class="card"><b>${firing}</b>firing alerts</div></div>
     <table id="fleet"><thead><tr><th>Device</th><th>Group</th><th>Labels</th><th>State</th><th>Model</th><th>Last seen</th>
-      <th>Unacked</th><th>Req/s</th><th>Errors</th><th>p99</th><th>Worst drift (PSI)</th><th>Accuracy</th><th>Alerts</th></tr></thead>
-      <tbody>${body || '<tr><td colspan="13" class="muted">No device has reported yet.</td></tr>'}</tbody></table>`;
+      <th>Unacked</th><th>Clock</th><th>Req/s</th><th>Errors</th><th>p99</th><th>Worst drift (PSI)</th><th>Accuracy</th><th>Alerts</th></tr></thead>
+      <tbody>${body || '<tr><td colspan="14" class="muted">No device has reported yet.</td></tr>'}</tbody></table>`;
   document.getElementById("group").onchange = (e) => { state.group = e.target.value; render(); };
   document.getElementById("period").onchange = (e) => {
     state.period = e.target.value; localStorage.setItem("edgeloop.period", state.period); render();
