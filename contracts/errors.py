@@ -17,6 +17,7 @@ that the mapping lives in one place. Messages say what went wrong and what to do
     ├── ServiceUnavailableError    tracking server, broker or bundle server unreachable   (exit 6, HTTP 503)
     ├── ConflictError              the request contradicts stored state (e.g. a version reused) (exit 8, HTTP 409)
     ├── ModelRejected              an update was refused by the device (reason attached)  (exit 7, HTTP 409)
+    ├── MissingExtra               a feature needs a package of an extra not installed     (exit 13, HTTP 501)
     ├── CheckFailed                `edgeloop agent doctor`: a check of the device failed     (exit 9, HTTP 500)
     │   └── UnsupportedOperator    the numpy runtime lacks an operator the bundle uses (`operator` names it)
     └── RolloutNotPromoted         `rollout status --wait` ended without a promotion        (HTTP 409)
@@ -35,6 +36,7 @@ __all__ = [
     "Forbidden",
     "InputError",
     "IntegrityError",
+    "MissingExtra",
     "ModelRejected",
     "NotFoundError",
     "ParityCheckFailed",
@@ -137,6 +139,14 @@ class ConflictError(EdgeloopError):
 class ModelRejected(EdgeloopError):
     exit_code = 7
     http_status = 409
+
+
+class MissingExtra(EdgeloopError):
+    """A feature needs an optional package that is not installed; the message names the extra to install
+    (contracts/extras.py)."""
+
+    exit_code = 13
+    http_status = 501
 
 
 class RolloutNotPromoted(EdgeloopError):

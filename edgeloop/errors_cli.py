@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Callable
 
 from contracts.errors import EdgeloopError
+from contracts.extras import missing_extra
 
 __all__ = ["run_cli"]
 
@@ -17,9 +18,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _command() -> str:
+    """`edgeloop deploy` (the first word of argv that is not an option) for "... needs mlflow" messages."""
+    words = [word for word in sys.argv[1:] if not word.startswith("-")]
+    return f"`edgeloop {words[0]}`" if words else "`edgeloop`"
+
+
 def run_cli(entry: Callable[[], object]) -> None:
     try:
-        entry()
+        try:
+            entry()
+        except ModuleNotFoundError as exc:  # a command of a role whose extra is not installed
+            missing = missing_extra(exc, _command())
+            if missing is None:
+                raise
+            raise missing from None
     except EdgeloopError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(exc.exit_code)

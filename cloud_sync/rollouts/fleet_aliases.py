@@ -132,7 +132,7 @@ def connect_registry(tracking_uri: str | None, champion_group: str | None, enabl
                 log_event(logger, "registry aliases follow the fleet", registry=safe_uri(uri),
                           champion_group=champion_group or "-")  # fmt: skip
                 return MlflowFleetAliases(uri, champion_group)
-            why = "mlflow is not installed (the cloud extra has it)"
+            why = "mlflow is not installed (pip install 'edgeloop[train]')"
         except EdgeloopError as exc:
             why = exc.message
     fix = "set EDGELOOP_CLOUD_REGISTRY_TRACKING_URI or MLFLOW_TRACKING_URI"
