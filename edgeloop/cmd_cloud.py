@@ -135,10 +135,37 @@ def _bundle_from_registry(reference: str, tracking_uri: str | None) -> Path:
 def deploy(
     reference: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION from the registry, or a bundle directory."),
     group: str = typer.Option(..., help="Device group to roll out to."),
-    canary: str = typer.Option(
-        "10%", help="Canary: a share of the group (`25%`) or devices (`dev-1,dev-2`); 0 = none."
+    canary: str | None = typer.Option(
+        None, help=r"Canary: a share of the group (`25%`) or devices (`dev-1,dev-2`); 0 = none \[default: 10%]."
     ),
-    soak: float = typer.Option(10.0, min=0, help="Minutes the canary must stay healthy before the group follows."),
+    soak: float = typer.Option(
+        10.0, min=0, help="Minutes the canary (each stage) must stay healthy before the group (next stage) follows."
+    ),
+    stages: str | None = typer.Option(
+        None,
+        "--stages",
+        help="Staged rollout instead of --canary: cumulative shares of the group, e.g. 1%,10%,50%,100%; each stage "
+        "confirms, soaks and passes the canary checks, then widens; a failed check rolls every switched device back.",
+    ),
+    max_per_minute: int | None = typer.Option(
+        None, "--max-per-minute", min=1, help="With --stages: at most this many devices switched per minute."
+    ),
+    abort_failed_pct: float | None = typer.Option(
+        None,
+        "--abort-failed-pct",
+        min=0,
+        max=99.999,
+        help="With --stages: roll back when more than this % of the switched devices rejected the version or did "
+        "not confirm it within --confirm-timeout (once --abort-min-devices were switched).",
+    ),
+    abort_min_devices: int = typer.Option(1, "--abort-min-devices", min=1, help="The abort rule counts from here."),
+    confirm_timeout: float | None = typer.Option(
+        None,
+        "--confirm-timeout",
+        min=0.001,
+        help=r"With --stages: seconds a switched device has to confirm \[default: the cloud's "
+        "rollout_confirm_timeout_s].",
+    ),
     shadow: bool = typer.Option(
         False,
         "--shadow",
@@ -187,9 +214,20 @@ def deploy(
     A/B on gw-1: [cyan]edgeloop deploy m/3 --group line-1 --canary gw-1 --ab-fraction 0.2 --ab-key machine_id[/cyan]
 
     By label: [cyan]edgeloop deploy m/3 --group line-1 --selector site=graz,hw!=pi3 --canary-per-label hw[/cyan]
+
+    In stages: [cyan]edgeloop deploy m/3 --group line-1 --stages 1%,10%,50%,100% --soak 10 --max-per-minute 500
+    --abort-failed-pct 5 --abort-min-devices 20[/cyan]
     """
     from cloud_sync.rollouts.selectors import Selector
+    from cloud_sync.rollouts.stages import parse_stages
     from cloud_sync.store.bundles import bundle_tar
+
+    shares = parse_stages(stages) if stages is not None else ()
+    paced = max_per_minute is not None or abort_failed_pct is not None or confirm_timeout is not None
+    if paced and not shares:
+        raise InputError("--max-per-minute and the abort rule need --stages (e.g. --stages 10%,100%)")
+    if shares and canary is not None:
+        raise InputError("--stages replaces --canary (the first stage is the canary): give one of them")
 
     if selector is not None:
         selector = str(Selector.parse(selector))  # a bad selector fails before the upload
@@ -211,15 +249,35 @@ def deploy(
         "model_name": info["name"],
         "model_version": info["version"],
         "group": group,
-        "canary": canary,
         "soak_minutes": soak,
         "mode": "shadow" if shadow else "ab" if ab_fraction is not None else "serving",
     }
     if ab_fraction is not None:
         body |= {"ab_fraction": ab_fraction, "ab_key": ab_key}
     body |= {key: value for key, value in (("selector", selector), ("canary_per_label", canary_per_label)) if value}
+    if canary is not None:
+        body["canary"] = canary
+    if shares:
+        body |= {"stages": list(shares), "abort_min_devices": abort_min_devices}
+        body |= {"max_per_minute": max_per_minute, "abort_failed_pct": abort_failed_pct}
+        body |= {"confirm_timeout_s": confirm_timeout}
     rollout = call_cloud("POST", cloud_url, "/v1/rollouts", token, json=body)
     _print_rollout(rollout)
+
+
+def _stage_line(stage: dict[str, Any]) -> str:
+    """`stage 2/4 (10%): +9 devices, 10 of 100 switched, 10 confirmed; checks: passing`."""
+    line = (
+        f"stage [bold]{stage['stage']}/{stage['of']}[/bold] ({stage['percent']:g}%): +{len(stage['devices'])} "
+        f"devices, {stage['switched']} of {stage['planned']} switched"
+    )
+    if stage.get("confirmed") is not None:
+        line += f", {stage['confirmed']} confirmed, {stage['waiting']} waiting"
+        failed = [*(stage.get("rejected") or []), *(stage.get("late") or [])]
+        line += f", {len(failed)} rejected or late" if failed else ""
+    if stage.get("max_per_minute"):
+        line += f", at most {stage['max_per_minute']}/min"
+    return line + f"; checks: {escape(stage['checks'] or '-')}"
 
 
 def _print_rollout(rollout: dict[str, Any]) -> None:
@@ -230,6 +288,8 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
     )
     if rollout.get("reason"):
         console.print(f"reason: {escape(rollout['reason'])}")
+    if stage := rollout.get("stage"):
+        console.print(_stage_line(stage))
     table = Table("device", "canary", "online", "version", "on target", "state", "last error")
     for d in rollout.get("devices", []):
         table.add_row(

@@ -1,4 +1,4 @@
-"""`edgeloop rollout status --wait`: poll one rollout until it ends, reporting each change of its state or of
+"""`edgeloop rollout status --wait`: poll one rollout until it ends, reporting each change of its state (or stage) or of
 how many devices run its version, and turn its end into an exit code a CI job can act on.
 
     promoted     -> returns (exit 0)
@@ -35,6 +35,8 @@ class RolloutSnapshot:
     reason: str | None
     on_target: int
     group_devices: int
+    stage: str | None = None
+    """A staged rollout's `2/4`."""
 
     @classmethod
     def from_api(cls, body: Mapping[str, Any]) -> RolloutSnapshot:
@@ -47,11 +49,13 @@ class RolloutSnapshot:
             reason=body.get("reason"),
             on_target=int(body.get("on_target", 0)),
             group_devices=int(devices),
+            stage=f"{body['stage']['stage']}/{body['stage']['of']}" if body.get("stage") else None,
         )
 
     def line(self, elapsed_s: float) -> str:
         """One progress line, e.g. `[  12s] soaking: 1/4 devices on machine-failure/2`."""
-        return f"[{elapsed_s:5.0f}s] {self.state}: {self.on_target}/{self.group_devices} devices on {self.model}"
+        stage = f" (stage {self.stage})" if self.stage else ""
+        return f"[{elapsed_s:5.0f}s] {self.state}{stage}: {self.on_target}/{self.group_devices} devices on {self.model}"
 
 
 def wait_for_rollout(
@@ -64,10 +68,10 @@ def wait_for_rollout(
     sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutSnapshot:
     """Poll `fetch` every `interval_s` until the rollout is promoted (returned) or ends otherwise (raised);
-    `report` gets one line per change of state or device count, and one per unreachable spell of the cloud."""
+    `report` gets one line per change of state, stage or device count, and one per unreachable spell of the cloud."""
     started = clock()
     last: RolloutSnapshot | None = None
-    shown: tuple[str, int, int] | None = None
+    shown: tuple[str, int, int, str | None] | None = None
     unreachable: str | None = None
     while True:
         try:
@@ -79,7 +83,7 @@ def wait_for_rollout(
             unreachable = exc.message
         elapsed = clock() - started
         if last is not None and unreachable is None:
-            key = (last.state, last.on_target, last.group_devices)
+            key = (last.state, last.on_target, last.group_devices, last.stage)
             if key != shown:
                 report(last.line(elapsed))
                 shown = key

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cloud_sync.fleet.simulator import SimDevice, make_window
@@ -19,10 +23,12 @@ from contracts.manifest import Manifest, canonical_bytes
 from contracts.signing import load_public_key, verify_bytes
 from tests.cloud_support import wait_until
 from tests.conftest import Broker, TrainedBundle
+from tests.fault_helpers import AgentProcess, CloudProcess, wait_http
 from tests.rollout_helpers import Cloud, running_cloud
 
 NAME = "machine-failure"
 STAGES = (10.0, 20.0, 50.0, 100.0)
+EDGELOOP = str(Path(sys.executable).with_name("edgeloop"))
 
 
 @pytest.fixture()
@@ -172,3 +178,62 @@ def _epoch(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_stage_of_real_agents_through_the_cli(
+    tmp_path: Path, broker: Broker, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> None:
+    """The real `edgeloop cloud`, two real `edgeloop agent`s (a-1, a-2: first by id, so stage 1 of 25 % of eight
+    devices) and six simulated devices (s-1..s-6), driven by `edgeloop deploy --stages` like an operator: the
+    agents download, verify and serve v2 and soak while the simulated devices stay on v1, then the group follows."""
+    group = "line-stages"
+    cloud = CloudProcess(tmp_path / "cloud", broker.url, rf_bundle.keys_dir, rollout_tick_s=0.2).start()
+    agents: list[AgentProcess] = []
+    sims = [SimDevice(f"s-{i}", group, broker.host, broker.port).start() for i in range(1, 7)]
+    env = {**os.environ, "EDGELOOP_HOME": str(tmp_path / "op"), "EDGELOOP_CLOUD_URL": cloud.url, "COLUMNS": "200"}
+
+    def edgeloop(*args: str, ok: bool = True) -> str:
+        done = subprocess.run([EDGELOOP, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert (done.returncode == 0) == ok, f"edgeloop {' '.join(args)}: {done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    def latest() -> dict:
+        return httpx.get(f"{cloud.url}/v1/rollouts/latest?group={group}", timeout=10).json()
+
+    try:
+        for device in ("a-1", "a-2"):
+            agent = AgentProcess(tmp_path / device, device, group, rf_bundle.bundle, rf_bundle.public_key, broker.url)
+            bundle_flag = agent.args.index("--bundle")  # no model at start: everything comes from the cloud
+            agent.args = [EDGELOOP, "agent", *agent.args[3:bundle_flag], *agent.args[bundle_flag + 2 :]]
+            agents.append(agent.start(wait=False))
+            wait_http(f"{agent.url}/healthz", process=agent.process)
+        wait_until(lambda: len(httpx.get(f"{cloud.url}/v1/devices?group={group}").json()) == 8, what="8 devices")
+        assert "state promoted" in edgeloop("deploy", str(rf_bundle.bundle), "--group", group, "--canary", "0")
+        wait_until(lambda: latest()["on_target"] == 8, timeout=30, what="the group on v1")
+
+        v2 = str(logreg_bundle_v2.bundle)
+        refused = edgeloop("deploy", v2, "--group", group, "--max-per-minute", "5", ok=False)
+        assert "--max-per-minute and the abort rule need --stages" in refused and "Traceback" not in refused
+        refused = edgeloop("deploy", v2, "--group", group, "--stages", "50%,10%", ok=False)
+        assert "--stages must increase, e.g. 1%,10%,50%,100%" in refused and "Traceback" not in refused
+        out = edgeloop("deploy", v2, "--group", group, "--stages", "25%,100%", "--soak", "0.1")
+        assert "stage 1/2 (25%): +2 devices, 2 of 8 switched" in out, out
+        wait_until(lambda: latest()["state"] == "soaking", timeout=30, what="stage 1 soaking")
+        assert [_served(agent) for agent in agents] == [2, 2]  # the real agents downloaded, verified, serve v2
+        assert [sim.model for sim in sims] == [(NAME, 1)] * 6  # not reached yet
+        assert "stage 1/2 (25%)" in edgeloop("rollout", "status", "--group", group)
+        wait_until(lambda: latest()["state"] == "promoted", timeout=30, what="promotion after the soak")
+        for sim in sims:
+            assert sim.wait_for(2)
+        assert latest()["reason"] == "stage 1/2 (25%) soaked 6s on 2 devices"
+    finally:
+        for agent in agents:
+            agent.stop()
+        for sim in sims:
+            sim.stop()
+        cloud.stop()
+
+
+def _served(agent: AgentProcess) -> int | None:
+    response = httpx.get(f"{agent.url}/readyz", timeout=5)
+    return int(response.json()["model_version"]) if response.status_code == 200 else None

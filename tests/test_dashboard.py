@@ -300,13 +300,16 @@ def _check_alert_acknowledgement(page: Any, cloud: RunningCloud) -> None:
 
 
 def _check_rollout_promotion(page: Any, cloud: RunningCloud, devices: list[SimDevice]) -> None:
-    body = {"model_name": cloud.v2.name, "model_version": 2, "group": GROUP, "canary": "gw-1", "soak_minutes": 60}
+    # A staged rollout: stage 1 is 34 % of the three devices (gw-1), then the group; promoted by hand.
+    body = {"model_name": cloud.v2.name, "model_version": 2, "group": GROUP, "stages": [34, 100], "soak_minutes": 60}
     response = httpx.post(cloud.url + "/v1/rollouts", json=body, headers=OPERATOR, timeout=10)
     assert response.status_code == 201, response.text
     rollout_id = response.json()["id"]
     assert devices[0].wait_for(2), "the canary did not switch to v2"
     page.click("a[data-nav='rollouts']")
     page.wait_for_selector(f"tr[data-rollout='{rollout_id}'][data-state='soaking']", timeout=15_000)
+    stage = page.locator(f"tr[data-rollout='{rollout_id}'] .stage").inner_text()
+    assert "stage 1/2 (34%): +1 devices" in stage and "(gw-1)" in stage and "checks: passing" in stage, stage
     page.screenshot(path=str(SCREENSHOTS / "rollout-soaking.png"), full_page=True)
     page.locator(f"tr[data-rollout='{rollout_id}'] input.reason").fill("canary looks fine")
     # The table re-renders on live updates (and here on navigating away and back): the typed reason survives.

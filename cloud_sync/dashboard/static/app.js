@@ -494,10 +494,14 @@ async function renderRollouts() {
       const p = progress[r.id];
       const devices = p ? p.devices.map((d) => `${esc(d.device_id)}${d.canary ? "*" : ""}: v${d.model_version ?? "–"}`).join(", ") : "";
       const canAct = ["canary", "soaking", "promoted"].includes(r.state);
+      const st = p && p.stage;  // a staged rollout: its stage, its devices, its checks
+      const stage = st ? `<div class="stage">stage ${st.stage}/${st.of} (${st.percent}%): +${st.devices.length} devices
+        (${esc(st.devices.slice(0, 5).join(", "))}${st.devices.length > 5 ? " …" : ""}), ${st.switched}/${st.planned} switched,
+        checks: ${esc(st.checks || "–")}</div>` : r.stages ? `<div class="stage muted">stages ${r.stages.join("%, ")}%</div>` : "";
       return `<tr data-rollout="${esc(r.id)}" data-state="${esc(r.state)}"><td><code>${esc(r.id)}</code></td><td>${esc(r.group)}</td>
         <td>${esc(r.model)}</td><td>${r.previous_version ?? "–"}</td><td>${esc(r.canary.join(", ") || "none")}</td>
         <td>${badge(r.state, "state-" + r.state)}</td>
-        <td>${p ? `${p.on_target}/${p.devices.length} on target<br><span class="muted">${devices}</span>${abProgress(p.ab)}` : ""}</td>
+        <td>${stage}${p ? `${p.on_target}/${p.devices.length} on target<br><span class="muted">${devices}</span>${abProgress(p.ab)}` : ""}</td>
         <td>${esc(r.reason || "")}</td><td>${esc(r.actor)}</td><td>${esc(r.created_at)}</td>
         <td>${canAct ? `<div class="actions"><input placeholder="reason" class="reason">
           ${r.state !== "promoted" ? '<button class="primary promote">Promote</button>' : ""}
