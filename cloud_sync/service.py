@@ -135,15 +135,20 @@ class CloudService:
             if stop.wait(interval_s):
                 return
 
+    def _republish_keys(self) -> None:
+        """The last key set again, retained (a broker that lost it gives it back to devices); off the start path,
+        since it waits for the broker."""
+        try:
+            self.keys.republish()
+        except Exception as exc:  # the broker may be down at start; the next rotation publishes again
+            log_event(logger, "key set not republished", level=logging.WARNING, error=str(exc))
+
     def _publish_alert(self, topic: str, body: bytes) -> None:
         self.publisher.publish(topic, body, retain=True, timeout=5)
 
     def start(self) -> None:
         self.publisher.start(wait_s=0)
-        try:
-            self.keys.republish()
-        except Exception as exc:  # the broker may be down at start; the next rotation publishes again
-            log_event(logger, "key set not republished", level=logging.WARNING, error=str(exc))
+        threading.Thread(target=self._republish_keys, name="edgeloop-keys", daemon=True).start()
         self.ingest.start()
         s = self.settings
         self._elector = threading.Thread(

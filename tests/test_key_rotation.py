@@ -250,3 +250,59 @@ def test_a_key_rotation_on_a_live_fleet_refuses_no_update_and_no_device_stops_se
     assert audit == [("ops", "keys rotate", "yearly"), ("ops", "keys retire", "every device reports the new key")]
     published = KeySetMessage.model_validate_json((keys_dir / KEYSET_FILE).read_bytes())
     assert published.seq == 2 and published.previous is not None and published.previous.signer == old
+
+
+def _retained_key_set(broker: Broker, timeout: float = 5.0) -> KeySetMessage | None:
+    """What a device connecting now receives on edgeloop/v1/keys (the retained key set), or None."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[bytes] = []
+    arrived = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"keys-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+    client.on_connect = lambda c, *_args: c.subscribe(KEYS_TOPIC, qos=1)
+    client.on_message = lambda _c, _u, message: (got.append(bytes(message.payload)), arrived.set())
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        arrived.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return KeySetMessage.model_validate_json(got[-1]) if got and got[-1] else None
+
+
+def test_the_cloud_process_publishes_the_last_key_set_again_at_start(
+    broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle
+) -> None:
+    """A broker that lost its retained messages gets the key set back from the next `edgeloop cloud` start
+    (keys_dir/keyset.json), and the process serves the key routes (GET /v1/keys)."""
+    from cloud_sync.ingest.publisher import MqttPublisher
+    from cloud_sync.signing_keys import KeyRotation
+    from cloud_sync.store.bundles import BundleRegistry
+    from tests.cloud_support import Publisher, make_store
+    from tests.fault_helpers import CloudProcess
+
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    for name in (PRIVATE_KEY_FILE, PUBLIC_KEY_FILE):
+        shutil.copyfile(rf_bundle.keys_dir / name, keys_dir / name)
+    old = key_id(load_public_key(keys_dir / PUBLIC_KEY_FILE))
+    publisher = MqttPublisher(broker.url, client_id="keys-test").start()
+    with make_store("sqlite", tmp_path / "first") as store:
+        rotated = KeyRotation(keys_dir, store, BundleRegistry(tmp_path / "bundles", keys_dir=keys_dir), publisher)
+        published = rotated.rotate("ops", "yearly")
+    publisher.stop()
+    assert _retained_key_set(broker) == published and published.signer == old
+    wiper = Publisher(broker.host, broker.port)
+    wiper.send(KEYS_TOPIC, b"", retain=True)  # the broker forgets the retained set (restarted without persistence)
+    wiper.close()
+    assert _retained_key_set(broker, timeout=1.0) is None
+    cloud = CloudProcess(tmp_path / "cloud", broker.url, keys_dir, viewer_tokens='["viewer:look"]').start()
+    try:
+        again = _retained_key_set(broker, timeout=15.0)
+        assert again == published
+        status = httpx.get(f"{cloud.url}/v1/keys", headers={"Authorization": "Bearer look"}, timeout=30).json()
+        assert status["overlap"] and status["seq"] == 1 and set(status["trusted"]) == {old, status["current"]}
+    finally:
+        cloud.stop()
