@@ -17,6 +17,7 @@ import uvicorn
 from cloud_sync.api.app import create_app
 from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
+from cloud_sync.rollouts.checks import Limits
 from cloud_sync.rollouts.controller import Rollouts
 from cloud_sync.signing_keys import KeyRotation
 from cloud_sync.store.bundles import BundleRegistry
@@ -30,7 +31,8 @@ __all__ = ["CloudServer", "slow_server", "start_ingest"]
 
 class CloudServer:
     """The cloud API with bundles registered, on a free port. With `keys_dir`, the cloud signs with and
-    rotates the keys there (GET /v1/keys, POST /v1/keys/rotate|retire) instead of `trained`'s."""
+    rotates the keys there (GET /v1/keys, POST /v1/keys/rotate|retire) instead of `trained`'s; `limits` are the
+    rollout controller's (default `Limits()`)."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class CloudServer:
         trained: TrainedBundle,
         bundles: list[Path],
         keys_dir: Path | None = None,
+        limits: Limits | None = None,
         **ctx: Any,
     ) -> None:
         self._store_cm = make_store("sqlite", tmp_path)
@@ -54,7 +57,12 @@ class CloudServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.rollouts = Rollouts(
-            self.store, self.registry, self.publisher, base_url=self.url, keys_dir=keys_dir or trained.keys_dir
+            self.store,
+            self.registry,
+            self.publisher,
+            base_url=self.url,
+            keys_dir=keys_dir or trained.keys_dir,
+            limits=limits,
         )
         if keys_dir is not None:
             ctx["keys"] = KeyRotation(keys_dir, self.store, self.registry, self.publisher)

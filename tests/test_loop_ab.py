@@ -17,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from cloud_sync.rollouts.checks import Limits
+from cloud_sync.rollouts.sequential import SequentialRule
+from cloud_sync.store.audit import entries
 from contracts.ab import arm_of, bucket, key_text
 from contracts.bundle import Bundle, load_bundle
 from contracts.errors import SchemaError
@@ -334,6 +337,92 @@ def test_edgeloop_deploy_ab_fraction_through_the_cloud_and_rollout_status_per_ar
     finally:
         for agent in agents:
             agent.stop()
+        ingest.stop()
+        cloud.stop()
+
+
+def test_a_worse_challenger_on_a_real_agent_is_shown_worse_and_rolled_back_when_auto_decide_is_on(
+    broker: Broker,
+    tmp_path: Path,
+    rf_bundle: TrainedBundle,
+    logreg_bundle_v2: TrainedBundle,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A real agent splits 600 keyed records; feedback confirms every champion answer and 60 % of the
+    challenger's. The sequential test, fed by the agent's real window through the broker and the ingest, says
+    "challenger worse" with its confidence in `edgeloop rollout status`; with ab_auto_decide on, the next tick
+    rolls the canary back (the verdict in the audit log) and the agent stops the split."""
+    limits = Limits(ab=SequentialRule(alpha=0.05, min_labels=100, auto_decide=True))
+    cloud = CloudServer(broker, tmp_path, rf_bundle, [rf_bundle.bundle, logreg_bundle_v2.bundle], limits=limits)
+    ingest = start_ingest(cloud.store, broker)
+    group = "line-ab-auto"
+    canary = AgentServer(
+        state_dir=tmp_path / "gw-a1",
+        bundle=rf_bundle.bundle,
+        public_key=rf_bundle.public_key,
+        token="t",
+        device_id="gw-a1",
+        group=group,
+        mqtt_url=broker.url,
+        telemetry_interval_s=3600,
+    )
+
+    def cli(*args: str) -> CliResult:
+        monkeypatch.setenv("EDGELOOP_CLOUD_URL", cloud.url)
+        monkeypatch.setenv("EDGELOOP_CLOUD_TOKEN", "act")
+        monkeypatch.setenv("COLUMNS", "200")
+        return run_edgeloop(list(args), monkeypatch, capsys, tmp_path / "home")
+
+    try:
+        devices = lambda: httpx.get(f"{cloud.url}/v1/devices", params={"group": group}, headers=VIEW).json()  # noqa: E731
+        wait_until(lambda: [d["model_version"] for d in devices()] == [1], 15, "the device on v1")
+        name = manifest_of(rf_bundle.bundle).name
+        body = {"model_name": name, "model_version": 2, "group": group, "canary": "gw-a1", "mode": "ab",
+                "ab_fraction": 0.5, "ab_key": "machine_id"}  # fmt: skip
+        created = httpx.post(f"{cloud.url}/v1/rollouts", json=body, headers={"Authorization": "Bearer act"})
+        assert created.status_code == 201, created.text
+        rollout_id = created.json()["id"]
+        wait_until(lambda: _ab_of(canary) == 2, 15, "canary splits with v2")
+
+        batch = records(600, seed=33)
+        for index, row in enumerate(batch):
+            row["machine_id"] = f"press-{index}"
+        predictions = canary.predict({"records": batch}).json()["predictions"]
+        classes = [str(c) for c in manifest_of(rf_bundle.bundle).classes]
+        other = {label: next(c for c in classes if c != label) for label in classes}
+        labels, seen = [], 0
+        for p in predictions:
+            label = p["label"]
+            if p["arm"] == "challenger":
+                seen += 1
+                label = label if seen % 5 in (1, 2, 3) else other[str(label)]  # 3 of every 5 answers confirmed
+            labels.append({"prediction_id": p["prediction_id"], "label": label})
+        assert canary.client.post("/v1/feedback", json={"feedback": labels}).status_code == 200
+        assert canary.agent.telemetry is not None
+        canary.agent.telemetry.flush()
+        served = {arm: sum(p["arm"] == arm for p in predictions) for arm in ("champion", "challenger")}
+        assert min(served.values()) >= 200, served
+
+        def decision() -> dict[str, Any]:
+            return dict((cloud.rollouts.status(rollout_id).get("ab") or {}).get("decision") or {})
+
+        wait_until(lambda: decision().get("challenger_labels") == served["challenger"], 15, "A/B window stored")
+        assert decision()["verdict"] == "worse" and decision()["confidence"] >= 0.95
+        shown = cli("rollout", "status", rollout_id)
+        assert shown.exit_code == 0, shown.stderr
+        assert "A/B decision: challenger worse: accuracy 0.6" in shown.stdout and "confidence" in shown.stdout
+        assert "the controller acts on it" in shown.stdout
+
+        cloud.rollouts.tick()
+        done = cloud.rollouts.status(rollout_id)
+        assert done["state"] == "rolled_back" and "(ab_auto_decide)" in done["reason"], done["reason"]
+        entry = [e for e in entries(cloud.store) if e["action"] == "rollback"][-1]
+        assert entry["actor"] == "controller" and entry["details"]["ab"]["decision"]["verdict"] == "worse"
+        wait_until(lambda: _ab_of(canary) is None, 15, "split stopped after the automatic rollback")
+        assert canary.version() == 1
+    finally:
+        canary.stop()
         ingest.stop()
         cloud.stop()
 
