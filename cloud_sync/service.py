@@ -99,6 +99,7 @@ class CloudService:
             s.online_timeout_s,
             drift_rule=DriftRule(alpha=s.drift_alpha, min_expected=s.drift_min_expected, correction=s.drift_correction),
             clock_skew_limit_s=s.clock_skew_limit_s,
+            baseline_records=s.drift_baseline_records,
         )
         self.retrains = None
         if s.retrain_policies:

@@ -120,6 +120,9 @@ class CloudSettings(EdgeloopSettings):
     """Bins and categories expected to hold fewer records than this are pooled before the drift test."""
     drift_correction: Literal["holm", "bh"] = "holm"
     """Multiple-testing control across features: `holm` (family-wise error) or `bh` (false discovery rate)."""
+    drift_baseline_records: int = Field(default=500, ge=1)
+    """Records a device's baseline takes after a validated promotion accepted its drift: its first windows on the
+    promoted version until they hold this many; later windows are judged against them (docs/loop.md)."""
     webhook_url: str | None = None
     """Optional URL every alert firing and resolution is POSTed to (JSON)."""
     score_bundles: dict[str, str] = Field(default_factory=dict)

@@ -150,10 +150,19 @@ def pool_bins(
 
 
 def goodness_of_fit(
-    proportions: np.ndarray, counts: np.ndarray, *, min_expected: float = 5.0, ordered: bool = False
+    proportions: np.ndarray,
+    counts: np.ndarray,
+    *,
+    min_expected: float = 5.0,
+    ordered: bool = False,
+    reference_records: int | None = None,
 ) -> Evidence | None:
     """Chi-square test of `counts` against the reference `proportions` after pooling sparse bins.
 
+    `reference_records`: the records the proportions were measured on, when they are a sample too (a
+    device's baseline) rather than a training set taken as exact; the statistic is then scaled by
+    n_ref / (n_ref + n), which turns it into the two-sample (homogeneity) chi-square to first order, so two
+    samples of one distribution are not called different because the reference is noisy.
     None when fewer than two bins remain (too few records to test anything): no evidence, so no drift.
     """
     counts = np.asarray(counts, dtype=np.float64)
@@ -170,6 +179,8 @@ def goodness_of_fit(
         return Evidence(statistic=math.inf, dof=int(keep.sum()) - 1, p_value=0.0, bins=int(keep.sum()))
     e, o = pooled_e[keep], pooled_o[keep]
     statistic = float(np.sum((o - e) ** 2 / e))
+    if reference_records:
+        statistic *= reference_records / (reference_records + total)
     dof = e.size - 1
     return Evidence(statistic=statistic, dof=dof, p_value=chi2_sf(statistic, dof), bins=e.size)
 

@@ -281,10 +281,18 @@ def merge_counts(windows: Iterable[WindowCounts]) -> WindowCounts:
 
 
 def _score(
-    expected: np.ndarray, actual: np.ndarray, *, bands: tuple[float, float], min_expected: float, ordered: bool
+    expected: np.ndarray,
+    actual: np.ndarray,
+    *,
+    bands: tuple[float, float],
+    min_expected: float,
+    ordered: bool,
+    reference_records: int | None = None,
 ) -> DriftScore:
     value = psi(expected, actual)
-    evidence: Evidence | None = goodness_of_fit(expected, actual, min_expected=min_expected, ordered=ordered)
+    evidence: Evidence | None = goodness_of_fit(
+        expected, actual, min_expected=min_expected, ordered=ordered, reference_records=reference_records
+    )
     return DriftScore(
         psi=value,
         js=js_distance(expected, actual),
@@ -304,10 +312,12 @@ def score_drift(
     min_count: int = 1,
     *,
     rule: DriftRule = DriftRule(),
+    reference_records: int | None = None,
 ) -> tuple[dict[str, DriftScore], DriftScore | None]:
     """PSI, Jensen-Shannon distance and chi-square evidence per feature and for the predicted classes, against
     the manifest. A feature is `drifted` when its PSI is at least `rule.min_psi` and its p-value, adjusted
-    across the features (`rule.correction`), is below `rule.alpha`."""
+    across the features (`rule.correction`), is below `rule.alpha`. `reference_records`: the manifest's
+    profile is a sample of that many records (a device baseline), not a training set taken as exact."""
     scores: dict[str, DriftScore] = {}
     for name, observed in counts.features.items():
         reference = manifest.reference_profile.get(name)
@@ -315,7 +325,7 @@ def score_drift(
             expected = np.asarray(reference.proportions)
             actual = np.asarray(observed.bins, dtype=np.float64)
         elif isinstance(reference, CategoricalProfile) and isinstance(observed, CategoricalCounts):
-            keys = [*reference.frequencies, UNSEEN]
+            keys = list(dict.fromkeys([*reference.frequencies, UNSEEN]))  # a device baseline may hold UNSEEN
             expected = np.asarray([reference.frequencies.get(key, 0.0) for key in keys])
             actual = np.asarray([observed.counts.get(key, 0) for key in keys], dtype=np.float64)
         else:
@@ -328,6 +338,7 @@ def score_drift(
             bands=(moderate, significant),
             min_expected=rule.min_expected,
             ordered=isinstance(reference, NumericProfile),
+            reference_records=reference_records,
         )
     tested = {name: score.p_value for name, score in scores.items() if score.p_value is not None}
     adjusted = adjust_p_values(tested, rule.correction)
@@ -340,7 +351,12 @@ def score_drift(
         expected = np.asarray([manifest.prediction_profile[key] for key in keys])
         actual = np.asarray([counts.predicted.get(key, 0) for key in keys], dtype=np.float64)
         prediction = _score(
-            expected, actual, bands=(moderate, significant), min_expected=rule.min_expected, ordered=False
+            expected,
+            actual,
+            bands=(moderate, significant),
+            min_expected=rule.min_expected,
+            ordered=False,
+            reference_records=reference_records,
         )
         prediction.p_adjusted = prediction.p_value
         prediction.drifted = drifted(prediction.psi, prediction.p_value, min_psi=rule.min_psi, alpha=rule.alpha)

@@ -17,23 +17,18 @@ from scipy import stats
 from cloud_sync.alerts.evaluator import AlertEvaluator
 from cloud_sync.alerts.queries import alert_list
 from cloud_sync.alerts.rules import Rule
-from cloud_sync.fleet.simulator import iso_utc
-from cloud_sync.ingest.writer import Incoming, IngestWriter
+from cloud_sync.ingest.writer import IngestWriter
 from cloud_sync.rollouts.checks import Limits, check_canary
 from cloud_sync.rollouts.model import Rollout
 from cloud_sync.store.bundles import BundleRegistry
 from contracts.bundle import load_bundle
-from contracts.drift import bin_counts, categorical_profile, numeric_profile
 from contracts.drift_stats import DriftRule, adjust_p_values, chi2_sf, gamma_q, goodness_of_fit, pool_bins
-from contracts.manifest import CategoricalProfile, Manifest, NumericProfile
+from contracts.manifest import CategoricalProfile, Manifest
 from contracts.signing import load_public_key
-from contracts.telemetry import CategoricalCounts, NumericCounts, TelemetryWindow, WindowCounts, score_drift
-from contracts.topics import device_topic
+from contracts.telemetry import score_drift
 from tests.cloud_support import make_store
+from tests.drift_helpers import reference_manifest, store_window, window_counts
 from trainer.sample_data import make_machines
-
-NUMERIC = ["temperature_c", "vibration_mm_s", "pressure_bar", "rpm", "power_kw", "hours_since_service"]
-CATEGORICAL = ["machine_type", "firmware", "site"]
 
 
 @pytest.mark.parametrize("dof", [1, 2, 3, 5, 9, 30, 120])
@@ -83,42 +78,17 @@ def test_holm_and_benjamini_hochberg_adjust_as_defined() -> None:
 # -- the demo's cases --------------------------------------------------------------------------------------------
 
 
-def _manifest(bundle: Manifest, rows: pd.DataFrame) -> Manifest:
-    profile: dict[str, NumericProfile | CategoricalProfile] = {}
-    for name in NUMERIC:
-        profile[name] = numeric_profile(rows[name].to_numpy(dtype=float))
-    for name in CATEGORICAL:
-        profile[name] = categorical_profile(list(rows[name].where(rows[name].notna(), None)))
-    return bundle.model_copy(update={"reference_profile": profile, "prediction_profile": {}})
-
-
 @pytest.fixture(scope="module")
 def v1_manifest(rf_bundle) -> Manifest:
     """The reference of the demo's v1: the 6000 original readings."""
-    return _manifest(load_bundle(rf_bundle.bundle).manifest, make_machines(6000, seed=7))
+    return reference_manifest(load_bundle(rf_bundle.bundle).manifest, make_machines(6000, seed=7))
 
 
 @pytest.fixture(scope="module")
 def v2_manifest(rf_bundle) -> Manifest:
     """The reference the demo's v2 is trained on: the original readings plus 1000 drifted gw-3 rows."""
     rows = pd.concat([make_machines(6000, seed=7), make_machines(1000, seed=3, drift=True)], ignore_index=True)
-    return _manifest(load_bundle(rf_bundle.bundle).manifest, rows)
-
-
-def _window(manifest: Manifest, frame: pd.DataFrame) -> WindowCounts:
-    """The counts a device would report for these readings, on the manifest's reference bins."""
-    counts = WindowCounts(records=len(frame), requests=len(frame))
-    for name, reference in manifest.reference_profile.items():
-        if isinstance(reference, NumericProfile):
-            bins, missing = bin_counts(np.asarray(reference.bin_edges), frame[name].to_numpy(dtype=float))
-            counts.features[name] = NumericCounts(bins=[int(b) for b in bins], missing=missing)
-        else:
-            values = frame[name].dropna().astype(str)
-            known = values.where(values.isin(list(reference.frequencies)), "__unseen__")
-            counts.features[name] = CategoricalCounts(
-                counts={str(k): int(v) for k, v in known.value_counts().items()}, missing=int(frame[name].isna().sum())
-            )
-    return counts
+    return reference_manifest(load_bundle(rf_bundle.bundle).manifest, rows)
 
 
 def test_reference_has_the_rare_beta_firmware_at_about_six_percent(v2_manifest: Manifest) -> None:
@@ -130,7 +100,7 @@ def test_reference_has_the_rare_beta_firmware_at_about_six_percent(v2_manifest: 
 def test_a_shifted_feature_fires_and_only_it(v1_manifest: Manifest) -> None:
     frame = make_machines(300, seed=41)
     frame["pressure_bar"] = frame["pressure_bar"] + 1.5
-    scores, _ = score_drift(_window(v1_manifest, frame), v1_manifest)
+    scores, _ = score_drift(window_counts(v1_manifest, frame), v1_manifest)
     fired = {name for name, score in scores.items() if score.drifted}
     assert fired == {"pressure_bar"}, {k: (round(v.psi, 3), v.p_adjusted) for k, v in scores.items()}
     shifted = scores["pressure_bar"]
@@ -139,7 +109,7 @@ def test_a_shifted_feature_fires_and_only_it(v1_manifest: Manifest) -> None:
 
 
 def test_the_demo_drift_on_gw3_fires_against_v1(v1_manifest: Manifest) -> None:
-    scores, _ = score_drift(_window(v1_manifest, make_machines(200, seed=5, drift=True)), v1_manifest)
+    scores, _ = score_drift(window_counts(v1_manifest, make_machines(200, seed=5, drift=True)), v1_manifest)
     assert {name for name, score in scores.items() if score.drifted} >= {"temperature_c", "firmware"}
 
 
@@ -147,7 +117,7 @@ def test_a_rare_category_absent_from_a_large_window_is_evidence(v2_manifest: Man
     """The limit of statistics alone: over 300 records, 18 beta-firmware readings were expected and none came,
     so a healthy device does differ from v2's reference (skewed by gw-3's rows). The fix is in the reference
     (per-device baselines, fleet-weighted retraining), not in the test."""
-    scores, _ = score_drift(_window(v2_manifest, make_machines(300, seed=41)), v2_manifest)
+    scores, _ = score_drift(window_counts(v2_manifest, make_machines(300, seed=41)), v2_manifest)
     assert {name for name, score in scores.items() if score.drifted} == {"firmware"}
 
 
@@ -156,7 +126,7 @@ def test_unshifted_features_on_small_windows_do_not_fire(v1_manifest: Manifest) 
     family-wise error rate (Holm at alpha 0.01 per window) near 1 %, not zero: a few per cent at most."""
     psi_alone = decided = 0
     for seed in range(200):
-        scores, _ = score_drift(_window(v1_manifest, make_machines(40, seed=500 + seed)), v1_manifest)
+        scores, _ = score_drift(window_counts(v1_manifest, make_machines(40, seed=500 + seed)), v1_manifest)
         psi_alone += any(score.psi > 0.25 for score in scores.values())
         decided += any(score.drifted for score in scores.values())
     assert psi_alone > 100, psi_alone
@@ -166,7 +136,7 @@ def test_unshifted_features_on_small_windows_do_not_fire(v1_manifest: Manifest) 
 def test_a_rare_category_absent_from_a_small_window_does_not_fire_by_itself(v2_manifest: Manifest) -> None:
     frame = make_machines(60, seed=77)  # gw-1: healthy, never runs the beta firmware
     assert "v2.1-beta" not in set(frame["firmware"].dropna())
-    scores, _ = score_drift(_window(v2_manifest, frame), v2_manifest)
+    scores, _ = score_drift(window_counts(v2_manifest, frame), v2_manifest)
     firmware = scores["firmware"]
     assert firmware.psi > 0.25, "PSI alone would call this significant"
     assert firmware.p_value is not None and firmware.p_value > 0.01
@@ -176,7 +146,7 @@ def test_a_rare_category_absent_from_a_small_window_does_not_fire_by_itself(v2_m
 def test_a_new_category_at_thirty_percent_fires(v2_manifest: Manifest) -> None:
     frame = make_machines(100, seed=88)
     frame.loc[frame.index[:30], "firmware"] = "v3.0-rc"  # never seen in training: counted as __unseen__
-    scores, _ = score_drift(_window(v2_manifest, frame), v2_manifest)
+    scores, _ = score_drift(window_counts(v2_manifest, frame), v2_manifest)
     firmware = scores["firmware"]
     assert firmware.drifted and firmware.p_adjusted is not None and firmware.p_adjusted < 1e-6
     assert {name for name, score in scores.items() if score.drifted} == {"firmware"}
@@ -186,7 +156,7 @@ def test_a_significant_but_tiny_effect_does_not_fire(v2_manifest: Manifest) -> N
     """Huge counts make a small, harmless shift significant; the minimum effect keeps it quiet."""
     frame = make_machines(20000, seed=99)
     frame["rpm"] = frame["rpm"] + 25  # about a tenth of a standard deviation
-    scores, _ = score_drift(_window(v2_manifest, frame), v2_manifest)
+    scores, _ = score_drift(window_counts(v2_manifest, frame), v2_manifest)
     rpm = scores["rpm"]
     assert rpm.p_adjusted is not None and rpm.p_adjusted < 1e-6 and rpm.psi < 0.25
     assert not rpm.drifted
@@ -195,29 +165,12 @@ def test_a_significant_but_tiny_effect_does_not_fire(v2_manifest: Manifest) -> N
 # -- the feature-drift alert on a real store -------------------------------------------------------------------
 
 
-def _store_window(
-    writer: IngestWriter, manifest: Manifest, device: str, frame: pd.DataFrame, *, seq: int, at: float
-) -> None:
-    window = TelemetryWindow(
-        **_window(manifest, frame).model_dump(),
-        device_id=device,
-        group="g",
-        seq=seq,
-        window_start=iso_utc(at - 60),
-        window_end=iso_utc(at),
-        agent_version="test",
-        model_name=manifest.name,
-        model_version=manifest.version,
-    )
-    writer.write([Incoming(device_topic(device, "telemetry"), window.model_dump_json().encode(), at)])
-
-
 def _noisy_small_window(manifest: Manifest) -> pd.DataFrame:
     """The first healthy 40-record window on which PSI alone would call a feature drifting."""
     return next(
         frame
         for frame in (make_machines(40, seed=900 + seed) for seed in range(50))
-        if any(score.psi > 0.25 for score in score_drift(_window(manifest, frame), manifest)[0].values())
+        if any(score.psi > 0.25 for score in score_drift(window_counts(manifest, frame), manifest)[0].values())
     )
 
 
@@ -236,7 +189,7 @@ def test_the_drift_alert_fires_on_evidence_and_carries_p_value_and_records(rf_bu
     with make_store("sqlite", tmp_path) as store:
         writer = IngestWriter(store)
         for seq, (device, frame) in enumerate([("d-small", small), ("d-new", new_firmware)], start=1):
-            _store_window(writer, manifest, device, frame, seq=seq, at=now - 10)
+            store_window(writer, manifest, device, frame, seq=seq, at=now - 10)
         fired = AlertEvaluator(store, registry, [rule], drift_rule=DriftRule(alpha=0.01)).evaluate(now=now)
         assert [alert["subject"] for alert in fired] == ["d-new/firmware"], fired
         alert = fired[0]
@@ -249,7 +202,7 @@ def test_the_drift_alert_fires_on_evidence_and_carries_p_value_and_records(rf_bu
         assert alert_list(store, "firing")[0]["p_value"] == pytest.approx(alert["p_value"])
 
 
-def test_a_canary_rolls_back_on_drift_with_evidence_not_on_a_small_window(rf_bundle, tmp_path: Path) -> None:
+def test_a_canary_rolls_back_on_drift_with_evidence_not_on_a_smallwindow_counts(rf_bundle, tmp_path: Path) -> None:
     registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
     manifest = registry.add(rf_bundle.bundle).manifest
     now = time.time()
@@ -264,8 +217,8 @@ def test_a_canary_rolls_back_on_drift_with_evidence_not_on_a_small_window(rf_bun
 
     with make_store("sqlite", tmp_path) as store:
         writer = IngestWriter(store)
-        _store_window(writer, manifest, "c-small", _noisy_small_window(manifest), seq=1, at=now - 10)
-        _store_window(writer, manifest, "c-new", _new_firmware(150, seed=902), seq=1, at=now - 10)
+        store_window(writer, manifest, "c-small", _noisy_small_window(manifest), seq=1, at=now - 10)
+        store_window(writer, manifest, "c-new", _new_firmware(150, seed=902), seq=1, at=now - 10)
         assert check_canary(store, registry, rollout("c-small"), now=now, limits=limits) is None
         reason = check_canary(store, registry, rollout("c-new"), now=now, limits=limits)
         assert reason is not None and reason.startswith("canary drift: PSI of firmware") and "p=" in reason, reason

@@ -1,5 +1,10 @@
 """The alert evaluator: the rules (`rules.py`) over the fleet's merged telemetry, device status and rollouts.
 
+Drift (`psi_above`) follows the loop (cloud_sync/loop/baselines.py): each evaluation first accepts the drift of
+the canary devices of a shadow rollout promoted on measured accuracy (their drift alerts resolve with that
+reason) and completes forming baselines; a device with a baseline is judged on its windows after the
+acceptance, against its baseline for the accepted version.
+
 Each evaluation computes, per rule, the subjects in breach (a device, a group, `device/feature`, a rollout);
 a breach that lasts `for` fires; a firing alert whose breach is gone resolves. Firings and resolutions are
 stored in `alerts`, published retained on `edgeloop/v1/alerts/{rule}/{subject}` and POSTed to the webhook
@@ -24,6 +29,14 @@ import sqlalchemy as sa
 from cloud_sync.alerts.queries import public
 from cloud_sync.alerts.rules import Rule
 from cloud_sync.fleet.stats import WindowRecord, load_windows
+from cloud_sync.loop.baselines import (
+    Baselines,
+    accept_validated,
+    drift_reference,
+    judged_windows,
+    load_baselines,
+    refresh_baselines,
+)
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, alerts, devices, rollouts
 from cloud_sync.times import clock_offset_text
@@ -61,6 +74,7 @@ class AlertEvaluator:
         *,
         drift_rule: DriftRule | None = None,
         clock_skew_limit_s: float = 300.0,
+        baseline_records: int = 500,
     ) -> None:
         self.store, self.registry = store, registry
         self.rules = [  # a clock-skew rule without a threshold takes the cloud's clock_skew_limit_s
@@ -73,6 +87,8 @@ class AlertEvaluator:
         self.webhook_url = webhook_url
         self.online_timeout_s = online_timeout_s
         self.drift_rule = drift_rule or DriftRule()
+        self.baseline_records = baseline_records
+        self._baselines: Baselines = {}
         self._pending: dict[tuple[str, str], float] = {}
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
@@ -86,7 +102,13 @@ class AlertEvaluator:
         """Evaluate every rule once; returns the firings and resolutions it caused."""
         now = time.time() if now is None else now
         cache: dict[float, list[WindowRecord]] = {}
-        changes = []
+        changes: list[dict[str, Any]] = []
+        drift_rules = {rule.name for rule in self.rules if rule.kind == "psi_above"}
+        if drift_rules:
+            for acceptance in accept_validated(self.store, drift_rules, now):
+                changes.extend(self._notify(row) for row in acceptance.resolved)
+            refresh_baselines(self.store, self.baseline_records, now)
+            self._baselines = load_baselines(self.store)
         for rule in self.rules:
             if rule.kind == "device_offline":
                 breaches = self._offline(rule, now)
@@ -130,21 +152,31 @@ class AlertEvaluator:
 
     def _drift(self, rule: Rule, subject: str, records: list[WindowRecord]) -> Breaches:
         by_version: dict[tuple[str | None, int | None], list[WindowRecord]] = defaultdict(list)
-        for record in records:
+        device_scope = rule.scope == "device"
+        for record in judged_windows(records, self._baselines) if device_scope else records:
             by_version[(record.model_name, record.model_version)].append(record)
         breaches: Breaches = {}
         for (name, version), subset in by_version.items():
             manifest = self.registry.manifest(name, version)
             if manifest is None:
                 continue
+            baselines = self._baselines if device_scope else {}
+            reference = drift_reference(baselines, subset[0].device_id, name, version, manifest)
             drift_rule = replace(self.drift_rule, min_psi=rule.threshold)
             merged = merge_counts(r.counts for r in subset)
-            scores, _ = score_drift(merged, manifest, min_count=rule.min_samples, rule=drift_rule)
+            scores, _ = score_drift(
+                merged,
+                reference.manifest,
+                min_count=rule.min_samples,
+                rule=drift_rule,
+                reference_records=reference.records,
+            )
             for feature, score in scores.items():
                 if score.drifted:
                     message = (
                         f"PSI of {feature} on {subject} ({name}/{version}) is {score.psi:.3f}, above {rule.threshold}, "
-                        f"p={score.p_adjusted:.2g} ({drift_rule.correction}) on {score.count} records"
+                        f"p={score.p_adjusted:.2g} ({drift_rule.correction}) on {score.count} records, "
+                        f"against {reference.describe()}"
                     )
                     breaches[f"{subject}/{feature}"] = Breach(score.psi, message, score.p_adjusted, score.count)
         return breaches

@@ -29,6 +29,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
         "message": row["message"],
         "fired_at": audit.iso(row["fired_at"]),
         "resolved_at": audit.iso(row.get("resolved_at")),
+        "resolution": row.get("resolution"),
         "acknowledged_by": row.get("acknowledged_by"),
         "acknowledged_at": audit.iso(row.get("acknowledged_at")),
     }

@@ -174,6 +174,9 @@ class Alert(BaseModel):
     message: str
     fired_at: str | None
     resolved_at: str | None
+    resolution: str | None = None
+    """Why it resolved when its breach did not simply end (an accepted drift: `accepted: <model> v2 validated on
+    gw-3's data, shadow accuracy ...`)."""
     acknowledged_by: str | None
     acknowledged_at: str | None
 

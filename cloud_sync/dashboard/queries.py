@@ -15,11 +15,19 @@ import sqlalchemy as sa
 
 from cloud_sync.alerts.queries import alert_list
 from cloud_sync.fleet.stats import WindowRecord, device_list, load_windows
+from cloud_sync.loop.baselines import (
+    Baseline,
+    Baselines,
+    DriftReference,
+    drift_reference,
+    judged_windows,
+    load_baselines,
+)
 from cloud_sync.loop.governance import explanations
 from cloud_sync.store.audit import iso
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, devices, events
-from contracts.drift import psi_band
+from contracts.drift import UNSEEN, psi_band
 from contracts.manifest import CategoricalProfile, Manifest, NumericProfile
 from contracts.telemetry import CategoricalCounts, NumericCounts, WindowCounts, merge_counts, score_drift
 
@@ -40,11 +48,37 @@ def _latest_version(records: list[WindowRecord]) -> list[WindowRecord]:
     return [r for r in records if (r.model_name, r.model_version) == (last.model_name, last.model_version)]
 
 
-def _drift(merged: WindowCounts, manifest: Manifest | None, min_count: int = 1) -> dict[str, dict[str, Any]]:
+def _drift(
+    merged: WindowCounts, manifest: Manifest | None, min_count: int = 1, reference_records: int | None = None
+) -> dict[str, dict[str, Any]]:
     if manifest is None:
         return {}
-    scores, _ = score_drift(merged, manifest, min_count=min_count)
+    scores, _ = score_drift(merged, manifest, min_count=min_count, reference_records=reference_records)
     return {name: score.model_dump() for name, score in scores.items()}
+
+
+def _reference(registry: BundleRegistry, baselines: Baselines, records: list[WindowRecord]) -> DriftReference | None:
+    """What the device's (judged, one-version) windows are compared with: its baseline or the training reference."""
+    if not records:
+        return None
+    first = records[0]
+    manifest = registry.manifest(first.model_name, first.model_version)
+    if manifest is None:
+        return None
+    return drift_reference(baselines, first.device_id, first.model_name, first.model_version, manifest)
+
+
+def _baseline_info(baseline: Baseline | None) -> dict[str, Any] | None:
+    if baseline is None:
+        return None
+    return {
+        "model": f"{baseline.model_name}/{baseline.model_version}",
+        "state": "ready" if baseline.ready else "forming",
+        "accepted_at": iso(baseline.accepted_at),
+        "ready_at": iso(baseline.ready_at),
+        "records": baseline.records,
+        "reason": baseline.reason,
+    }
 
 
 def _alerts_by_device(store: Store) -> dict[str, list[dict[str, Any]]]:
@@ -75,13 +109,19 @@ def overview(
     for record in load_windows(store, now - seconds, now, group):
         by_device[record.device_id].append(record)
     firing = _alerts_by_device(store)
+    baselines = load_baselines(store)
     rows = []
     for device in known:
         records = by_device.get(device["device_id"], [])
         merged = merge_counts(r.counts for r in records)
-        current = _latest_version(records)
-        manifest = registry.manifest(current[0].model_name, current[0].model_version) if current else None
-        drift = _drift(merge_counts(r.counts for r in current), manifest)
+        current = _latest_version(judged_windows(records, baselines))
+        model_name = current[0].model_name if current else device["model_name"]
+        reference = _reference(registry, baselines, current)
+        drift = (
+            _drift(merge_counts(r.counts for r in current), reference.manifest, reference_records=reference.records)
+            if reference
+            else {}
+        )
         worst = max(drift.items(), key=lambda item: (bool(item[1]["drifted"]), item[1]["psi"]), default=None)
         alerts = firing.get(device["device_id"], [])
         severity = max((a["severity"] for a in alerts), key=lambda s: _SEVERITY.get(s, 0), default=None)
@@ -105,12 +145,14 @@ def overview(
                         "p_value": worst[1]["p_adjusted"],
                         "drifted": worst[1]["drifted"],
                         "count": worst[1]["count"],
+                        "reference": reference.kind if reference else None,
                     }
                     if worst
                     else None
                 ),
                 "alerts": [{"id": a["id"], "rule": a["rule"], "severity": a["severity"]} for a in alerts],
                 "alert_severity": severity,
+                "baseline": _baseline_info(baselines.get((device["device_id"], model_name or ""))),
             }
         )
     return {"generated_at": iso(now), "seconds": seconds, "group": group, "groups": groups(store), "devices": rows}
@@ -143,12 +185,21 @@ def device_series(
     }
     features: set[str] = set()
     points = []
+    baselines = load_baselines(store)
     for index in sorted(slots):
         subset = slots[index]
         merged = merge_counts(r.counts for r in subset)
         current = _latest_version(subset)
-        manifest = registry.manifest(current[0].model_name, current[0].model_version)
-        drift = _drift(merge_counts(r.counts for r in current), manifest)
+        judged = judged_windows(current, baselines)  # after an acceptance: against the baseline once it is ready
+        reference = _reference(registry, baselines, judged if len(judged) == len(current) else [])
+        manifest = (
+            reference.manifest if reference else registry.manifest(current[0].model_name, current[0].model_version)
+        )
+        drift = _drift(
+            merge_counts(r.counts for r in current),
+            manifest,
+            reference_records=reference.records if reference else None,
+        )
         features.update(drift)
         points.append((start + (index + 1) * width, merged, drift))
     for end, merged, drift in points:
@@ -170,7 +221,8 @@ def device_histograms(
 ) -> dict[str, Any]:
     """Per feature: the reference distribution (manifest profile) and the current one (merged window counts)."""
     now = time.time() if now is None else now
-    current = _latest_version(load_windows(store, now - seconds, now, device=device))
+    baselines = load_baselines(store)
+    current = _latest_version(judged_windows(load_windows(store, now - seconds, now, device=device), baselines))
     if not current:
         return {"device": device, "model": None, "features": []}
     manifest = registry.manifest(current[0].model_name, current[0].model_version)
@@ -179,10 +231,15 @@ def device_histograms(
     if manifest is None:
         return {"device": device, "model": model, "features": []}
     drift = _drift(merged, manifest)
+    compared = drift_reference(baselines, device, current[0].model_name, current[0].model_version, manifest)
+    against_baseline = _drift(merged, compared.manifest, reference_records=compared.records)
     features = []
     for name, profile in manifest.reference_profile.items():
         observed = merged.features.get(name)
         entry: dict[str, Any] = {"feature": name, "kind": profile.kind, "drift": drift.get(name)}
+        if compared.kind == "baseline":  # the device's own accepted distribution, beside the training one
+            entry["drift_baseline"] = against_baseline.get(name)
+            entry["baseline"] = _proportions(compared.manifest.reference_profile[name])
         if isinstance(profile, NumericProfile):
             edges = profile.bin_edges
             labels = [f"≤{edges[0]:.4g}"] if edges else ["all"]
@@ -206,8 +263,24 @@ def device_histograms(
         entry["current"] = [c / total for c in counts] if total else [0.0] * len(labels)
         entry["count"] = total
         features.append(entry)
-    features.sort(key=lambda f: -(f["drift"] or {}).get("psi", 0.0))
-    return {"device": device, "model": model, "records": merged.records, "features": features}
+    judged = "drift_baseline" if compared.kind == "baseline" else "drift"
+    features.sort(key=lambda f: -(f[judged] or {}).get("psi", 0.0))
+    return {
+        "device": device,
+        "model": model,
+        "records": merged.records,
+        "judged_against": compared.kind,
+        "baseline": _baseline_info(baselines.get((device, current[0].model_name or ""))),
+        "features": features,
+    }
+
+
+def _proportions(profile: NumericProfile | CategoricalProfile) -> list[float]:
+    """A profile's shares in the order the histograms label them (categories then `__unseen__`)."""
+    if isinstance(profile, NumericProfile):
+        return list(profile.proportions)
+    unseen = [] if UNSEEN in profile.frequencies else [0.0]  # a baseline holds it already, last
+    return [*profile.frequencies.values(), *unseen]
 
 
 def device_events(store: Store, device: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ __all__ = [
     "dead_letters",
     "desired_overrides",
     "devices",
+    "drift_baselines",
     "events",
     "feedback_rows",
     "gaps",
@@ -202,7 +203,24 @@ alerts = sa.Table(
     sa.Column("resolved_at", sa.Float),
     sa.Column("acknowledged_by", sa.String(100)),
     sa.Column("acknowledged_at", sa.Float),
+    sa.Column("resolution", sa.Text),  # why it resolved when not by its breach ending (an accepted drift)
     sa.Index("ix_alerts_rule_subject", "rule", "subject", "state"),
+)
+
+drift_baselines = (
+    sa.Table(  # a device's accepted drift: its own windows after a validated promotion (loop/baselines.py)
+        "drift_baselines",
+        metadata,
+        sa.Column("device_id", sa.String(64), primary_key=True),
+        sa.Column("model_name", sa.String(200), primary_key=True),
+        sa.Column("model_version", sa.Integer, nullable=False),
+        sa.Column("rollout_id", sa.String(32)),
+        sa.Column("accepted_at", sa.Float, nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("ready_at", sa.Float),  # end of the baseline's last window; NULL while it is forming
+        sa.Column("records", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("counts", sa.Text),  # the baseline windows' merged WindowCounts (JSON)
+    )
 )
 
 feedback_rows = sa.Table(
@@ -375,7 +393,7 @@ def _add_missing_columns(conn: Connection, schema: str | None) -> None:
         table = f'"{schema}".gaps' if schema else "gaps"
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
     alert_columns = {column["name"] for column in inspector.get_columns("alerts", schema=schema)}
-    for column, kind in (("p_value", "DOUBLE PRECISION"), ("records", "INTEGER")):
+    for column, kind in (("p_value", "DOUBLE PRECISION"), ("records", "INTEGER"), ("resolution", "TEXT")):
         if column not in alert_columns:
             table = f'"{schema}".alerts' if schema else "alerts"
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")

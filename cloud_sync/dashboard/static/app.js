@@ -224,7 +224,8 @@ function driftEvidence(w) {
   if (w.p_value === null || w.p_value === undefined) return ` <span class="muted">too few records to test</span>`;
   const p = w.p_value < 1e-4 ? "<1e-4" : Number(w.p_value).toPrecision(2);
   const verdict = w.drifted ? badge("drifted", "drifted") : `<span class="muted">not drifted</span>`;
-  return ` <span class="muted" title="chi-square p-value, adjusted across features">p ${p}, n ${w.count}</span> ${verdict}`;
+  const against = w.reference === "baseline" ? ` <span class="muted reference">vs its baseline</span>` : "";
+  return ` <span class="muted" title="chi-square p-value, adjusted across features">p ${p}, n ${w.count}</span> ${verdict}${against}`;
 }
 
 async function renderFleet(liveUpdate) {
@@ -297,7 +298,8 @@ async function renderDevice(device, liveUpdate) {
       <div class="grid"><div id="c-requests" class="chart"></div><div id="c-latency" class="chart"></div>
         <div id="c-errors" class="chart"></div><div id="c-accuracy" class="chart"></div>
         <div id="c-psi" class="chart"></div></div>
-      <h2>Feature distributions: reference (training) vs current</h2><p id="hist-note" class="muted"></p>
+      <h2>Feature distributions: reference (training), the device's baseline (after an accepted drift) and current</h2>
+      <p id="hist-note" class="muted"></p><p id="baseline-note"></p>
       <div id="hists" class="grid"></div>
       <h2>Recent events</h2><div id="events"></div>`;
     document.getElementById("device-period").onchange = (e) => { state.devicePeriod = e.target.value; render(); };
@@ -324,16 +326,25 @@ async function renderDevice(device, liveUpdate) {
             { thresholds: [{ y: 0.1, color: "#d98a00" }, { y: 0.25, color: "#d23c3c" }] });
   document.getElementById("hist-note").textContent = hist.model
     ? `${hist.model}: ${hist.records || 0} records in the period, sorted by PSI.` : "No telemetry in this period.";
+  const b = hist.baseline;
+  document.getElementById("baseline-note").innerHTML = b
+    ? `<span class="baseline-state">Baseline ${esc(b.state)}</span> for ${esc(b.model)}: ${esc(b.reason)} (accepted
+       ${esc(b.accepted_at)}${b.state === "ready" ? `; ${b.records} records until ${esc(b.ready_at)}` : ", forming from its next windows"}).
+       Drift is judged against <b id="judged-against">${hist.judged_against === "baseline" ? "the baseline" : "the training reference"}</b>.`
+    : `Drift is judged against <b id="judged-against">the training reference</b>.`;
   const hists = document.getElementById("hists");
   hists.innerHTML = hist.features.map((f, i) => `<div id="h-${i}" class="chart hist" data-feature="${esc(f.feature)}"></div>`).join("");
   hist.features.forEach((f, i) => {
+    // Beside the training reference, a device whose drift was accepted shows its own baseline (docs/loop.md).
     const psi = f.drift ? ` — PSI ${num(f.drift.psi, 3)} (${f.drift.band})` : "";
-    const current = f.drift && f.drift.band === "significant" ? "#d23c3c"
-      : f.drift && f.drift.band === "moderate" ? "#d98a00" : "#3a6fd8";
-    barChart(`h-${i}`, f.feature + psi, f.labels, [
-      { name: "reference", values: f.reference, color: "#9aa5b8" },
-      { name: "current", values: f.current, color: current },
-    ], { ticks: { callback: percent(0) } });
+    const vsBaseline = f.drift_baseline ? `; vs baseline ${num(f.drift_baseline.psi, 3)} (${f.drift_baseline.band})` : "";
+    const judged = f.baseline ? f.drift_baseline : f.drift;
+    const current = judged && judged.band === "significant" ? "#d23c3c"
+      : judged && judged.band === "moderate" ? "#d98a00" : "#3a6fd8";
+    const bars = [{ name: "reference", values: f.reference, color: "#9aa5b8" }];
+    if (f.baseline) bars.push({ name: "baseline", values: f.baseline, color: "#6bb38a" });
+    bars.push({ name: "current", values: f.current, color: current });
+    barChart(`h-${i}`, f.feature + psi + vsBaseline, f.labels, bars, { ticks: { callback: percent(0) } });
   });
   document.getElementById("events").innerHTML = events.length ? `<table><thead><tr><th>At</th><th>Kind</th><th>Model</th>
     <th>Reason</th></tr></thead><tbody>${events.map((e) => `<tr><td>${esc(e.at)}</td><td>${esc(e.kind)}</td>
@@ -527,7 +538,8 @@ async function renderAlerts() {
       <th>Message</th><th>Fired</th><th>Acknowledged</th><th>Action</th></tr></thead><tbody>${alerts.map((a) => `
       <tr data-alert="${a.id}" class="${a.state === "firing" ? "alert-" + esc(a.severity) : ""}">
         <td>${badge(a.severity, "sev-" + a.severity)}</td><td>${esc(a.rule)}</td><td>${esc(a.subject)}</td>
-        <td>${badge(a.state, "state-" + a.state)}</td><td class="num">${num(a.value, 3)}</td><td>${esc(a.message)}</td>
+        <td>${badge(a.state, "state-" + a.state)}</td><td class="num">${num(a.value, 3)}</td><td>${esc(a.message)}${a.resolution
+          ? `<div class="resolution">resolved: ${esc(a.resolution)}</div>` : ""}</td>
         <td>${esc(a.fired_at)}</td><td class="acked">${a.acknowledged_by ? esc(a.acknowledged_by + " at " + a.acknowledged_at) : "–"}</td>
         <td>${a.acknowledged_by ? "" : '<div class="actions"><input placeholder="note" class="reason"><button class="primary ack">Acknowledge</button></div>'}</td>
       </tr>`).join("")}</tbody></table>` : '<p class="muted">No alert in this state.</p>');
