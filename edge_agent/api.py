@@ -34,11 +34,11 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contracts.docs_ui import install_docs
 from contracts.errors import EdgeloopError, InputError, SchemaError, Unauthorized
 from contracts.problem import problem_responses
 from edge_agent.api_errors import install_error_handlers
 from edge_agent.bundle_import import install_bundle_import
-from edge_agent.docs_ui import install_docs
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady
 from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.loaded import PredictionBatch
@@ -184,7 +184,7 @@ def create_app(
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry hooks cost ~10% per request; the agent has its own metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-        docs_url=None,  # /docs is docs_ui.py's: Swagger UI from the agent's own files, not a CDN (offline devices)
+        docs_url=None,  # /docs is contracts/docs_ui.py: Swagger UI from our own files, not a CDN (offline devices)
         redoc_url=None,
     )
     app.add_middleware(_MetricsMiddleware, metrics=metrics, service=service)

@@ -1,24 +1,19 @@
-"""The agent's /docs renders with no network: Swagger UI's files come from the agent itself (edge_agent/docs_ui.py).
+"""The agent's /docs renders with no network: Swagger UI's files come from the agent itself (contracts/docs_ui.py).
 Headless Chromium (Debian's, driven by Playwright) loads the page of a real agent on uvicorn while every request
 that is not to the agent is aborted and recorded; the page must show the API with no request leaving."""
 
 from __future__ import annotations
 
 import gzip
-import os
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from edge_agent.docs_ui import ASSETS, STATIC
+from contracts.docs_ui import ASSETS, STATIC
 from tests.agent_helpers import AgentServer
 from tests.conftest import TrainedBundle
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+from tests.docs_browser import CHROMIUM, HAS_CHROMIUM, render_docs_offline
 
 
 @pytest.fixture(scope="module")
@@ -53,37 +48,10 @@ def test_the_docs_page_and_its_assets_are_served_by_the_agent(agent: AgentServer
     assert (STATIC / "LICENSE").is_file() and (STATIC / "NOTICE").is_file()
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: apt-get install chromium")
+@pytest.mark.skipif(not HAS_CHROMIUM, reason=f"{CHROMIUM} is missing: apt-get install chromium")
 def test_docs_render_in_headless_chromium_with_the_network_blocked(agent: AgentServer) -> None:
-    from playwright.sync_api import sync_playwright
-
-    local = urlsplit(agent.url).netloc
-    blocked: list[str] = []
-    problems: list[str] = []
-
-    def only_the_agent(route: object) -> None:
-        request = route.request  # type: ignore[attr-defined]
-        if urlsplit(request.url).netloc == local or request.url.startswith("data:"):
-            route.continue_()  # type: ignore[attr-defined]
-        else:
-            blocked.append(request.url)
-            route.abort()  # type: ignore[attr-defined]
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.route("**/*", only_the_agent)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-            page.goto(f"{agent.url}/docs", wait_until="networkidle")
-            page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
-            title = page.inner_text(".swagger-ui .info .title")
-            paths = page.locator(".opblock-summary-path").all_inner_texts()
-        finally:
-            browser.close()
-    assert "edgeloop agent" in title, title
-    flat = {path.replace("\u200b", "").strip() for path in paths}
-    assert {"/v1/predict", "/v1/feedback", "/v2/models/{name}/infer", "/invocations"} <= flat, flat
-    assert blocked == [], f"the page tried to leave the device: {blocked}"
-    assert problems == [], problems
+    docs = render_docs_offline(agent.url)
+    assert "edgeloop agent" in docs.title, docs.title
+    assert {"/v1/predict", "/v1/feedback", "/v2/models/{name}/infer", "/invocations"} <= docs.paths, docs.paths
+    assert docs.blocked == [], f"the page tried to leave the device: {docs.blocked}"
+    assert docs.problems == [], docs.problems

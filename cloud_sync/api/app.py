@@ -22,6 +22,7 @@ from cloud_sync.api.context import CloudContext
 from cloud_sync.api.errors import BodyLimit, install_error_handlers
 from cloud_sync.api.routes import alerts, audit, bundles, fleet, keys, loop, metrics, rollouts, scoring, service
 from cloud_sync.dashboard import routes as dashboard
+from contracts.docs_ui import install_docs
 
 __all__ = ["create_app"]
 
@@ -36,7 +37,10 @@ def create_app(ctx: CloudContext, lifespan: Any = None) -> FastAPI:
         description="Bundle server, staged rollouts, fleet telemetry, alerts and audit. Every error is an RFC 9457 "
         "problem (application/problem+json: type, title, status, detail, field).",
         lifespan=lifespan,
+        docs_url=None,  # /docs is contracts/docs_ui.py's: Swagger UI from our own files, not a CDN (offline plants)
+        redoc_url=None,  # ReDoc loads from a CDN: not offered
     )
+    install_docs(app)
     app.add_middleware(BodyLimit, limit=ctx.max_body_bytes)
     install_error_handlers(app)
     auth = Auth(ctx)

@@ -1,8 +1,9 @@
-"""The agent's `/docs` page with Swagger UI's files served by the agent itself, so that it renders on a device
-with no internet access (FastAPI's default page loads them from a CDN: blank offline).
+"""The `/docs` page of both REST APIs (the agent's and `edgeloop cloud`'s) with Swagger UI's files served by the
+process itself, so that it renders on a device or a plant network with no internet access (FastAPI's default page
+loads them from a CDN: blank offline). One copy of the files, in the package both install (contracts).
 
 The files are swagger-ui-dist 5.36.0 from npm (Apache-2.0; LICENSE, NOTICE and the bundle's third-party
-licences sit beside them in edge_agent/static/swagger-ui/), gzip-compressed: 0.5 MB in the package instead of
+licences sit beside them in contracts/static/swagger-ui/), gzip-compressed: 0.5 MB in the package instead of
 2 MB. They are read on the first request (not at start) and answered gzip-encoded, or decompressed for a
 client that does not accept gzip. Swagger UI's online validator is off (it would call validator.swagger.io).
 
