@@ -9,14 +9,14 @@ BUNDLE := bundles/$(MODEL)
 export EDGELOOP_HOME ?= $(CURDIR)/.edgeloop
 export MLFLOW_ALLOW_FILE_STORE ?= false
 
-.PHONY: setup train convert demo demo-smoke test lint format bench check-edge check-cloud check-secure-broker check-arm64 check-armhf check-registry test-faults cd-check clean help
+.PHONY: setup train convert demo demo-smoke test lint format bench check-edge check-cloud check-secure-broker check-arm64 check-armhf check-registry check-topology test-faults cd-check clean help
 
 help:
 	@echo "make demo   - set up, then the whole loop: cloud + dashboard, three agents, drift, a canary rollout"
 	@echo "make test   - set up, lint, type-check and run the test suite"
 	@echo "make setup | train | convert | lint | bench | check-edge | check-cloud | check-secure-broker | check-arm64 | check-armhf"
 	@echo "     | test-faults"
-	@echo "     | check-registry | cd-check | clean"
+	@echo "     | check-registry | check-topology | cd-check | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
@@ -57,7 +57,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy contracts trainer converter edge_agent cloud_sync edgeloop tools
-	$(BIN)/hadolint Dockerfile.edge
+	$(BIN)/hadolint Dockerfile.edge Dockerfile.cloud
 	$(BIN)/actionlint deploy/ci/github-actions/*.yml
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python tools/check_architecture.py $(foreach m,$(ARCH_EXCEPT),--except $(m)) $(ARCH_PACKAGES)
@@ -101,6 +101,12 @@ check-cloud: setup $(DATA)
 # follow `rollout promote` / `rollback` (docs/cloud.md; 5-6 minutes on a shared 2-core machine).
 check-registry: setup
 	$(BIN)/pytest -q -m registry tests/test_registry_profile.py
+
+# Deployment profile 5, deploy/compose.yaml without Docker: the shipped secure Mosquitto, a fresh PostgreSQL database,
+# `mlflow server`, two `edgeloop cloud` replicas and /usr/bin/prometheus, each run with the command and settings the
+# compose file gives it and checked with its compose healthcheck; one leader, a deploy seen by both, targets up.
+check-topology: setup
+	$(BIN)/pytest -q -m topology tests/test_compose_topology.py
 
 # Deployment profile 3: Mosquitto from deploy/mosquitto/ as shipped (TLS, passwords, ACL), `edgeloop cloud` over
 # TLS, two agent processes on MQTT 5 with feedback rows, shadow and A/B; every topic of docs/mqtt.md (about 1 min).
