@@ -12,6 +12,12 @@ the ingest):
 - steady: the fleet at its nominal rate (devices / interval) for --duration seconds: ingested windows/s,
   lag (how far the store is behind the publisher: p50 / max over the run) and drain time after the last publish;
 - burst: --burst windows published as fast as possible: where the ingest tops out.
+
+    .venv/bin/python bench/bench_ingest.py --replicas 1,2,3 --devices 10000 --duration 15 --burst 20000
+
+`--replicas`: the steady and burst runs against 1, 2, 3 real `edgeloop cloud` replicas (one PostgreSQL schema,
+one shared subscription; bench/replicas.py) instead: ingested windows/s against the 1-replica run of the same
+invocation, each replica's share of the burst, and a check that every window sent was stored exactly once.
 Not a test: numbers depend on the machine and its load.
 """
 
@@ -153,6 +159,15 @@ def run_fleet(store: Store, port: int, devices: int, rate: float, total: int) ->
     ingest.start()
     ingest.connected.wait(10)
     time.sleep(0.3)
+    try:
+        return measure(store, port, devices, rate, total)
+    finally:
+        ingest.stop()
+
+
+def measure(store: Store, port: int, devices: int, rate: float, total: int) -> dict[str, float]:
+    """Publish `total` windows from a child process and follow the store's count until all are stored (whatever
+    ingests them: one in-process Ingest, or replicas of `edgeloop cloud`)."""
     before = count(store)
     out: mp.Queue = CTX.Queue()
     child = CTX.Process(target=publisher, args=(port, devices, rate, total, out, uuid.uuid4().hex[:6]))
@@ -173,7 +188,6 @@ def run_fleet(store: Store, port: int, devices: int, rate: float, total: int) ->
     child.join(30)
     if result is None:
         result = out.get(timeout=30)
-    ingest.stop()
     marks = result["marks"]
     lags = []
     for at, done in samples:  # when was the `done`-th window published?
@@ -256,13 +270,75 @@ def stores(tmp: Path) -> list[tuple[str, Store | str]]:
     return result
 
 
+def replica_runs(counts: list[int], devices: int, interval: float, duration: float, burst: int) -> None:
+    """`--replicas 1,2,3`: for each count, that many real `edgeloop cloud` replicas on one PostgreSQL schema and one
+    shared subscription (a fresh broker and schema per count), the steady fleet then the burst; prints the table
+    with each count's ingest rate against the 1-replica run of the same invocation, and checks every window sent
+    was stored once."""
+    from bench.replicas import Replicas
+
+    rate = devices / interval
+    rows: list[tuple[str, ...]] = []
+    baseline: dict[str, float] = {}
+    for replicas_n in counts:
+        tmp = Path(tempfile.mkdtemp(prefix="edgeloop-bench-ingest-replicas-"))
+        (tmp / "keys").mkdir()
+        broker, port = start_broker(tmp)
+        try:
+            with Replicas(tmp, port, tmp / "keys", replicas_n, alert_tick_s="3600", online_timeout_s="3600") as group:
+                time.sleep(0.5)
+                results = {"steady": measure(group.store, port, devices, rate, int(rate * duration))}
+                after_steady = group.windows_ingested()
+                results["burst"] = measure(group.store, port, devices, 0, burst)
+                split = [b - a for a, b in zip(after_steady, group.windows_ingested(), strict=True)]
+                sent = sum(int(r["total"]) for r in results.values())
+                stored, distinct = count(group.store), distinct_windows(group.store)
+                duplicates = int(sum(group.metric("edgeloop_cloud_duplicates_total")))
+                leaders = group.leaders()
+        finally:
+            broker.terminate()
+            broker.wait(10)
+            shutil.rmtree(tmp, ignore_errors=True)
+        check = "ok" if stored == distinct == sent and leaders == 1 else "MISMATCH"
+        for phase, result in results.items():
+            baseline.setdefault(phase, result["ingested"])
+            label = f"{replicas_n} replica{'s' if replicas_n > 1 else ''}: " + (
+                f"steady {devices:,} devices / {interval:g}s" if phase == "steady" else f"burst {burst:,} windows"
+            )
+            per_replica = "/".join(f"{n:,}" for n in split) if phase == "burst" else ""
+            rows.append((label, f"{result['offered']:,.0f}", f"{result['ingested']:,.0f}",
+                         f"{result['ingested'] / baseline[phase]:.2f}x", f"{result['lag_p50']:.2f}",
+                         f"{result['lag_max']:.2f}", f"{result['drain']:.2f}", per_replica,
+                         f"{sent:,} sent, {stored:,} stored, {distinct:,} distinct, {duplicates} dup, "
+                         f"{leaders} leader: {check}" if phase == "burst" else ""))  # fmt: skip
+        print(f"  {replicas_n} replicas done: {rows[-1]}", file=sys.stderr, flush=True)
+    header = ("run", "offered win/s", "ingested win/s", "vs 1", "lag p50 s", "lag max s", "drain s",
+              "burst per replica", "windows")  # fmt: skip
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    print(f"ingest with replicas: {os.cpu_count()} CPUs, `edgeloop cloud` x N on PostgreSQL, shared subscription")
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def distinct_windows(store: Store) -> int:
+    with store.engine.connect() as conn:
+        keys = sa.select(windows.c.device_id, windows.c.epoch, windows.c.seq).distinct().subquery()
+        return int(conn.execute(sa.select(sa.func.count()).select_from(keys)).scalar_one())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000, help="simulated devices")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between two windows of a device")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of steady traffic")
     parser.add_argument("--burst", type=int, default=30_000, help="windows published as fast as possible")
+    parser.add_argument("--replicas", help="instead: N `edgeloop cloud` replicas on PostgreSQL per count, e.g. 1,2,3")
     args = parser.parse_args()
+    if args.replicas:
+        from bench.replicas import replica_counts
+
+        replica_runs(replica_counts(args.replicas), args.devices, args.interval, args.duration, args.burst)
+        return
     rate = args.devices / args.interval
     tmp = Path(tempfile.mkdtemp(prefix="edgeloop-bench-ingest-"))
     broker, port = start_broker(tmp)

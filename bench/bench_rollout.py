@@ -22,6 +22,13 @@ device applied it, `cloud sees all` = until GET /v1/rollouts/{id}?devices=false 
 once into a temp dir; v2 and v3 are its manifest re-signed with a higher version (the simulated devices do not
 download).
 
+    .venv/bin/python bench/bench_rollout.py --replicas 1,2,3 --devices 2000
+
+`--replicas`: the same two rollouts of the first --devices size against 1, 2, 3 `edgeloop cloud` replicas on one
+PostgreSQL schema and one shared subscription (bench/replicas.py), deployed through replica 1 and followed through
+the last replica; each row's ratio is against the 1-replica run of the same invocation, and the run checks one
+leader and one `promote` audited per rollout.
+
 Results and the ceiling on the 2-CPU development machine: docs/cloud.md, "Fleet scale".
 """
 
@@ -136,7 +143,10 @@ def upload(url: str, bundle: Path) -> None:
     httpx.put(f"{url}/v1/bundles", content=bundle_tar(bundle), timeout=60).raise_for_status()
 
 
-def rollout(url: str, out: Any, workers: int, devices: int, version: int, canary: str) -> dict[str, float]:
+def rollout(
+    url: str, out: Any, workers: int, devices: int, version: int, canary: str, observer: str | None = None
+) -> dict[str, float]:
+    """Deploy through `url`; the cloud's view is read from `observer` (another replica) when given."""
     body = {"model_name": NAME, "model_version": version, "group": GROUP, "canary": canary, "soak_minutes": 0}
     start = time.time()
     response = httpx.post(f"{url}/v1/rollouts", json=body, timeout=600)
@@ -151,7 +161,7 @@ def rollout(url: str, out: Any, workers: int, devices: int, version: int, canary
             done += 1
             switched = max(switched, when)
     while True:
-        status = httpx.get(f"{url}/v1/rollouts/{rollout_id}?devices=false", timeout=120).json()
+        status = httpx.get(f"{observer or url}/v1/rollouts/{rollout_id}?devices=false", timeout=120).json()
         if status["on_target"] == devices and status["state"] == "promoted":
             break
         if time.time() - start > 600:
@@ -202,13 +212,89 @@ def run(devices: int, workers: int, keys: Path, bundles: list[Path]) -> list[tup
             broker.wait(10)
 
 
+def run_replicated(
+    devices: int, workers: int, keys: Path, bundles: list[Path], replicas_n: int
+) -> list[tuple[str, dict[str, float]]]:
+    """`run`'s two rollouts against `replicas_n` replicas on PostgreSQL: deployed through the first replica, the
+    cloud's view read from the last; adds `leaders` and `promotes` (audited per rollout) to each result."""
+    from bench.replicas import Replicas
+
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-rollout-replicas-") as name:
+        tmp = Path(name)
+        broker, port = start_broker(tmp)
+        ready, stop, out = CTX.Event(), CTX.Event(), CTX.Queue()
+        ids = [f"sim-{i:05d}" for i in range(devices)]
+        procs = [
+            CTX.Process(target=fleet_worker, args=(port, ids[w::workers], ready, stop, out)) for w in range(workers)
+        ]
+        try:
+            with Replicas(tmp, port, keys, replicas_n, rollout_tick_s="0.2", alert_tick_s="3600",
+                          online_timeout_s="3600") as group:  # fmt: skip
+                deployer, observer = group.urls[0], group.urls[-1]
+                for bundle in bundles:
+                    upload(deployer, bundle)
+                for proc in procs:
+                    proc.start()
+                for _ in procs:
+                    assert out.get(timeout=600)[0] == "ready"
+                began = time.time()
+                while len(httpx.get(f"{observer}/v1/devices?group={GROUP}", timeout=120).json()) < devices:
+                    if time.time() - began > 300:
+                        raise RuntimeError(f"not every device known to the cloud; see {tmp}/replica-*.log")
+                    time.sleep(0.5)
+                ready.set()
+                rows: list[tuple[str, dict[str, float]]] = []
+                promoted_before = 0
+                for label, version, canary in (("canary 0 (group at once)", 2, "0"), ("canary 1%, soak 0", 3, "1%")):
+                    result = rollout(deployer, out, workers, devices, version, canary, observer=observer)
+                    time.sleep(1.0)  # five controller ticks: a second promote would be audited by now
+                    audit = httpx.get(f"{observer}/v1/audit", timeout=60).json()
+                    promoted = sum(1 for row in audit if row["action"] == "promote")
+                    result["promotes"], promoted_before = promoted - promoted_before, promoted
+                    result["leaders"] = group.leaders()
+                    rows.append((label, result))
+                    print(f"  {replicas_n} replicas, {label}: {result}", flush=True)
+                return rows
+        finally:
+            stop.set()
+            for proc in procs:
+                proc.join(60)
+                if proc.is_alive():
+                    proc.kill()
+            broker.terminate()
+            broker.wait(10)
+
+
+def replicas_table(counts: list[int], devices: int, per_worker: int, keys: Path, bundles: list[Path]) -> None:
+    table = []
+    baseline: dict[str, dict[str, float]] = {}
+    for replicas_n in counts:
+        print(f"{replicas_n} replicas, {devices:,} devices ...", flush=True)
+        for label, result in run_replicated(devices, -(-devices // per_worker), keys, bundles, replicas_n):
+            base = baseline.setdefault(label, result)
+            table.append((f"{replicas_n} replicas, {label}", result, base))
+    print(f"\n{devices:,} devices, `edgeloop cloud` x N on PostgreSQL (deploy via replica 1, status from replica N)")
+    print(f"{'rollout':<40}{'deploy call s':>14}{'devices switched s':>20}{'cloud sees all s':>18}"
+          f"{'sees all vs 1':>15}{'leaders':>9}{'promotes':>10}")  # fmt: skip
+    for label, result, base in table:
+        ratio = result["seen"] / base["seen"]
+        print(f"{label:<40}{result['post']:>14.2f}{result['switched']:>20.2f}{result['seen']:>18.2f}"
+              f"{ratio:>14.2f}x{result['leaders']:>9.0f}{result['promotes']:>10.0f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000, 5000], help="fleet sizes")
     parser.add_argument("--per-worker", type=int, default=1000, help="devices per simulator process")
+    parser.add_argument("--replicas", help="instead: the first --devices size, N replicas on PostgreSQL, e.g. 1,2,3")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-bundles-") as name:
         keys, bundles = make_bundles(Path(name))
+        if args.replicas:
+            from bench.replicas import replica_counts
+
+            replicas_table(replica_counts(args.replicas), args.devices[0], args.per_worker, keys, bundles)
+            return
         table = []
         for devices in args.devices:
             print(f"{devices:,} devices ...", flush=True)
