@@ -97,6 +97,7 @@ class TrustedKeys:
                 retired=list(retired.values()),
                 bootstrap=self._state.bootstrap,
             )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, orjson.dumps(self._state.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
         log_event(logger, "trusted key set changed", seq=seq, keys=",".join(sorted(kept)),
                   retired=",".join(sorted(retired)) or None)  # fmt: skip

@@ -8,9 +8,19 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contracts.errors import CheckFailed
-from contracts.signing import generate_keypair
+from contracts.keyset import sign_key_set
+from contracts.signing import (
+    PRIVATE_KEY_FILE,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    public_key_of,
+)
+from edge_agent.trust import TrustedKeys
 from tests.cli_helpers import CliResult, run_edgeloop
 from tests.conftest import Broker, TrainedBundle, free_port
 
@@ -51,7 +61,25 @@ def test_a_healthy_device_prints_all_ok(doctor, broker: Broker) -> None:  # type
     assert clock_status == "ok" or (clock_status == "warn" and "enable NTP" in clock_text), clock_text
     assert all(status == "ok" for status, _ in lines.values()), result.stdout
     assert "machine-failure v1 verifies (signature and sha256)" in lines["bundle"][1]
-    assert f"127.0.0.1:{broker.port}" in lines["broker"][1] and "desired states" in lines["broker"][1]
+    assert f"127.0.0.1:{broker.port}" in lines["broker"][1] and "desired states and the key set" in lines["broker"][1]
+
+
+def test_after_a_key_rotation_doctor_shows_the_trusted_set_and_refuses_a_bundle_by_the_retired_key(
+    doctor,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    rf_bundle: TrainedBundle,
+) -> None:
+    old_private = load_private_key(rf_bundle.keys_dir / PRIVATE_KEY_FILE)
+    new_private = Ed25519PrivateKey.generate()
+    old, new = public_key_of(old_private), public_key_of(new_private)
+    trust = TrustedKeys(tmp_path / "state", load_public_key(rf_bundle.public_key))  # what the agent kept
+    trust.apply(sign_key_set(1, [old, new], old_private, "2026-01-01T00:00:00Z"))
+    trust.apply(sign_key_set(2, [new], new_private, "2026-01-01T00:00:00Z"))
+    result = doctor()
+    status, text = _lines(result)["public key"]
+    assert status == "ok" and f"trusts {key_id(new)} (key set 2, trusted-keys.json)" in text, text
+    status, text = _lines(result)["bundle"]  # --bundle is an update: the retired key no longer signs one
+    assert status == "fail" and f"signed by key {key_id(old)} (another key, not trusted here)" in text, text
 
 
 def test_broker_down_wrong_key_and_read_only_state_dir_each_fail_with_the_fix(
