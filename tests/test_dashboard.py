@@ -338,10 +338,18 @@ def test_the_vendored_chart_library_is_the_recorded_file() -> None:
     assert (STATIC_DIR / "chart.js.LICENSE.md").read_text().startswith("The MIT License")
 
 
-def test_the_rollouts_page_shows_an_ab_rollouts_arms_and_verdict(cloud: RunningCloud) -> None:
+def test_the_rollouts_page_shows_an_ab_rollouts_arms_and_verdict(
+    broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> None:
     """An A/B rollout on gw-1 whose challenger arm is 0.04 less accurate on 3,000 labels (under the guard's
-    max_accuracy_drop): the sequential test says "challenger worse"; with ab_auto_decide off (the default)
-    the rollout keeps soaking and the rollouts page shows the arms and the verdict with its confidence."""
+    max_accuracy_drop): the sequential test (its settings from CloudSettings) says "challenger worse"; with
+    ab_auto_decide off (the default) the rollout keeps soaking and the rollouts page shows the arms and the
+    verdict with its confidence."""
+    with running_cloud(broker, tmp_path, rf_bundle, logreg_bundle_v2, ab_alpha=0.01, ab_min_labels=150) as cloud:
+        _check_ab_verdict_on_the_rollouts_page(cloud)
+
+
+def _check_ab_verdict_on_the_rollouts_page(cloud: RunningCloud) -> None:
     devices = [
         SimDevice(f"gw-{i}", GROUP, cloud.broker.host, cloud.broker.port, model=(cloud.v1.name, 1)).start()
         for i in (1, 2)
@@ -366,6 +374,7 @@ def test_the_rollouts_page_shows_an_ab_rollouts_arms_and_verdict(cloud: RunningC
         decision = lambda: cloud.get(f"/v1/rollouts/{rollout_id}")["ab"]["decision"]  # noqa: E731
         wait_until(lambda: decision()["challenger_labels"] == 3000, what="the A/B windows")
         assert decision()["verdict"] == "worse" and decision()["auto_decide"] is False
+        assert (decision()["alpha"], decision()["min_labels"]) == (0.01, 150)
         with dashboard_page(cloud) as (page, problems, external):
             page.goto(cloud.url + "/dashboard#/rollouts")
             page.fill("#token", "look")
