@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+from urllib.parse import urlencode
 
 import typer
 from rich.console import Console
@@ -54,6 +55,9 @@ def _ago(seconds: Any) -> str:
 
 def devices(
     group: str | None = typer.Option(None, help="Only the devices of this group."),
+    selector: str | None = typer.Option(
+        None, help="Only the devices whose labels match (`site=graz,hw!=pi3`): what `deploy --selector` would reach."
+    ),
     format: str = _FORMAT,
     cloud_url: str = _URL,
     token: str | None = _TOKEN,
@@ -62,11 +66,13 @@ def devices(
 
     Example: [cyan]edgeloop devices --group plant-a[/cyan]
 
+    By label: [cyan]edgeloop devices --group plant-a --selector site=graz,hw=pi4[/cyan]
+
     For scripts: [cyan]edgeloop devices --format json | jq -r '.[] | select(.online | not) | .device_id'[/cyan]
     """
     _check_format(format)
-    path = "/v1/devices" + (f"?group={group}" if group else "")
-    rows = call_cloud("GET", cloud_url, path, token)
+    query = urlencode({key: value for key, value in (("group", group), ("selector", selector)) if value})
+    rows = call_cloud("GET", cloud_url, "/v1/devices" + (f"?{query}" if query else ""), token)
     if format == "json":
         _print_json(rows)
         return

@@ -60,7 +60,9 @@ def _one_error(done: subprocess.CompletedProcess[str], code: int, *fragments: st
 
 
 def test_devices_and_alerts_verbs_against_a_real_cloud(cloud: CloudProcess, broker: Broker) -> None:
-    devices = [SimDevice(name, group, broker.host, broker.port, model=("machine-failure", 1)).start()
+    labels = {"gw-1": {"site": "graz", "hw": "pi4"}, "gw-9": {"site": "wien", "hw": "pi4"}}
+    devices = [SimDevice(name, group, broker.host, broker.port, model=("machine-failure", 1),
+                         labels=labels.get(name)).start()
                for name, group in (("gw-1", "plant-f"), ("gw-2", "plant-f"), ("gw-9", "plant-z"))]  # fmt: skip
     try:
         deadline = time.monotonic() + 20
@@ -73,6 +75,14 @@ def test_devices_and_alerts_verbs_against_a_real_cloud(cloud: CloudProcess, brok
         group = _json(_edgeloop(cloud, "devices", "--group", "plant-f", "--format", "json", token=VIEWER))
         assert sorted(d["device_id"] for d in group) == ["gw-1", "gw-2"]
         assert all(d["online"] and d["model_version"] == 1 and d["group"] == "plant-f" for d in group), group
+        # Labels: shown in the table, and a selector lists what `deploy --selector` would reach.
+        assert "hw=pi4,site=graz" in table.stdout and "hw=pi4,site=wien" in table.stdout, table.stdout
+        picked = _json(_edgeloop(cloud, "devices", "--selector", "hw=pi4,site!=wien", "--format", "json"))
+        assert [(d["device_id"], d["labels"]) for d in picked] == [("gw-1", labels["gw-1"])], picked
+        assert [
+            d["device_id"] for d in _json(_edgeloop(cloud, "devices", "--selector", "!hw", "--format", "json"))
+        ] == ["gw-2"]
+        _one_error(_edgeloop(cloud, "devices", "--selector", "hw in ()"), 2, "HTTP 422", "lists no value")
 
         devices.pop(1).stop()  # gw-2 goes offline (its status message says so): the 1 s rule fires
         deadline = time.monotonic() + 30

@@ -11,6 +11,7 @@ from cloud_sync.api.context import CloudContext, Principal
 from cloud_sync.api.errors import ERRORS
 from cloud_sync.api.models import Device
 from cloud_sync.fleet import stats as fleet
+from cloud_sync.rollouts import selectors
 from cloud_sync.times import period
 
 __all__ = ["router"]
@@ -20,8 +21,17 @@ def router(ctx: CloudContext, auth: Auth) -> APIRouter:
     routes = APIRouter(tags=["fleet"], responses=ERRORS)
 
     @routes.get("/v1/devices", response_model=list[Device])
-    def devices(*, _p: Principal = Depends(auth.viewer), group: str | None = None) -> list[dict[str, Any]]:
-        return fleet.device_list(ctx.store, group, online_timeout_s=ctx.online_timeout_s)
+    def devices(
+        *,
+        _p: Principal = Depends(auth.viewer),
+        group: str | None = None,
+        selector: str | None = Query(None, description="Only devices whose labels match (`site=graz,hw!=pi3`)"),
+    ) -> list[dict[str, Any]]:
+        found = fleet.device_list(ctx.store, group, online_timeout_s=ctx.online_timeout_s)
+        if selector is None:
+            return found
+        chosen = selectors.members(found, selector)
+        return [device for device in found if device["device_id"] in chosen]
 
     @routes.get("/v1/fleet/stats")
     def stats(
