@@ -21,7 +21,8 @@ from tests.agent_helpers import free_port
 __all__ = ["AgentProcess", "CloudProcess", "ControlledBundleServer", "Traffic", "wait_http"]
 
 
-def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until `url` answers 200 (a process's start takes ~2 s idle, over 30 s at load 15 on 2 cores)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

@@ -160,9 +160,9 @@ def test_deploy_canary_promote_then_a_broken_version_rolls_back(
     _wait_versions(agents, 1)
 
     # v2: the canary first; the other device stays on v1 while the canary soaks; then the group.
-    # A 6 s soak: the checks below (two CLI processes) must run inside it on a loaded 2-core machine
-    # (3 s was not enough).
-    out = cli.run("deploy", str(logreg_bundle_v2.bundle), "--group", GROUP, "--canary", CANARY, "--soak", "0.1").stdout
+    # A 15 s soak: the checks below (two CLI processes) must run inside it on a loaded 2-core machine
+    # (3 s was not enough; 6 s was not at load 15).
+    out = cli.run("deploy", str(logreg_bundle_v2.bundle), "--group", GROUP, "--canary", CANARY, "--soak", "0.25").stdout
     assert "machine-failure/2" in out and "previous version 1" in out and "state canary" in out, out
     soaking = cli.wait_rollout(("soaking", "promoted", "rolled_back"))
     assert soaking["state"] == "soaking", soaking
@@ -173,7 +173,7 @@ def test_deploy_canary_promote_then_a_broken_version_rolls_back(
         assert canary.predict(record_of(logreg_bundle_v2.bundle)).status_code == 200
     promoted = cli.wait_rollout(("promoted", "rolled_back"))
     assert promoted["state"] == "promoted", promoted
-    assert "soak of 6s passed" in promoted["reason"]
+    assert "soak of 15s passed" in promoted["reason"]
     _wait_versions(agents, 2)
     assert [a.model()["model"]["version"] for a in agents] == [2, 2]
     status = cli.status()
@@ -212,7 +212,7 @@ def test_deploy_canary_promote_then_a_broken_version_rolls_back(
     assert all(actor == "ops-alice" for actor, _, _ in deploys)
     promotes = [row for row in audit if row["action"] == "promote"]
     assert [row["target"].split(" ")[0] for row in promotes] == ["machine-failure/1", "machine-failure/2"]
-    assert "soak of 6s passed" in promotes[1]["reason"] and promotes[1]["actor"] == "controller"
+    assert "soak of 15s passed" in promotes[1]["reason"] and promotes[1]["actor"] == "controller"
     accepted = {(row["actor"], row["target"]) for row in audit if row["action"] == "device accepted"}
     assert {(f"device:{d}", f"machine-failure/{v} on {d}") for d in (CANARY, OTHER) for v in (1, 2)} == accepted
     assert not any("/3" in target for _, target in accepted), accepted
