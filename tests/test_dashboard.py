@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud_sync.dashboard.routes import CHART_JS_VERSION, STATIC_DIR
 from cloud_sync.fleet.simulator import SimDevice, make_window
@@ -32,6 +34,7 @@ from cloud_sync.service import CloudService
 from cloud_sync.settings import CloudSettings
 from cloud_sync.store.audit import entries
 from contracts.manifest import Manifest
+from contracts.topics import device_topic
 from tests.cloud_support import arm_counts, wait_until
 from tests.conftest import Broker, TrainedBundle, free_port
 
@@ -159,8 +162,11 @@ def dashboard_page(cloud: RunningCloud) -> Iterator[tuple[Any, list[str], list[s
 
 def _fleet(cloud: RunningCloud) -> list[SimDevice]:
     """Three devices on v1 in one group; each sends a telemetry window, gw-3's drifted (PSI > 0.25)."""
+    labels = {1: {"site": "graz", "hw": "pi4"}}
     devices = [
-        SimDevice(f"gw-{i}", GROUP, cloud.broker.host, cloud.broker.port, model=(cloud.v1.name, 1)).start()
+        SimDevice(
+            f"gw-{i}", GROUP, cloud.broker.host, cloud.broker.port, model=(cloud.v1.name, 1), labels=labels.get(i)
+        ).start()
         for i in (1, 2, 3)
     ]
     now = time.time()
@@ -242,6 +248,22 @@ def _check_fleet_page(page: Any, cloud: RunningCloud, devices: list[SimDevice]) 
     # End-to-end acknowledgement: what the device held unacknowledged, as its latest window said.
     assert page.inner_text("tr[data-device='gw-1'] td.unacked") == "7 oldest 42 s"
     assert page.inner_text("tr[data-device='gw-2'] td.unacked") == "–"  # a window without the fields
+    assert page.inner_text("tr[data-device='gw-1'] td.labels") == "hw=pi4 site=graz"
+    assert page.inner_text("tr[data-device='gw-2'] td.labels") == "–"
+    # Honest clocks: gw-1's clock is 3 days slow (its window times and its send time say so); the cloud measures
+    # the offset, counts the window now (corrected), and the Clock column says it.
+    slow = time.time() - 3 * 86400
+    device.telemetry_seq += 1
+    late = make_window("gw-1", GROUP, device.telemetry_seq, slow, cloud.v1, requests=50)
+    sent = Properties(PacketTypes.PUBLISH)
+    sent.UserProperty = ("sent_at_ms", str(round(slow * 1000)))
+    device.client.publish(device_topic("gw-1", "telemetry"), late.model_dump_json(), qos=1, properties=sent)
+    page.wait_for_function(
+        f"Number(document.querySelector(\"tr[data-device='gw-1']\").dataset.requests) === {before + 170}",
+        timeout=15_000,
+    )
+    assert page.inner_text("tr[data-device='gw-1'] td.clock") == "3.0 d slow"
+    assert page.inner_text("tr[data-device='gw-2'] td.clock") == "–"  # never measured (no send time)
     assert int(page.evaluate("document.body.dataset.updates")) >= 1
     page.screenshot(path=str(SCREENSHOTS / "fleet-live.png"), full_page=True)
 
