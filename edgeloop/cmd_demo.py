@@ -35,7 +35,7 @@ def demo(
     ),
     min_labels: int = typer.Option(400, min=1, help="Labels each model needs on the canary before the decision."),
     loop_timeout: float = typer.Option(
-        300.0, min=10, help="With --duration: seconds after the fleet is up to wait at most for the loop to end."
+        600.0, min=10, help="With --duration: seconds after the fleet is up to wait at most for the loop to end."
     ),
 ) -> None:
     """Run the whole loop on this machine: three agents, the cloud, drift on gw-3, then by itself a drift alert,
