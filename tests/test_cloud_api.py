@@ -71,6 +71,16 @@ def test_bad_requests_name_the_problem(client: TestClient, rf_bundle: TrainedBun
     body |= {"model_version": 1, "group": "bad/group"}
     client.put("/v1/bundles", headers=OPERATOR, content=bundle_tar(rf_bundle.bundle))
     assert client.post("/v1/rollouts", headers=OPERATOR, json=body).status_code == 422
+    # A selector reaches the rollout: one that matches no device, or is malformed, is a 422 naming it.
+    body["group"] = "line-1"
+    nobody = client.post("/v1/rollouts", headers=OPERATOR, json=body | {"selector": "site=graz"})
+    assert (
+        nobody.status_code == 422
+        and nobody.json()["detail"] == "--selector site=graz matches no device of group line-1"
+    )
+    malformed = client.post("/v1/rollouts", headers=OPERATOR, json=body | {"selector": "hw in ()"})
+    assert malformed.status_code == 422 and "lists no value" in malformed.json()["detail"]
+    assert client.get("/v1/devices?selector=hw%20in%20()", headers=VIEWER).status_code == 422
     assert client.get("/v1/fleet/stats?since=soon", headers=VIEWER).status_code == 422
     assert client.get("/v1/rollouts/r-nope", headers=VIEWER).status_code == 404
     # A tampered bundle is refused on upload.
