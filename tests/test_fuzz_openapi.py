@@ -5,6 +5,7 @@ never crash the app. Bounded examples per operation so the module stays well und
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cloud_sync.api.app import create_app
 from cloud_sync.api.context import CloudContext
 from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.rollouts.controller import Rollouts
+from cloud_sync.signing_keys import KeyRotation
 from cloud_sync.store.bundles import BundleRegistry
 from contracts.signing import load_public_key
 from edge_agent.app import Agent
@@ -113,7 +115,10 @@ def test_cloud_openapi_fuzz_never_gets_a_5xx(broker: Broker, tmp_path: Path, rf_
         publisher = MqttPublisher(broker.url, client_id="fuzz-test").start()
         try:
             rollouts = Rollouts(store, registry, publisher, base_url="http://127.0.0.1:9", keys_dir=rf_bundle.keys_dir)
+            keys_dir = tmp_path / "keys"  # a copy: rotate writes new pairs into it
+            shutil.copytree(rf_bundle.keys_dir, keys_dir)
             context = CloudContext(store, registry, rollouts, ["carol:look"], ["alice:act"])
+            context.keys = KeyRotation(keys_dir, store, registry, publisher)
             schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(context))
             assert {"/v1/rollouts", "/v1/bundles", "/v1/fleet/stats"} <= set(schema.raw_schema["paths"])
             failures = _fuzz(schema, {"Authorization": "Bearer act"})
