@@ -32,6 +32,7 @@ EXTRA_OF: dict[str, tuple[str, str]] = {
     "sqlalchemy": ("SQLAlchemy", "cloud"),
     "psycopg": ("psycopg", "cloud"),
     "httpx": ("httpx", "cloud"),
+    "alembic": ("alembic", "cloud"),
 }
 
 

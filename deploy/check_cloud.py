@@ -4,7 +4,8 @@ Proves the cloud role works with the cloud extra alone, on SQLite and on Postgre
 database at CHECK_CLOUD_PG_URL, dropped at the end): `edgeloop cloud` starts against a private Mosquitto,
 `/readyz` answers, `edgeloop deploy BUNDLE_DIR` uploads the bundle and rolls it out to three simulated devices
 (cloud_sync.fleet.simulator, the v1 contract over MQTT) that all end on it, `edgeloop devices --format json`
-lists them, `/metrics` counts them, and the dashboard page and its chart library are served. Then a command of
+lists them, `/metrics` counts them, the dashboard page and its chart library are served, and `edgeloop cloud
+migrate` finds the store at the newest schema revision (the cloud migrated it on start). Then a command of
 another role (`edgeloop train`) fails in one line naming the extra to install.
 
     usage: VENV/bin/python deploy/check_cloud.py BUNDLE_DIR PUBLIC_KEY
@@ -119,8 +120,10 @@ def cloud(workdir: Path, mqtt_port: int, store_url: str, public_key: Path, schem
             raise SystemExit(f"error: edgeloop cloud exited with {code} on SIGTERM")
 
 
-def edgeloop(*args: str, url: str = "") -> subprocess.CompletedProcess[str]:
+def edgeloop(*args: str, url: str = "", schema: str | None = None) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"EDGELOOP_CLOUD_URL": url, "EDGELOOP_CLOUD_TOKEN": TOKEN}
+    if schema:
+        env["EDGELOOP_CLOUD_STORE_SCHEMA"] = schema
     binary = str(Path(sys.executable).parent / "edgeloop")
     return subprocess.run([binary, *args], env=env, capture_output=True, text=True, timeout=120)
 
@@ -158,6 +161,9 @@ def check_store(label: str, store_url: str, schema: str | None, bundle: Path, pu
             finally:
                 for device in devices:
                     device.stop()
+        done = edgeloop("cloud", "migrate", "--store-url", store_url, schema=schema)  # the migrations ship in the wheel
+        assert done.returncode == 0 and "nothing to do" in done.stdout, done
+        print(f"   migrate:  {' '.join(done.stdout.split())}")
 
 
 def _auth() -> dict[str, str]:

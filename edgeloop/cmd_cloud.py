@@ -41,7 +41,12 @@ def _settings_epilog() -> str:
     return "\n\n".join(lines)
 
 
+cloud_app = typer.Typer(rich_markup_mode="rich", epilog=_settings_epilog())
+
+
+@cloud_app.callback(invoke_without_command=True)
 def cloud(
+    ctx: typer.Context,
     port: int | None = typer.Option(None, help=r"API and bundle server port \[default: 8700]."),
     host: str | None = typer.Option(None, help=r"Listen address \[default: 127.0.0.1]."),
     mqtt_url: str | None = typer.Option(None, help=r"Broker \[default: mqtt://127.0.0.1:1883]."),
@@ -54,21 +59,70 @@ def cloud(
 ) -> None:
     """Run the cloud side: bundle server, REST API, telemetry ingest, staged rollouts, alerts and audit log.
 
+    It migrates the store to the newest schema revision first (Alembic; `edgeloop cloud migrate` does only that).
+
     Example: [cyan]edgeloop cloud --port 8700 --mqtt-url mqtt://127.0.0.1:1883[/cyan]
     """
-    from pydantic import ValidationError
-
+    if ctx.invoked_subcommand is not None:
+        return
     from cloud_sync.service import CloudService
-    from cloud_sync.settings import CloudSettings
 
     given: dict[str, Any] = {"port": port, "host": host, "mqtt_url": mqtt_url, "store_url": store_url}
     given["bundles_dir"] = bundles_dir
+    CloudService(_cloud_settings(given)).run()
+
+
+def _cloud_settings(given: dict[str, Any]) -> Any:
+    """CloudSettings from the flags given (None = not given) over env and config file; a bad one in one line."""
+    from pydantic import ValidationError
+
+    from cloud_sync.settings import CloudSettings
+
     try:
-        settings = CloudSettings(**{key: value for key, value in given.items() if value is not None})
+        return CloudSettings(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InputError(f"cloud setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    CloudService(settings).run()
+
+
+@cloud_app.command("migrate")
+def migrate(
+    store_url: str | None = typer.Option(
+        None, help=r"sqlite:///... or postgresql://... \[default: the cloud's store_url setting]."
+    ),
+    sql: bool = typer.Option(
+        False, "--sql", help="Print the SQL of the revisions instead of running them (nothing is connected to)."
+    ),
+    from_revision: str | None = typer.Option(
+        None, "--from", help=r"With --sql: the revision the store is at \[default: none, an empty store]."
+    ),
+) -> None:
+    """Bring the cloud's store to the newest schema revision (Alembic), as `edgeloop cloud` does on start.
+
+    A store made before Alembic is brought up to the baseline first. Of replicas starting at once, one migrates.
+
+    Example: [cyan]edgeloop cloud migrate --store-url postgresql://edgeloop@db/edgeloop[/cyan]
+
+    For a DBA: [cyan]edgeloop cloud migrate --sql --store-url postgresql://db/edgeloop > upgrade.sql[/cyan]
+    """
+    from cloud_sync.store import migrate as migrations
+    from cloud_sync.store.db import Store
+
+    settings = _cloud_settings({"store_url": store_url})
+    if sql:
+        print(migrations.offline_sql(settings.store_url, from_revision), end="")
+        return
+    if from_revision is not None:
+        raise InputError("--from goes with --sql (a connected store says its own revision)")
+    store = Store(settings.store_url, schema=settings.store_schema)
+    try:
+        before = store.create().revision_before
+    finally:
+        store.dispose()
+    if before == migrations.HEAD:
+        console.print(f"store {store.safe_url} is at the newest revision {migrations.HEAD}: nothing to do")
+    else:
+        console.print(f"store {store.safe_url} migrated: revision {before or 'none'} -> {migrations.HEAD}")
 
 
 # -- API client -------------------------------------------------------------------------------------
@@ -449,7 +503,7 @@ def audit(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("cloud", epilog=_settings_epilog())(cloud)
+    app.add_typer(cloud_app, name="cloud")
     app.command("deploy")(deploy)
     app.add_typer(rollout_app, name="rollout")
     app.command("audit")(audit)

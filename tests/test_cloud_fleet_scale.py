@@ -141,7 +141,8 @@ def test_an_older_store_records_past_canaries_as_overrides(tmp_path: Path) -> No
                 soak_s=0.0, state="rolled_back", actor="alice", created_at=1.0,
             )
         )  # fmt: skip
-        conn.exec_driver_sql("DROP TABLE desired_overrides")  # as before this table existed
+        conn.exec_driver_sql("DROP TABLE desired_overrides")  # as before this table existed (and before Alembic)
+        conn.exec_driver_sql("DROP TABLE alembic_version")
     store.dispose()
     store = Store(url).create()
     try:

@@ -107,7 +107,7 @@ def test_a_migration_that_fails_half_way_leaves_the_old_store_whole(
 ) -> None:
     """SQLite's DDL is made transactional (BEGIN IMMEDIATE): a failure after the table was renamed and copied
     rolls everything back, and the next start migrates from the intact old table."""
-    import cloud_sync.store.db as store_module
+    import cloud_sync.store.legacy as store_module
     from contracts.errors import EdgeloopError
 
     url = f"sqlite:///{tmp_path / 'cloud.db'}"

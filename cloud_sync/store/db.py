@@ -4,6 +4,8 @@ Times are UTC epoch seconds (float) everywhere: portable, index-friendly, render
 Telemetry windows keep their raw JSON payload (the counts are merged at query time, never averaged) and
 are unique on (device_id, epoch, seq), like events (epoch: when the device's outbox was created): a
 redelivered message inserts nothing. `audit_log` is append-only, enforced by a trigger on both engines.
+The schema is migrated by Alembic (cloud_sync/store/migrations): a change of a table here comes with a
+revision there (docs/DEVELOPING.md, "Add a column to the cloud store").
 """
 
 from __future__ import annotations
@@ -289,10 +291,14 @@ class Store:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine: Engine = engine
         self.dialect = engine.dialect.name
+        self.revision_before: str | None = None  # the schema revision create() found (None: empty or pre-Alembic)
 
     def create(self) -> Store:
-        """Create what is missing and migrate an older store, in one transaction that concurrent starts of
-        the cloud wait on (SQLite: BEGIN IMMEDIATE, so even the DDL is atomic; PostgreSQL: an advisory lock)."""
+        """Migrate the store to the newest Alembic revision (cloud_sync/store/migrate.py; an empty store gets
+        every table), in one transaction that concurrent starts of the cloud wait on (SQLite: BEGIN IMMEDIATE,
+        so even the DDL is atomic; PostgreSQL: an advisory lock): with several replicas one migrates, the
+        others then find the store at the newest revision. The audit log's append-only triggers are
+        asserted on every start."""
         if self.dialect == "sqlite":
             _make_parent_dir(self.engine.url.database)
         try:
@@ -310,14 +316,14 @@ class Store:
         return self
 
     def _create_in(self, conn: Connection) -> None:
+        from cloud_sync.store import migrate
+
         if self.schema and self.dialect == "postgresql":
             conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-        schema = self.schema if self.dialect == "postgresql" else None
-        overrides_known = sa.inspect(conn).has_table("desired_overrides", schema=schema)
-        metadata.create_all(conn)
-        _add_missing_columns(conn, schema)
-        if not overrides_known:
-            _seed_overrides(conn)
+        before, head = migrate.upgrade(conn, self.schema if self.dialect == "postgresql" else None)
+        self.revision_before = before
+        if before != head:
+            log_event(logger, "store migrated", store=self.safe_url, revision=f"{before or 'none'} -> {head}")
         if self.dialect == "sqlite":
             for statement in _SQLITE_APPEND_ONLY:
                 conn.exec_driver_sql(statement)
@@ -367,87 +373,6 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _add_missing_columns(conn: Connection, schema: str | None) -> None:
-    """Columns appended to a table after its first release (create_all makes only missing tables)."""
-    inspector = sa.inspect(conn)
-    present = {column["name"] for column in inspector.get_columns("rollouts", schema=schema)}
-    if "mode" not in present:
-        table = f'"{schema}".rollouts' if schema else "rollouts"
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN mode VARCHAR(16) NOT NULL DEFAULT 'serving'")
-    if "selector" not in present:
-        table = f'"{schema}".rollouts' if schema else "rollouts"
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN selector TEXT")
-    for column, kind in (  # staged rollouts
-        ("stages", "JSON"),
-        ("stage", "INTEGER"),
-        ("stage_devices", "JSON"),
-        ("pacing", "JSON"),
-        ("next_switch_at", "DOUBLE PRECISION"),
-    ):
-        if column not in present:
-            table = f'"{schema}".rollouts' if schema else "rollouts"
-            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    if "epoch" not in {column["name"] for column in inspector.get_columns("gaps", schema=schema)}:
-        table = f'"{schema}".gaps' if schema else "gaps"
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
-    alert_columns = {column["name"] for column in inspector.get_columns("alerts", schema=schema)}
-    for column, kind in (("p_value", "DOUBLE PRECISION"), ("records", "INTEGER"), ("resolution", "TEXT")):
-        if column not in alert_columns:
-            table = f'"{schema}".alerts' if schema else "alerts"
-            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    device_columns = {column["name"] for column in inspector.get_columns("devices", schema=schema)}
-    for column, kind in (
-        ("unacknowledged", "INTEGER"),
-        ("unacknowledged_oldest_s", "DOUBLE PRECISION"),
-        ("unacknowledged_at", "DOUBLE PRECISION"),
-        ("labels", "JSON"),
-        ("clock_offset_s", "DOUBLE PRECISION"),
-        ("clock_offset_at", "DOUBLE PRECISION"),
-    ):
-        if column not in device_columns:
-            table = f'"{schema}".devices' if schema else "devices"
-            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    for keyed in (windows, events):
-        if "epoch" not in {column["name"] for column in inspector.get_columns(keyed.name, schema=schema)}:
-            _rekey_on_epoch(conn, keyed, schema)
-
-
-def _rekey_on_epoch(conn: Connection, table: sa.Table, schema: str | None) -> None:
-    """A store from before outbox epochs: add `epoch` (0 for every stored row) and key on (device, epoch, seq).
-    PostgreSQL changes the table in place; SQLite cannot drop a constraint, so the table is copied."""
-    name = f'"{schema}".{table.name}' if schema else table.name
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
-        conn.exec_driver_sql(f"ALTER TABLE {name} DROP CONSTRAINT IF EXISTS uq_{table.name}_device_seq")
-        conn.exec_driver_sql(
-            f"ALTER TABLE {name} ADD CONSTRAINT uq_{table.name}_device_epoch_seq UNIQUE (device_id, epoch, seq)"
-        )
-        return
-    old = f"{table.name}_before_epoch"
-    conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")
-    for index in table.indexes:
-        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
-    table.create(conn)
-    columns = ", ".join(column.name for column in table.columns if column.name != "epoch")
-    conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {old}")
-    conn.exec_driver_sql(f"DROP TABLE {old}")
-    log_event(logger, "store migrated: keyed on (device, epoch, seq)", table=table.name)
-
-
-def _seed_overrides(conn: Connection) -> None:
-    """A store older than `desired_overrides`: every canary device of a past rollout may hold a retained
-    device-level desired state, so each is recorded once (clearing one that holds none is harmless)."""
-    rows: dict[str, dict[str, Any]] = {}
-    for rollout in conn.execute(
-        sa.select(rollouts.c.id, rollouts.c.group_name, rollouts.c.canary, rollouts.c.created_at)
-    ):
-        for device in rollout.canary or []:
-            rows[device] = {"device_id": device, "group_name": rollout.group_name, "rollout_id": rollout.id,
-                            "published_at": rollout.created_at}  # fmt: skip
-    if rows:
-        conn.execute(desired_overrides.insert(), list(rows.values()))
 
 
 _PG_SCHEMA_LOCK = 0x6564676C6F6F70  # "edgeloop": serialises Store.create() across processes

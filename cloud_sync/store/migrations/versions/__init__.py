@@ -1,0 +1,1 @@
+"""The revisions, one module each (Alembic loads them by path; `__init__` is skipped)."""
