@@ -11,7 +11,9 @@ Grafana is not installed here: its provisioning files are checked, not run."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -23,7 +25,6 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from tests.agent_helpers import free_port
 from tests.cloud_support import postgres_url, wait_until
 from tests.compose_topology import DEPLOY, ROOT, Service, dockerfile_entrypoint, load_compose
 from tests.conftest import TrainedBundle
@@ -107,6 +108,20 @@ def database() -> Iterator[tuple[str, str]]:
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", user, "--force", name], capture_output=True)
 
 
+def listen_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999): the servers here bind tens of seconds after the
+    port is chosen (mlflow under load), and a port of that range can meanwhile become some process's outgoing
+    connection's local port (seen twice on the shared machine: 'address already in use')."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def native_argv(argv: list[str]) -> list[str]:
     """A container's executable is this environment's (edgeloop, mlflow, python) or the machine's."""
     local = BIN / argv[0]
@@ -172,7 +187,7 @@ def test_the_compose_topology_runs_natively(
     named = {name: tmp_path / "volumes" / name for name in ("bundles", "mlflow", "prometheus")}
     for path in named.values():
         path.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("mlflow", *CLOUDS, "prometheus")}
+    ports = {"mlflow": listen_port()}
     try:
         # The broker: deploy/mosquitto/mosquitto.conf as shipped (tests/secure_broker.py adapts only its listener
         # and paths); its compose healthcheck (a TLS connection with the cloud's account) from its directory.
@@ -188,6 +203,7 @@ def test_the_compose_topology_runs_natively(
         rf_bundle: TrainedBundle = request.getfixturevalue("rf_bundle")
         named["keys"] = rf_bundle.keys_dir
 
+        ports["cloud-1"] = listen_port()
         network = [
             ("mosquitto:8883", f"localhost:{broker.broker.port}"),
             (f"edgeloop:{VARIABLES['POSTGRES_PASSWORD']}@postgres:5432/edgeloop", f"{user}@127.0.0.1:5432/{db}"),
@@ -199,6 +215,7 @@ def test_the_compose_topology_runs_natively(
         urls = {}
         for name in CLOUDS:
             cloud = services[name]
+            ports[name] = ports.get(name) or listen_port()
             cloud.replacements = [*network, ("8700", str(ports[name])), *mounts(cloud, named, broker)]
             env = {**cloud.environment, "EDGELOOP_HOME": str(tmp_path / name / "home"), "EDGELOOP_LOG_LEVEL": "INFO"}
             urls[name] = f"http://127.0.0.1:{ports[name]}"
@@ -215,6 +232,7 @@ def test_the_compose_topology_runs_natively(
         # Prometheus with the compose command and the shipped config, its targets and rule file made native.
         # Departure: scrape and evaluation every 1 s instead of 15 s, so the test needs no 15 s wait.
         prometheus = services["prometheus"]
+        ports["prometheus"] = listen_port()
         config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(DEPLOY / "prometheus-alerts.yml")]
