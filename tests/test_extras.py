@@ -72,3 +72,24 @@ def test_each_package_is_in_the_extra_the_message_names() -> None:
     cloud = {re.split(r"[<>=\[ ]", requirement)[0].lower() for requirement in extras["cloud"]}
     assert not cloud & {"mlflow", "scikit-learn", "skl2onnx", "onnx", "pandas", "pyarrow", "plotly"}, cloud
     assert extras["all"] == ["edgeloop[cloud,train,batch,spark]"]
+
+
+def test_a_cloud_without_the_train_extra_says_at_start_that_retraining_will_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cloud_sync.loop.retrain_triggers import PolicyTriggers, RetrainTriggers
+    from cloud_sync.store.db import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'cloud.db'}").create()
+    policy = [PolicyTriggers(tmp_path / "retrain.yaml", "machine-failure", schedule_s=60.0)]
+    try:
+        with caplog.at_level("WARNING", logger="edgeloop.cloud.retrain"):
+            RetrainTriggers(store, policy, "http://127.0.0.1:8700", None, tmp_path / "jobs")
+            assert not [r for r in caplog.records if "retrain jobs will fail" in r.getMessage()]  # mlflow is here
+            monkeypatch.setitem(sys.modules, "mlflow", None)  # as in a `pip install 'edgeloop[cloud]'`
+            RetrainTriggers(store, policy, "http://127.0.0.1:8700", None, tmp_path / "jobs")
+        warned = [r.__dict__["fields"] for r in caplog.records if r.getMessage() == "retrain jobs will fail"]
+        assert warned == [{"reason": "retraining (retrain_policies) needs mlflow, which is not installed: "
+                                     "pip install 'edgeloop[train]'"}], warned  # fmt: skip
+    finally:
+        store.dispose()

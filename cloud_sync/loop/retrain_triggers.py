@@ -14,6 +14,7 @@ rest is the job's business (no import of the CLI or the trainer).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -31,6 +32,7 @@ from cloud_sync.store import audit
 from cloud_sync.store.db import Store, alerts, devices
 from cloud_sync.times import parse_duration
 from contracts.errors import InputError
+from contracts.extras import missing_extra
 from contracts.logs import log_event
 
 __all__ = ["PolicyTriggers", "RetrainTriggers", "load_policy_triggers"]
@@ -110,6 +112,9 @@ class RetrainTriggers:
         self._next_schedule = {p.model: started + p.schedule_s for p in policies if p.schedule_s}
         with store.engine.connect() as conn:  # alerts that fired before the start are not triggers
             self._last_alert_id = int(conn.execute(sa.select(sa.func.max(alerts.c.id))).scalar() or 0)
+        if policies and importlib.util.find_spec("mlflow") is None:  # a cloud-only install: say it at start
+            missing = missing_extra(ModuleNotFoundError(name="mlflow"), "retraining (retrain_policies)")
+            log_event(logger, "retrain jobs will fail", level=logging.WARNING, reason=str(missing))
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
         while not stop.wait(interval_s):
