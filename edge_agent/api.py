@@ -39,6 +39,7 @@ from contracts.errors import EdgeloopError, InputError, SchemaError, Unauthorize
 from contracts.problem import problem_responses
 from edge_agent.api_errors import install_error_handlers
 from edge_agent.bundle_import import install_bundle_import
+from edge_agent.coalesce import Coalescer
 from edge_agent.errors import BatchTooLarge, MalformedBody, ModelNotReady
 from edge_agent.explain import explain_records, parse_top_k
 from edge_agent.loaded import PredictionBatch
@@ -202,6 +203,8 @@ def create_app(
             raise Unauthorized("wrong bearer token")
 
     install_error_handlers(app, metrics, service)
+    coalescer = Coalescer(service)  # concurrent small requests share one model call (edge_agent/coalesce.py)
+    app.state.coalescer = coalescer
 
     async def predict(request: Request) -> Response:
         check_auth(request)
@@ -213,7 +216,7 @@ def create_app(
         key = request.headers.get("x-request-key")  # the A/B split's request key (ignored without a split)
         result: PredictionBatch
         if len(records) <= _INLINE_ROWS:
-            result = service.predict(records, key)
+            result = await coalescer.predict(records) if key is None else service.predict(records, key)
         else:
             result = await run_in_threadpool(service.predict, records, key)
         if service.hybrid is not None:

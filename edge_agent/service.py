@@ -19,13 +19,16 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from contracts.ab import Arm
 from contracts.bundle import Bundle
+from contracts.errors import EdgeloopError
 from contracts.logs import log_event
-from contracts.runtime import OnnxModel, encode_records
+from contracts.runtime import OnnxModel, Prediction, encode_records
 from edge_agent.ab_split import ABChallenger, KeyFields, rows_of
 from edge_agent.challenger import Challenger, Observed
 from edge_agent.errors import ModelNotReady
@@ -185,12 +188,58 @@ class InferenceService:
             merged[index] = answer
         return PredictionBatch(loaded, merged)
 
+    def predict_many(self, requests: Sequence[Sequence[Mapping[str, Any]]]) -> list[PredictionBatch | EdgeloopError]:
+        """Several requests' records in one model call (edge_agent/coalesce.py gathers concurrent requests): each
+        request gets exactly what `predict(records)` would answer it alone, or its own error (a bad record fails
+        only its request), and counts once in the window. With a challenger running (its A/B key is per request)
+        each request is predicted on its own."""
+        loaded = self._current
+        if loaded is None or self._challengers or len(requests) == 1:
+            return [_attempt(self.predict, records) for records in requests]
+        started = time.perf_counter()
+        answered: list[PredictionBatch | EdgeloopError] = []
+        taken: list[tuple[int, Sequence[Mapping[str, Any]], dict[str, np.ndarray]]] = []
+        for index, records in enumerate(requests):
+            try:
+                stripped = self.key_fields.strip(records, loaded.feature_names)
+                taken.append((index, stripped, encode_records(stripped, loaded.manifest.inputs)))
+            except EdgeloopError as exc:
+                answered.append(exc)
+                continue
+            answered.append(PredictionBatch(loaded, []))  # filled below
+        if not taken:
+            return answered
+        feeds = [feed for _, _, feed in taken]
+        joined = {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
+        result = loaded.model.predict_feed(joined)
+        start = 0
+        for index, records, feed in taken:
+            end = start + len(records)
+            rows = Prediction(labels=result.labels[start:end], probabilities=result.probabilities[start:end])
+            answers = self._served(loaded, records, feed, rows, started, arm=None, began=started)
+            answered[index] = PredictionBatch(loaded, answers)
+            start = end
+        return answered
+
     def _answer(
         self, loaded: LoadedModel, records: Sequence[Mapping[str, Any]], feed: Any, started: float, arm: Arm | None
     ) -> list[dict[str, Any]]:
         """The served model's answers (`arm` = "champion" while an A/B split runs); the challengers observe them."""
         began = time.perf_counter() if arm is not None else started
-        result = loaded.model.predict_feed(feed)
+        return self._served(loaded, records, feed, loaded.model.predict_feed(feed), started, arm=arm, began=began)
+
+    def _served(
+        self,
+        loaded: LoadedModel,
+        records: Sequence[Mapping[str, Any]],
+        feed: Any,
+        result: Prediction,
+        started: float,
+        *,
+        arm: Arm | None,
+        began: float,
+    ) -> list[dict[str, Any]]:
+        """Answers from the model's output for `records`: ids, counts (telemetry, metrics), feedback memory."""
         keys = loaded.class_keys
         labels = result.labels.tolist()
         ids = [uuid.uuid4().hex for _ in labels]
@@ -270,3 +319,12 @@ class InferenceService:
             cached = (loaded, self._metrics.predictions.labels(manifest.name, str(manifest.version)))
             self._counter = cached
         cached[1].inc(rows)
+
+
+def _attempt(
+    predict: Callable[[Sequence[Mapping[str, Any]]], PredictionBatch], records: Sequence[Mapping[str, Any]]
+) -> PredictionBatch | EdgeloopError:
+    try:
+        return predict(records)
+    except EdgeloopError as exc:
+        return exc
