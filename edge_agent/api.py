@@ -315,7 +315,7 @@ def create_app(
     install_openapi(app, service, token is not None)
     install_docs(app)
     # The field's other protocols, over the same prediction path: Open Inference Protocol V2 and MLflow scoring.
-    protocols = ProtocolContext(service, metrics, check_auth, max_body, max_batch)
+    protocols = ProtocolContext(service, metrics, check_auth, max_body, max_batch, coalescer)
     install_v2(app, protocols, AGENT_VERSION)
     install_mlflow(app, protocols, AGENT_VERSION)
     add_operations(app, {**V2_OPERATIONS, **MLFLOW_OPERATIONS})

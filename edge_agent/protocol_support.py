@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from contracts.errors import EdgeloopError
 from contracts.problem import PROBLEM_MEDIA_TYPE, problem_for
+from edge_agent.coalesce import Coalescer
 from edge_agent.errors import ModelNotReady, PayloadTooLarge, Unauthorized
 from edge_agent.loaded import LoadedModel, PredictionBatch
 from edge_agent.metrics import AgentMetrics, error_kind
@@ -68,6 +69,8 @@ class ProtocolContext:
     check_auth: Callable[[Request], None]
     max_body_bytes: int
     max_batch: int
+    coalescer: Coalescer | None = None
+    """Concurrent small requests share one model call (edge_agent/coalesce.py), as on /v1/predict."""
 
     def served(self) -> LoadedModel:
         current = self.service.current
@@ -83,7 +86,10 @@ class ProtocolContext:
         """The `/v1/predict` path: A/B key from X-Request-Key, big batches off the event loop, hybrid answers."""
         key = request.headers.get("x-request-key")
         if len(records) <= _INLINE_ROWS:
-            result = self.service.predict(records, key)
+            if self.coalescer is not None and key is None:
+                result = await self.coalescer.predict(records)
+            else:
+                result = self.service.predict(records, key)
         else:
             result = await run_in_threadpool(self.service.predict, records, key)
         if self.service.hybrid is not None:
