@@ -6,15 +6,20 @@ state, version policy, retained reported state, `deployed` events), driven by `c
 
     .venv/bin/python bench/bench_rollout.py                      # 1,000, 2,000 and 5,000 devices
     .venv/bin/python bench/bench_rollout.py --devices 10000 --per-worker 1000
+    .venv/bin/python bench/bench_rollout.py --devices 10000 --staged-only     # the four stages only
 
 Why SimFleet: with paho's own network thread per client (`SimDevice.start()`), each device costs a thread and
 three descriptors, select() caps a process at ~330 devices, and 5,000 idle devices (20 processes x 250
 threads) used both cores of this machine: the cloud got ~1 % CPU and the deploy failed with 503 (a PUBACK
 not received in 10 s). One epoll loop per process costs one descriptor per device and little CPU when idle.
 
-For each fleet size, two rollouts through the REST API that `edgeloop deploy` calls (POST /v1/rollouts):
+For each fleet size, three rollouts through the REST API that `edgeloop deploy` calls (POST /v1/rollouts):
 - `--canary 0`: published to the group at once;
-- `--canary 1%`, soak 0: the canary first, then the group (one controller tick, rollout_tick_s = 0.2 s).
+- `--canary 1%`, soak 0: the canary first, then the group (one controller tick, rollout_tick_s = 0.2 s);
+- `--stages 1%,10%,50%,100%`, soak 0: four stages (issue 21). Its second table has the time per stage from the
+  audit log: stage k runs from its start (the deploy, or the `widen` entry that began it) to the next `widen`
+  (or the `promote`); its devices were switched (device-level desired states), confirmed and checked in it.
+  The 100 % stage is the promotion (the group topic): it ends when the last simulated device runs the version.
 Columns: `deploy call` = the POST's duration (for `--canary 0` it includes the promotion: the group publish,
 clearing the recorded device-level overrides, the status answer), `devices switched` = until the last simulated
 device applied it, `cloud sees all` = until GET /v1/rollouts/{id}?devices=false counts every device on target
@@ -57,7 +62,7 @@ NAME = "bench-model"
 
 
 def make_bundles(tmp: Path) -> tuple[Path, list[Path]]:
-    """A trained, converted bundle (v1) and the same model re-signed as v2 and v3; returns (keys_dir, bundles)."""
+    """A trained, converted bundle (v1) and the same model re-signed as v2 to v4; returns (keys_dir, bundles)."""
     from contracts.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Manifest, canonical_bytes
     from contracts.signing import PRIVATE_KEY_FILE, load_private_key, sign_bytes
     from converter.convert import convert_model
@@ -74,7 +79,7 @@ def make_bundles(tmp: Path) -> tuple[Path, list[Path]]:
     convert_model(f"{NAME}/{result.version}", v1, ConvertSettings(tracking_uri=tracking, keys_dir=keys))
     manifest = Manifest.model_validate_json((v1 / MANIFEST_FILE).read_bytes())
     bundles = [v1]
-    for version in (2, 3):
+    for version in (2, 3, 4):
         edited = manifest.model_copy(update={"version": version})
         target = tmp / f"{NAME}-v{version}"
         target.mkdir()
@@ -94,7 +99,14 @@ def fleet_worker(port: int, ids: list[str], ready: Any, stop: Any, out: Any) -> 
 
     fleet = SimFleet()
     for index, device_id in enumerate(ids):
-        fleet.add(SimDevice(device_id, GROUP, "127.0.0.1", port, model=(NAME, 1)))
+        for attempt in range(5):  # a loaded machine's broker may not accept within paho's connect timeout
+            try:
+                fleet.add(SimDevice(device_id, GROUP, "127.0.0.1", port, model=(NAME, 1)))
+                break
+            except OSError:
+                if attempt == 4:
+                    raise
+                time.sleep(1.0)
         if index % 200 == 199:
             time.sleep(0.05)  # do not overrun the broker's listen backlog
     fleet.start()
@@ -143,11 +155,16 @@ def upload(url: str, bundle: Path) -> None:
     httpx.put(f"{url}/v1/bundles", content=bundle_tar(bundle), timeout=60).raise_for_status()
 
 
+STAGES = [1, 10, 50, 100]
+
+
 def rollout(
-    url: str, out: Any, workers: int, devices: int, version: int, canary: str, observer: str | None = None
+    url: str, out: Any, workers: int, devices: int, version: int, canary: str | None, observer: str | None = None
 ) -> dict[str, float]:
-    """Deploy through `url`; the cloud's view is read from `observer` (another replica) when given."""
-    body = {"model_name": NAME, "model_version": version, "group": GROUP, "canary": canary, "soak_minutes": 0}
+    """Deploy through `url`; the cloud's view is read from `observer` (another replica) when given. `canary` None:
+    the staged rollout (STAGES); the result has `start` and `switched_at` (epoch s) too."""
+    body: dict[str, Any] = {"model_name": NAME, "model_version": version, "group": GROUP, "soak_minutes": 0}
+    body |= {"canary": canary} if canary is not None else {"stages": STAGES}
     start = time.time()
     response = httpx.post(f"{url}/v1/rollouts", json=body, timeout=600)
     response.raise_for_status()
@@ -168,10 +185,36 @@ def rollout(
             raise RuntimeError(f"rollout {rollout_id} stuck: {status['state']}, {status['on_target']}/{devices}")
         time.sleep(0.2)
     seen = time.time()
-    return {"post": posted - start, "switched": switched - start, "seen": seen - start}
+    return {"post": posted - start, "switched": switched - start, "seen": seen - start, "start": start,
+            "switched_at": switched}  # fmt: skip
 
 
-def run(devices: int, workers: int, keys: Path, bundles: list[Path]) -> list[tuple[str, dict[str, float]]]:
+def stage_times(url: str, result: dict[str, float], devices: int) -> list[tuple[str, int, float]]:
+    """(stage, devices it switched, seconds) of the staged rollout, from the audit log (module doc)."""
+    from datetime import datetime
+
+    def at(entry: dict[str, Any]) -> float:
+        return datetime.fromisoformat(entry["at"].replace("Z", "+00:00")).timestamp()
+
+    entries = httpx.get(f"{url}/v1/audit?format=json", timeout=120).json()
+    mine = [e for e in entries if at(e) >= result["start"] - 1]
+    bounds = [result["start"]] + [at(e) for e in mine if e["action"] in ("widen", "promote")]
+    bounds.append(result["switched_at"])
+    switched = [0] * len(STAGES)
+    for entry in mine:
+        if entry["action"] == "switch":
+            switched[entry["details"]["stage"] - 1] += len(entry["details"]["devices"])
+    switched[-1] = switched[-1] or devices - sum(switched)  # the promotion: the rest through the group topic
+    rows = []
+    for index, share in enumerate(STAGES):
+        label = f"stage {index + 1}/{len(STAGES)} ({share}%)" + (" = promotion" if share == 100 else "")
+        rows.append((label, switched[index], bounds[index + 1] - bounds[index]))
+    return rows
+
+
+def run(
+    devices: int, workers: int, keys: Path, bundles: list[Path], staged_only: bool = False
+) -> tuple[list[tuple[str, dict[str, float]]], list[tuple[str, int, float]]]:
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-rollout-") as name:
         tmp = Path(name)
         broker, port = start_broker(tmp)
@@ -196,10 +239,14 @@ def run(devices: int, workers: int, keys: Path, bundles: list[Path]) -> list[tup
                 time.sleep(0.5)
             print(f"  {devices:,} devices connected and known to the cloud in {time.time() - began:.1f}s", flush=True)
             ready.set()
-            rows = [("canary 0 (group at once)", rollout(url, out, workers, devices, 2, "0"))]
-            print(f"  canary 0: {rows[0][1]}", flush=True)
-            rows.append(("canary 1%, soak 0", rollout(url, out, workers, devices, 3, "1%")))
-            return rows
+            rows = []
+            if not staged_only:
+                rows.append(("canary 0 (group at once)", rollout(url, out, workers, devices, 2, "0")))
+                print(f"  canary 0: {rows[-1][1]}", flush=True)
+                rows.append(("canary 1%, soak 0", rollout(url, out, workers, devices, 3, "1%")))
+                print(f"  canary 1%: {rows[-1][1]}", flush=True)
+            rows.append(("stages 1,10,50,100%, soak 0", rollout(url, out, workers, devices, 4, None)))
+            return rows, stage_times(url, rows[-1][1], devices)
         finally:
             stop.set()
             for proc in procs:
@@ -287,6 +334,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000, 5000], help="fleet sizes")
     parser.add_argument("--per-worker", type=int, default=1000, help="devices per simulator process")
     parser.add_argument("--replicas", help="instead: the first --devices size, N replicas on PostgreSQL, e.g. 1,2,3")
+    parser.add_argument("--staged-only", action="store_true", help="only the staged rollout (v1 -> v4)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-bundles-") as name:
         keys, bundles = make_bundles(Path(name))
@@ -295,15 +343,20 @@ def main() -> None:
 
             replicas_table(replica_counts(args.replicas), args.devices[0], args.per_worker, keys, bundles)
             return
-        table = []
+        table, per_stage = [], []
         for devices in args.devices:
             print(f"{devices:,} devices ...", flush=True)
-            for label, result in run(devices, -(-devices // args.per_worker), keys, bundles):
+            rows, stages = run(devices, -(-devices // args.per_worker), keys, bundles, args.staged_only)
+            for label, result in rows:
                 table.append((f"{devices:,} devices, {label}", result))
                 print(f"  {label}: {result}", flush=True)
+            per_stage += [(f"{devices:,} devices, {label}", count, seconds) for label, count, seconds in stages]
     print(f"\n{'rollout':<44}{'deploy call s':>14}{'devices switched s':>20}{'cloud sees all s':>18}")
     for label, result in table:
         print(f"{label:<44}{result['post']:>14.2f}{result['switched']:>20.2f}{result['seen']:>18.2f}")
+    print(f"\n{'staged rollout, per stage':<52}{'devices switched':>18}{'stage s':>10}")
+    for label, count, seconds in per_stage:
+        print(f"{label:<52}{count:>18,}{seconds:>10.2f}")
 
 
 if __name__ == "__main__":

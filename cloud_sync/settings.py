@@ -84,7 +84,8 @@ class CloudSettings(EdgeloopSettings):
     SIGSTOP, swap) has that connection terminated by another replica, which takes over; the leader's own
     loops act only within half of it after its last check (docs/cloud.md "One leader")."""
     rollout_confirm_timeout_s: float = Field(default=300.0, gt=0)
-    """Canary devices must report the new version within this time, else the rollout is rolled back."""
+    """Canary devices must report the new version within this time, else the rollout is rolled back (a staged
+    rollout: each device from its own switch; `--confirm-timeout` overrides it per rollout)."""
     rollout_max_error_rate: float = Field(default=0.05, ge=0)
     """Roll back when the canary's prediction errors / requests exceed this during the soak."""
     rollout_max_p99_s: float = Field(default=0.25, gt=0)

@@ -349,7 +349,8 @@ class Rollouts:
         if rollout.stages:
             pacing = rollout.pacing
             timeout = (pacing.confirm_timeout_s if pacing else None) or self.confirm_timeout_s
-            seen = pace.progress(self.store, rollout, now=time.time(), timeout_s=timeout) if rollout.active else None
+            live = rollout.active and per_device  # counts-only polls of a large group read no progress
+            seen = pace.progress(self.store, rollout, now=time.time(), timeout_s=timeout) if live else None
             checks = self.last_checks.get(rollout_id) if rollout.active else rollout.reason
             stage = stages.report(rollout, seen, checks=checks)
         return rollout_status.report(
