@@ -147,3 +147,55 @@ def test_a_fleet_capped_reference_keeps_healthy_devices_calm(rf_bundle) -> None:
         assert not any(score.drifted for score in scores.values()), (records, scores)
     drifted, _ = score_drift(window_counts(capped, make_machines(300, seed=81, drift=True)), capped)
     assert drifted["temperature_c"].drifted  # gw-3's drift is still drift against the fleet's reference
+
+
+def test_the_dashboard_shows_both_references_after_an_accepted_drift(
+    broker, rf_bundle, logreg_bundle_v2, tmp_path: Path
+) -> None:
+    """Headless Chromium on the real app: the device page of gw-3 shows the acceptance, the three bars (training
+    reference, baseline, current) and judges against the baseline; the fleet row says so; the alert page shows
+    the resolution."""
+    from tests.loop_helpers import CloudServer
+    from tests.test_dashboard import CHROMIUM, chart_drawn, dashboard_page
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    cloud = CloudServer(broker, tmp_path, rf_bundle, [rf_bundle.bundle, logreg_bundle_v2.bundle])
+    v1, v2 = cloud.registry.manifest("machine-failure", 1), cloud.registry.manifest("machine-failure", 2)
+    assert v1 is not None and v2 is not None
+    now = time.time()
+    try:
+        writer = IngestWriter(cloud.store)
+        evaluator = AlertEvaluator(cloud.store, cloud.registry, [RULE], baseline_records=500)
+        store_window(writer, v1, "gw-3", _drifted(300, seed=1), seq=1, at=now - 300)
+        assert evaluator.evaluate(now=now - 290)
+        _promote_in_shadow(cloud.store, at=now - 250)
+        evaluator.evaluate(now=now - 240)
+        for seq, at in ((2, now - 200), (3, now - 150), (4, now - 60)):
+            store_window(writer, v2, "gw-3", _drifted(300, seed=seq + 10), seq=seq, at=at)
+        store_window(writer, v2, "gw-1", make_machines(300, seed=5), seq=1, at=now - 60)
+        assert evaluator.evaluate(now=now - 50) == []
+        with dashboard_page(cloud) as (page, problems, _external):
+            page.goto(cloud.url + "/dashboard")
+            page.wait_for_selector("text=Token needed")
+            page.fill("#token", "look")
+            page.click("#token-form button")
+            page.wait_for_selector("tr[data-device='gw-3'] td.drift .reference")
+            assert "vs its baseline" in page.inner_text("tr[data-device='gw-3'] td.drift")
+            assert "drifted" not in page.inner_text("tr[data-device='gw-3'] td.drift").replace("not drifted", "")
+            page.goto(cloud.url + "/dashboard#/device/gw-3")
+            page.wait_for_selector("#baseline-note .baseline-state")
+            note = page.inner_text("#baseline-note")
+            assert "Baseline ready" in note and ACCEPTED in note and "600 records" in note, note
+            assert page.inner_text("#judged-against") == "the baseline"
+            drawn = chart_drawn(page, "h-0")
+            assert [label for label, _ in drawn["datasets"]] == ["reference", "baseline", "current"]
+            assert drawn["colours"].get("#6bb38a", 0) >= 20, drawn["colours"]  # the baseline's bars are drawn
+            page.screenshot(path=str(tmp_path / "device-baseline.png"), full_page=True)
+            page.goto(cloud.url + "/dashboard#/alerts")
+            page.select_option("#alert-state", "resolved")
+            page.wait_for_selector("#alerts .resolution")
+            assert ACCEPTED in page.inner_text("#alerts .resolution")
+            assert problems == [], problems
+    finally:
+        cloud.stop()
