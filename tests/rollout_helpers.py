@@ -58,10 +58,16 @@ class Cloud:
 
 @contextmanager
 def running_cloud(
-    broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle, **options: Any
+    broker: Broker,
+    tmp_path: Path,
+    rf_bundle: TrainedBundle,
+    logreg_bundle_v2: TrainedBundle,
+    engine: str = "sqlite",
+    **options: Any,
 ) -> Iterator[Cloud]:
-    """Ingest, publisher and `Rollouts` (v1 and v2 registered); `options` go to `Rollouts`."""
-    with make_store("sqlite", tmp_path) as store:
+    """Ingest, publisher and `Rollouts` (v1 and v2 registered) on a store of `engine` (`sqlite`, `postgresql`);
+    `options` go to `Rollouts`."""
+    with make_store(engine, tmp_path) as store:
         registry = BundleRegistry(tmp_path / "bundles", load_public_key(rf_bundle.public_key))
         v1 = registry.add(rf_bundle.bundle).manifest
         v2 = registry.add(logreg_bundle_v2.bundle).manifest

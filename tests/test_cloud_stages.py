@@ -77,6 +77,18 @@ def test_the_plan_and_the_spec() -> None:
 
 
 def test_four_stages_widen_one_after_another_to_promotion(cloud: Cloud) -> None:
+    _four_stages(cloud)
+
+
+def test_four_stages_on_postgresql(
+    broker: Broker, tmp_path: Path, rf_bundle: TrainedBundle, logreg_bundle_v2: TrainedBundle
+) -> None:
+    """The same on PostgreSQL: its JSON columns and the compare-and-set updates of a stage."""
+    with running_cloud(broker, tmp_path, rf_bundle, logreg_bundle_v2, engine="postgresql") as cloud:
+        _four_stages(cloud)
+
+
+def _four_stages(cloud: Cloud) -> None:
     devices = _on_v1(cloud, 10)
     started = cloud.rollouts.deploy(RolloutRequest(NAME, 2, "line-1", soak_s=0.5, stages=STAGES), actor="alice")
     assert started["stage"]["stage"] == 1 and started["stage"]["devices"] == ["d-00"]
