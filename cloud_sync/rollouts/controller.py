@@ -88,6 +88,8 @@ class Rollouts:
         self.aliases: FleetAliases = aliases or NoRegistry()
         """Registry aliases told what each group runs after every promotion and rollback (fleet_aliases)."""
         self._lock = threading.RLock()
+        self._published_to_group: set[str] = set()
+        """Rollouts whose version this process already published on their group's topic (see _publish_to_group)."""
         self.last_report: dict[str, dict[str, Any]] = {}
         """What each rollout's mode reported at the controller's last tick (A/B: per arm), for `per_device=False`."""
         self.last_checks: dict[str, str] = {}
@@ -190,8 +192,14 @@ class Rollouts:
         if rollout.selector:  # only the matching devices: their own topics, the group topic stays as it is
             self._publish_to_selected(rollout, desired)
         else:
-            self.publisher.publish(group_desired(rollout.group), desired)
-            self._clear_overrides(rollout.group, list(rollout.canary))
+            # Once per rollout and process: a retry after the overrides' clearing timed out (a broker slow to
+            # acknowledge thousands) clears only what is still recorded, instead of fanning the group's retained
+            # state out to every device again each tick.
+            first = rollout.id not in self._published_to_group
+            if first:
+                self.publisher.publish(group_desired(rollout.group), desired)
+                self._published_to_group.add(rollout.id)
+            self._clear_overrides(rollout.group, list(rollout.canary) if first else [])
         self._finish(rollout, "promoted", reason=reason, actor=actor, action="promote", details=details)
 
     def rollback(

@@ -20,7 +20,10 @@ from cloud_sync.ingest.publisher import MqttPublisher
 from cloud_sync.store.db import Store, desired_overrides, devices
 from contracts.topics import device_topic
 
-__all__ = ["clear", "publish", "published", "recorded"]
+__all__ = ["CLEAR_BATCH", "clear", "publish", "published", "recorded"]
+
+CLEAR_BATCH = 500
+"""Empty payloads published (and acknowledged) before their records are forgotten."""
 
 
 def publish(
@@ -59,12 +62,11 @@ def clear(store: Store, publisher: MqttPublisher, group: str, *, extra: Iterable
     """Empty retained payloads on the recorded device-level desired topics of `group` (and `extra`);
     returns how many were cleared."""
     names = recorded(store, group, extra)
-    if not names:
-        return 0
-    publisher.publish_many([(device_topic(name, "desired"), b"") for name in names])
-    with store.begin() as conn:
-        for start in range(0, len(names), 500):
-            conn.execute(
-                desired_overrides.delete().where(desired_overrides.c.device_id.in_(names[start : start + 500]))
-            )
+    for start in range(0, len(names), CLEAR_BATCH):
+        # Forgotten batch by batch once acknowledged: a broker too slow for all of them at once (10,000 devices
+        # at load, a staged rollout clearing half its group) leaves only the rest for the next try.
+        batch = names[start : start + CLEAR_BATCH]
+        publisher.publish_many([(device_topic(name, "desired"), b"") for name in batch])
+        with store.begin() as conn:
+            conn.execute(desired_overrides.delete().where(desired_overrides.c.device_id.in_(batch)))
     return len(names)
