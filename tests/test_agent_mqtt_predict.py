@@ -128,7 +128,13 @@ def test_an_mqtt311_client_reads_its_answer_on_the_default_response_topic(
 def test_it_is_opt_in_and_needs_a_broker(tmp_path: Path, broker: Broker, rf_bundle: TrainedBundle) -> None:
     with pytest.raises(InputError, match="mqtt_url is not set"):
         AgentServer(state_dir=tmp_path / "offline", bundle=rf_bundle.bundle, mqtt_predict=True)
-    server = AgentServer(state_dir=tmp_path / "off", bundle=rf_bundle.bundle, device_id="gw-off", mqtt_url=broker.url)
+    server = AgentServer(
+        state_dir=tmp_path / "off",
+        bundle=rf_bundle.bundle,
+        public_key=rf_bundle.public_key,  # not the default key of $EDGELOOP_HOME a checkout's `make convert` left
+        device_id="gw-off",
+        mqtt_url=broker.url,
+    )
     requester = MqttRequester(broker.host, broker.port, "gw-off")
     try:
         assert server.agent.sync is not None and server.agent.sync.connected.wait(10)
