@@ -19,15 +19,16 @@ from cloud_sync.alerts.evaluator import AlertEvaluator
 from cloud_sync.alerts.queries import alert_list
 from cloud_sync.alerts.rules import Rule
 from cloud_sync.dashboard.queries import device_histograms, overview
+from cloud_sync.fleet.stats import WindowRecord
 from cloud_sync.ingest.writer import IngestWriter
-from cloud_sync.loop.baselines import load_baselines
+from cloud_sync.loop.baselines import Baseline, load_baselines
 from cloud_sync.store import audit
 from cloud_sync.store.bundles import BundleRegistry
 from cloud_sync.store.db import Store, rollouts
 from contracts.bundle import load_bundle
 from contracts.drift_stats import DriftRule
 from contracts.signing import load_public_key
-from contracts.telemetry import merge_counts, score_drift
+from contracts.telemetry import WindowCounts, merge_counts, score_drift
 from edgeloop.retrain_mixture import fleet_sample
 from tests.cloud_support import make_store
 from tests.drift_helpers import reference_manifest, store_window, window_counts
@@ -199,3 +200,19 @@ def test_the_dashboard_shows_both_references_after_an_accepted_drift(
             assert problems == [], problems
     finally:
         cloud.stop()
+
+
+def test_the_champions_windows_after_an_acceptance_are_accepted_too() -> None:
+    """A fresh-clone `make demo` re-fired gw-3's three drift alerts 50 ms after the acceptance resolved them: a v1
+    window that ended after the promotion (the device was still switching) was judged against v1's training
+    reference. Such windows are part of the accepted drift; a later version is judged on its own reference."""
+    baseline = Baseline("gw-3", "machine-failure", 2, accepted_at=1000.0, reason="accepted")
+    counts = WindowCounts(records=10, requests=10)
+
+    def role(version: int, end: float) -> str:
+        return baseline.role(WindowRecord("gw-3", "plant-a", "machine-failure", version, end, counts))
+
+    assert role(1, 999.0) == "before"
+    assert role(1, 1001.0) == "before"  # the champion's tail, after the promotion
+    assert role(2, 1001.0) == "baseline"  # forming
+    assert role(3, 1001.0) == "training"  # a later version: its own training reference

@@ -72,6 +72,10 @@ class Baseline:
     def role(self, record: WindowRecord) -> Role:
         if record.window_end <= self.accepted_at:
             return "before"
+        if record.model_name == self.model_name and (record.model_version or 0) < self.model_version:
+            # The champion's last windows, sent after the promotion by a device still switching (and a window
+            # that straddles the switch): the drift on it is what was accepted, not new drift.
+            return "before"
         if record.model_version != self.model_version or record.model_name != self.model_name:
             return "training"
         if self.ready_at is None or record.window_end <= self.ready_at:
