@@ -123,6 +123,15 @@ def fleet_worker(port: int, ids: list[str], ready: Any, stop: Any, out: Any) -> 
     fleet.stop()
 
 
+def stop_fleet(stop: Any, procs: list[Any]) -> None:
+    """Tell the fleet workers to stop; a worker still alive after 60 s is killed."""
+    stop.set()
+    for proc in procs:
+        proc.join(60)
+        if proc.is_alive():
+            proc.kill()
+
+
 def start_cloud(tmp: Path, port: int, keys: Path) -> tuple[subprocess.Popen[bytes], str]:
     api_port = free_port()
     env = {
@@ -248,11 +257,7 @@ def run(
             rows.append(("stages 1,10,50,100%, soak 0", rollout(url, out, workers, devices, 4, None)))
             return rows, stage_times(url, rows[-1][1], devices)
         finally:
-            stop.set()
-            for proc in procs:
-                proc.join(60)
-                if proc.is_alive():
-                    proc.kill()
+            stop_fleet(stop, procs)
             cloud.terminate()
             cloud.wait(30)
             broker.terminate()
@@ -303,11 +308,7 @@ def run_replicated(
                     print(f"  {replicas_n} replicas, {label}: {result}", flush=True)
                 return rows
         finally:
-            stop.set()
-            for proc in procs:
-                proc.join(60)
-                if proc.is_alive():
-                    proc.kill()
+            stop_fleet(stop, procs)
             broker.terminate()
             broker.wait(10)
 
