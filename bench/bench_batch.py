@@ -9,9 +9,12 @@ converted to a signed bundle by the converter. Then the same rows are scored by:
 
 - raw `session.run` on in-memory float32 arrays, 10k-row batches, 2 intra-op threads (the ceiling), with
   onnxruntime's default spinning threads and with spinning off (as the local engine runs it);
-- the local engine, Parquet to Parquet (`edgeloop score` in a subprocess, one session per core with one
-  intra-op thread each; rows/s from the job's lineage, which counts creating the sessions, reading,
-  encoding, inference, writing and the rename, not Python's start-up);
+- raw compiled tree walk (the numba runtime of `edgeloop score`, contracts/compiled_trees.py) on the same
+  in-memory arrays, 10k-row batches on one thread per core: the ceiling of the local engine's default runtime;
+- the local engine, Parquet to Parquet (`edgeloop score` in a subprocess, one worker per core; rows/s from
+  the job's lineage, which counts loading the model, the check against onnxruntime, reading, encoding,
+  inference, writing and the rename, not Python's start-up), with its default runtime (`auto`: the compiled
+  tree walk for this forest) and with `--runtime onnxruntime` (one session per core, one intra-op thread each);
 - sklearn `predict_proba` on in-memory pandas chunks of 10k rows (`n_jobs=-1`, as registered);
 - `mlflow.pyfunc.spark_udf` on the registered sklearn model, Spark `local[2]`, Parquet to Parquet;
 - our Spark engine, `local[2]`, Parquet to Parquet (same Spark session; JVM start-up excluded for both),
@@ -169,6 +172,31 @@ def raw_onnxruntime(bundle: Path, data: Path, spinning: bool) -> Result:
     return Result(name, rows, time.perf_counter() - started, "2 threads, 10k-row batches")
 
 
+def raw_compiled_walk(bundle: Path, data: Path) -> Result:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from contracts.bundle import load_bundle
+    from contracts.runtime_numpy import NumpySession
+
+    manifest = load_bundle(bundle).manifest
+    session = NumpySession.load(bundle / manifest.onnx.file, compile_trees=True)
+    table = pq.read_table(data, columns=FEATURES)
+    feed = {name: table[name].to_numpy().astype(np.float32).reshape(-1, 1) for name in FEATURES}
+    outputs = [manifest.onnx.label_output, manifest.onnx.probabilities_output]
+    rows = table.num_rows
+    session.run(outputs, {k: v[:CHUNK] for k, v in feed.items()})  # warm-up
+    workers = len(os.sched_getaffinity(0))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        list(
+            executor.map(
+                lambda start: session.run(outputs, {k: v[start : start + CHUNK] for k, v in feed.items()}),
+                range(0, rows, CHUNK),
+            )
+        )
+    return Result("raw compiled tree walk", rows, time.perf_counter() - started, f"{workers} threads")
+
+
 def sklearn_chunks(model_uri: str, tracking: str, data: Path) -> Result:
     import mlflow
 
@@ -182,10 +210,12 @@ def sklearn_chunks(model_uri: str, tracking: str, data: Path) -> Result:
     return Result("sklearn predict_proba, pandas chunks", len(frame), time.perf_counter() - started, "n_jobs=-1")
 
 
-def local_engine(bundle: Path, key: Path, data: Path, out: Path, home: Path) -> tuple[Result, int]:
+def local_engine(
+    bundle: Path, key: Path, data: Path, out: Path, home: Path, runtime: str = "auto"
+) -> tuple[Result, int]:
     """Run `edgeloop score` as the child of a fresh Python process; returns the result and the child's peak RSS."""
     command = [str(EDGELOOP), "score", "--model", str(bundle), "--input", str(data), "--output", str(out)]
-    command += ["--public-key", str(key)]
+    command += ["--public-key", str(key), "--runtime", runtime]
     probe = (
         "import resource, subprocess, sys; "
         f"done = subprocess.run({command!r}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
@@ -199,8 +229,8 @@ def local_engine(bundle: Path, key: Path, data: Path, out: Path, home: Path) -> 
     peak_kib = int(done.stdout.strip().splitlines()[-1])
     lineage = orjson.loads(Path(f"{out}.lineage.json").read_bytes())
     rows, seconds = lineage["output"]["rows"], lineage["duration_s"]
-    sessions = lineage["engine"]["sessions"]
-    return Result("local engine", rows, seconds, f"{sessions} sessions x 1 thread"), peak_kib
+    engine = lineage["engine"]
+    return Result("local engine", rows, seconds, f"{engine['sessions']} workers, {engine['runtime']}"), peak_kib
 
 
 def spark_udf(spark: object, udf: object, data: Path, out: Path) -> Result:
@@ -329,12 +359,16 @@ def main() -> None:
             big = None if args.no_memory else write_rows(work / "data-10x.parquet", big_rows, seed=3)
         raw_default = Series("raw session.run, in-memory arrays", "2 threads (default: spinning), 10k-row batches")
         raw_quiet = Series("raw session.run, in-memory arrays", "2 threads, spinning off, 10k-row batches")
-        local = Series("local engine, Parquet -> Parquet", "edgeloop score, a session per core, 64k-row batches")
+        compiled = Series(
+            "raw compiled tree walk, in-memory arrays", "numba runtime, a thread per core, 10k-row batches"
+        )
+        local = Series("local engine, Parquet -> Parquet", "edgeloop score (runtime auto: the compiled tree walk)")
+        local_ort = Series("local engine, --runtime onnxruntime", "edgeloop score, a session per core x 1 thread")
         sklearn = Series("sklearn predict_proba, pandas chunks", "10k-row chunks, n_jobs=-1")
         udf = Series("mlflow.pyfunc.spark_udf (sklearn), local[2]", "predict(): labels only; 10k-row Arrow batches")
         ours = Series("our Spark engine, Spark I/O (mapInArrow), local[2]", "spark_io=spark; 64k-row Arrow batches")
         direct = Series("our Spark engine, pyarrow I/O in tasks, local[2]", "spark_io=pyarrow; 64k-row batches")
-        series = [raw_default, raw_quiet, local, sklearn]
+        series = [raw_default, raw_quiet, compiled, local, local_ort, sklearn]
         peaks: dict[int, int] = {}
         spark = spark_model = None
         if not args.no_spark:
@@ -353,10 +387,14 @@ def main() -> None:
             with console.status(f"round {round_}/{args.rounds}: raw onnxruntime"):
                 raw_default.results.append(measured(lambda: raw_onnxruntime(bundle, data, spinning=True)))
                 raw_quiet.results.append(measured(lambda: raw_onnxruntime(bundle, data, spinning=False)))
+                compiled.results.append(measured(lambda: raw_compiled_walk(bundle, data)))
             with console.status(f"round {round_}/{args.rounds}: local engine"):
                 before = cpu_seconds()
                 result, peaks[args.rows] = local_engine(bundle, key, data, work / "local.parquet", home)
                 local.results.append(replace(result, cpu=cpu_seconds() - before))
+                before = cpu_seconds()
+                result, _ = local_engine(bundle, key, data, work / "local-ort.parquet", home, "onnxruntime")
+                local_ort.results.append(replace(result, cpu=cpu_seconds() - before))
             with console.status(f"round {round_}/{args.rounds}: sklearn"):
                 sklearn.results.append(measured(lambda: sklearn_chunks(model_uri, tracking, data)))
             if spark is not None:
@@ -383,6 +421,8 @@ def main() -> None:
     summary = [
         f"local engine / best raw onnxruntime: {local.rows_per_s / best_raw.rows_per_s:.0%} (goal >= 90 %)",
         f"local engine / sklearn: {local.rows_per_s / sklearn.rows_per_s:.2f}x (goal >= 1.5x)",
+        f"local engine / raw compiled tree walk: {local.rows_per_s / compiled.rows_per_s:.0%}",
+        f"local engine, --runtime onnxruntime / best raw: {local_ort.rows_per_s / best_raw.rows_per_s:.0%}",
     ]
     if has_spark:
         for item in (ours, direct):

@@ -28,6 +28,7 @@ EXTRA_OF: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "train"),
     "pandas": ("pandas", "train"),
     "pyarrow": ("pyarrow", "batch"),
+    "numba": ("numba", "batch"),
     "pyspark": ("pyspark", "spark"),
     "sqlalchemy": ("SQLAlchemy", "cloud"),
     "psycopg": ("psycopg", "cloud"),

@@ -232,9 +232,12 @@ KERNELS: dict[tuple[str, str], Callable[[Node], Kernel]] = {
 }
 
 
-def kernel_for(node: Node) -> Kernel:
-    """The kernel of `node`; UnsupportedOperator names the operator when this runtime does not have it."""
+def kernel_for(node: Node, compile_trees: bool = False) -> Kernel:
+    """The kernel of `node`; UnsupportedOperator names the operator when this runtime does not have it.
+    `compile_trees` walks tree ensembles with numba (contracts/compiled_trees.py)."""
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    if compile_trees and (domain, node.op_type) == (_ML, "TreeEnsembleClassifier"):
+        return tree_ensemble_classifier(node, compiled=True)
     factory = KERNELS.get((domain, node.op_type))
     if factory is None:
         name = f"{domain}.{node.op_type}" if domain else node.op_type

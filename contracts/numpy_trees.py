@@ -18,7 +18,7 @@ s > 0.5, signed weights (boosting) give [sigmoid(-s), sigmoid(s)] under LOGISTIC
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -87,6 +87,8 @@ class TreeEnsemble:
     depth: int
     leaf_weights: np.ndarray
     """(nodes, classes) float64: the summed class weights of each leaf, zero for branches."""
+    compiled: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False, repr=False)
+    """The same walk compiled by numba (contracts/compiled_trees.py), when `with_compiled_walk` made it."""
 
     @classmethod
     def from_node(cls, node: Node, classes: int) -> TreeEnsemble:
@@ -158,8 +160,16 @@ class TreeEnsemble:
         ]
         return np.concatenate(blocks)
 
+    def with_compiled_walk(self) -> TreeEnsemble:
+        """This ensemble scoring through numba (ImportError when numba is not installed)."""
+        from contracts.compiled_trees import compile_walk
+
+        return replace(self, compiled=compile_walk(self))
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         """(rows, classes) float64: the summed leaf weights of every tree."""
+        if self.compiled is not None:
+            return self.compiled(features)
         rows = features.shape[0]
         if rows <= _BLOCK_ROWS:
             return self.leaf_weights[self.leaves(features)].sum(axis=1)
@@ -209,7 +219,9 @@ def _depth(roots: np.ndarray, children: np.ndarray, is_leaf: np.ndarray) -> int:
             raise UnsupportedOperator("TreeEnsembleClassifier has a cycle in its trees; re-convert the model")
 
 
-def tree_ensemble_classifier(node: Node) -> Callable[..., tuple[np.ndarray, ...]]:
+def tree_ensemble_classifier(node: Node, compiled: bool = False) -> Callable[..., tuple[np.ndarray, ...]]:
+    """The kernel of a TreeEnsembleClassifier node; `compiled` walks the trees with numba (the batch engine's
+    `runtime = "numba"`)."""
     strings = node.attributes.get("classlabels_strings")
     labels = (
         np.asarray([label.decode() for label in strings], dtype=object)
@@ -223,6 +235,8 @@ def tree_ensemble_classifier(node: Node) -> Callable[..., tuple[np.ndarray, ...]
     if labels.size < 2:
         raise refuse(node, "fewer than two class labels")
     ensemble = TreeEnsemble.from_node(node, labels.size)
+    if compiled:
+        ensemble = ensemble.with_compiled_walk()
     base = node.attributes.get("base_values")
     if not isinstance(base, np.ndarray):
         base = node.attributes.get("base_values_as_tensor")

@@ -229,6 +229,20 @@ def _run_fixed32(raw: np.ndarray, pos: int, key: int) -> tuple[np.ndarray, int]:
     return values, pos + 5 * count
 
 
+def _run_strings(blob: bytes, pos: int, key: int, strings: list[bytes]) -> int:
+    """A run of short repeated strings (key, 1-byte length, bytes, ...) starting at `pos`, appended to `strings`
+    (a tree ensemble's `nodes_modes`: one string per node, 160k in a 100-tree forest); returns the position after
+    the run. A string of 128 bytes or more (2-byte length) ends the run and is read by `_field_at`."""
+    end = len(blob)
+    while pos + 1 < end and blob[pos] == key and blob[pos + 1] < 0x80:
+        start = pos + 2
+        pos = start + blob[pos + 1]
+        if pos > end:
+            raise IntegrityError("model.onnx is truncated (a field runs past the end); re-download the bundle")
+        strings.append(blob[start:pos])
+    return pos
+
+
 def _field_at(view: memoryview, pos: int) -> tuple[int, int, int | memoryview, int]:
     """The field starting at `pos`: (number, wire type, value, position after it)."""
     key, pos = _varint(view, pos)
@@ -254,9 +268,14 @@ def _attribute(data: memoryview) -> tuple[str, AttributeValue]:
     floats, ints = _Repeated("<f4"), _Repeated(None)
     strings: list[bytes] = []
     raw = np.frombuffer(data, dtype=np.uint8)
+    blob: bytes | None = None
     pos, end = 0, len(data)
     while pos < end:
         key = data[pos]
+        if key == (9 << 3 | _LENGTH) and pos + 1 < end and data[pos + 1] < 0x80:  # strings, e.g. nodes_modes
+            blob = bytes(data) if blob is None else blob
+            pos = _run_strings(blob, pos, key, strings)
+            continue
         if key == (8 << 3 | _VARINT):  # ints, unpacked: the bulk of a tree ensemble
             chunk, pos = _run_varints(raw, pos, key)
             ints.chunks.append(chunk)

@@ -37,16 +37,26 @@ class NumpySession:
 
     runtime = "numpy"
 
-    def __init__(self, steps: list[_Step], constants: dict[str, np.ndarray], inputs: list[str], outputs: list[str]):
+    def __init__(
+        self,
+        steps: list[_Step],
+        constants: dict[str, np.ndarray],
+        inputs: list[str],
+        outputs: list[str],
+        compiled_trees: int = 0,
+    ):
         self._steps = steps
+        self.compiled_trees = compiled_trees
+        """Tree ensembles walked by numba (`load(..., compile_trees=True)`); 0 = numpy only."""
         self._constants = constants
         self.input_names = inputs
         self.output_names = outputs
 
     @classmethod
-    def load(cls, path: Path) -> NumpySession:
+    def load(cls, path: Path, compile_trees: bool = False) -> NumpySession:
         """Read and compile model.onnx; IntegrityError for an unreadable file, UnsupportedOperator for an
-        operator this runtime does not implement."""
+        operator this runtime does not implement. `compile_trees` walks the tree ensembles with numba
+        (contracts/compiled_trees.py; ImportError without numba)."""
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
@@ -59,12 +69,13 @@ class NumpySession:
             absent = [name for name in node.inputs if name and name not in known]
             if absent:
                 raise IntegrityError(f"model.onnx: node {node.op_type} reads '{absent[0]}' before anything writes it")
-            steps.append(_Step(kernel_for(node), tuple(node.inputs), tuple(node.outputs)))
+            steps.append(_Step(kernel_for(node, compile_trees), tuple(node.inputs), tuple(node.outputs)))
             known.update(node.outputs)
         missing = [name for name in graph.outputs if name not in known]
         if missing:
             raise IntegrityError(f"model.onnx: output '{missing[0]}' is not computed by any node")
-        return cls(steps, dict(graph.initializers), list(graph.inputs), list(graph.outputs))
+        trees = sum(node.op_type == "TreeEnsembleClassifier" for node in graph.nodes) if compile_trees else 0
+        return cls(steps, dict(graph.initializers), list(graph.inputs), list(graph.outputs), trees)
 
     def run(self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Evaluate the graph on `feed` (input name -> array) and return the named outputs."""

@@ -68,7 +68,12 @@ def score_command(
     batch_rows: int | None = typer.Option(None, min=1, help="Rows per batch fed to onnxruntime \\[default: 65536]."),
     master: str | None = typer.Option(None, help="Spark master URL for --engine spark \\[default: local[2]]."),
     threads: int | None = typer.Option(
-        None, min=0, help="Local engine: onnxruntime sessions, one thread each \\[default: one per core]."
+        None, min=0, help="Local engine: scoring workers, one thread each \\[default: one per core]."
+    ),
+    runtime: str | None = typer.Option(
+        None,
+        help="Local engine: `onnxruntime`, `numba` (tree ensembles walked by compiled code, checked against "
+        "onnxruntime on the first rows) or `auto` (numba when installed and the model has trees) \\[default: auto].",
     ),
     spark_io: str | None = typer.Option(
         None,
@@ -104,6 +109,7 @@ def score_command(
             "batch_rows": batch_rows,
             "master": master,
             "threads": threads,
+            "runtime": runtime,
             "spark_io": spark_io,
             "public_key": public_key,
             "tracking_uri": tracking_uri,

@@ -97,10 +97,21 @@ def sklearn_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
     return Scored(np.asarray(model.predict(features)), np.asarray(model.predict_proba(features), dtype=np.float64))
 
 
-def local_engine_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
-    out = request.getfixturevalue("tmp_path") / "local.parquet"
-    score(str(case.trained.bundle), case.parquet, out, case.settings(engine="local", tracking_uri=None))
+def _local(case: ScoringCase, request: pytest.FixtureRequest, runtime: str) -> Scored:
+    out = request.getfixturevalue("tmp_path") / f"local-{runtime}.parquet"
+    score(str(case.trained.bundle), case.parquet, out, case.settings(tracking_uri=None, runtime=runtime))
+    lineage = orjson.loads(Path(f"{out}.lineage.json").read_bytes())
+    assert lineage["engine"]["runtime"] == ("numba" if runtime == "auto" else runtime)  # numba is in CI
     return _sorted(pd.read_parquet(out), case.manifest)
+
+
+def local_engine_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
+    """The default: `runtime = auto`, i.e. the compiled tree walk for this forest."""
+    return _local(case, request, "auto")
+
+
+def local_engine_onnxruntime_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
+    return _local(case, request, "onnxruntime")
 
 
 def spark_engine_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
@@ -150,6 +161,7 @@ def agent_rest_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored
 PREDICTION_PATHS: dict[str, Callable[[ScoringCase, pytest.FixtureRequest], Scored]] = {
     "edge agent REST": agent_rest_path,
     "local engine": local_engine_path,
+    "local engine, onnxruntime": local_engine_onnxruntime_path,
     "spark engine": spark_engine_path,
     "spark engine, pyarrow I/O": spark_pyarrow_io_path,
 }
@@ -284,6 +296,51 @@ def test_sessions_in_parallel_give_the_same_output_in_input_order(
     for key, frame in outputs.items():
         assert frame[ID].tolist() == case.frame[ID].tolist(), key
         pd.testing.assert_frame_equal(frame, outputs[1, ".parquet"], check_exact=True)
+
+
+def test_the_compiled_walk_is_checked_against_onnxruntime_before_a_row_is_written(
+    case: ScoringCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logreg_bundle_v2: TrainedBundle
+) -> None:
+    """`auto` scores a forest with the compiled walk (lineage says so, output equal to onnxruntime's); when the
+    walk disagrees with onnxruntime on the first rows, `auto` scores with onnxruntime and says why, and an
+    explicit `numba` stops with a one-line integrity error and no output; a model without trees is onnxruntime's."""
+    pytest.importorskip("numba", reason="numba (the batch extra) is not installed: the compiled tree walk")
+    from contracts import compiled_trees
+    from contracts.errors import IntegrityError
+
+    outputs = {}
+    for runtime in ("onnxruntime", "auto"):
+        out = tmp_path / f"{runtime}.parquet"
+        score(str(case.trained.bundle), case.parquet, out, case.settings(tracking_uri=None, runtime=runtime))
+        engine = orjson.loads(Path(f"{out}.lineage.json").read_bytes())["engine"]
+        outputs[runtime] = _read(out)
+        if runtime == "auto":
+            assert engine["runtime"] == "numba" and engine["verified_rows"] == 512  # the first batch (batch_rows)
+    pd.testing.assert_frame_equal(outputs["auto"], outputs["onnxruntime"], check_exact=False, atol=1e-6)
+    assert outputs["auto"]["prediction"].tolist() == outputs["onnxruntime"]["prediction"].tolist()
+
+    real = compiled_trees.compile_walk
+
+    def off_by_a_tenth(ensemble: object) -> Callable[[np.ndarray], np.ndarray]:
+        walk = real(ensemble)  # type: ignore[arg-type]
+        return lambda features: walk(features) + 0.1
+
+    monkeypatch.setattr(compiled_trees, "compile_walk", off_by_a_tenth)
+    fallback = tmp_path / "fallback.parquet"
+    score(str(case.trained.bundle), case.parquet, fallback, case.settings(tracking_uri=None))
+    engine = orjson.loads(Path(f"{fallback}.lineage.json").read_bytes())["engine"]
+    assert engine["runtime"] == "onnxruntime" and "disagree" in engine["runtime_reason"]
+    pd.testing.assert_frame_equal(_read(fallback), outputs["onnxruntime"], check_exact=True)
+    refused = tmp_path / "refused.parquet"
+    with pytest.raises(IntegrityError, match="disagree") as raised:
+        score(str(case.trained.bundle), case.parquet, refused, case.settings(tracking_uri=None, runtime="numba"))
+    assert "\n" not in str(raised.value) and not refused.exists()
+    assert not list(tmp_path.glob(".refused*"))  # no staged leftovers either
+
+    linear = tmp_path / "linear.parquet"
+    score(str(logreg_bundle_v2.bundle), case.parquet, linear, case.settings(tracking_uri=None))
+    engine = orjson.loads(Path(f"{linear}.lineage.json").read_bytes())["engine"]
+    assert engine["runtime"] == "onnxruntime" and "no tree ensemble" in engine["runtime_reason"]
 
 
 def test_parquet_directory_and_csv_give_the_same_output(case: ScoringCase, tmp_path: Path) -> None:

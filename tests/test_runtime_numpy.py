@@ -154,6 +154,13 @@ def _ensemble(tmp_path: Path, modes: list[str], missing_true: list[int], post: s
     return _save(helper.make_model(graph, opset_imports=opsets), tmp_path / f"trees-{'-'.join(modes)}-{post}.onnx")
 
 
+def _compile_or_skip(compile_trees: bool) -> bool:
+    if compile_trees:
+        pytest.importorskip("numba", reason="numba (the batch extra) is not installed: the compiled tree walk")
+    return compile_trees
+
+
+@pytest.mark.parametrize("compile_trees", [False, True], ids=["numpy", "numba"])
 @pytest.mark.parametrize(
     ("modes", "missing_true", "post", "weights"),
     [
@@ -163,13 +170,15 @@ def _ensemble(tmp_path: Path, modes: list[str], missing_true: list[int], post: s
     ],
 )
 def test_tree_modes_and_missing_tracks_match_onnxruntime(
-    tmp_path: Path, modes: list[str], missing_true: list[int], post: str, weights: list[float]
+    tmp_path: Path, modes: list[str], missing_true: list[int], post: str, weights: list[float], compile_trees: bool
 ) -> None:
     path = _ensemble(tmp_path, modes, missing_true, post, weights)
     grid = np.asarray([-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, np.nan], dtype=np.float32)
     x = np.stack(np.meshgrid(grid, grid), axis=-1).reshape(-1, 2)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    labels, probabilities = NumpySession.load(path).run(None, {"x": x})
+    session = NumpySession.load(path, compile_trees=_compile_or_skip(compile_trees))
+    assert session.compiled_trees == (1 if compile_trees else 0)
+    labels, probabilities = session.run(None, {"x": x})
     assert np.array_equal(labels, np.asarray(expected[0]).ravel())
     assert float(np.max(np.abs(probabilities - expected[1]))) <= TOLERANCE
 
@@ -198,6 +207,24 @@ def test_both_backends_agree_on_records_with_gaps(fixture: str, request: pytest.
     assert got.probabilities.dtype == np.float32 and got.probabilities.shape == expected.probabilities.shape
     assert float(np.max(np.abs(got.probabilities - expected.probabilities))) <= TOLERANCE
     assert ours.check_golden_samples() <= bundle.manifest.golden_tolerance
+
+
+def test_the_compiled_walk_equals_the_numpy_walk_on_a_real_forest(rf_bundle: TrainedBundle) -> None:
+    """Every row of several blocks (and a partial one), NaNs included, scores the same through both walks."""
+    _compile_or_skip(True)
+    model = read_model((rf_bundle.bundle / "model.onnx").read_bytes())
+    node = next(node for node in model.graph.nodes if node.op_type == "TreeEnsembleClassifier")
+    from contracts.compiled_trees import BLOCK_ROWS
+    from contracts.numpy_trees import TreeEnsemble
+
+    ensemble = TreeEnsemble.from_node(node, 2)
+    compiled = ensemble.with_compiled_walk()
+    width = int(ensemble.feature.max()) + 1
+    rows = np.random.default_rng(3).normal(0, 50, size=(2 * BLOCK_ROWS + 37, width)).astype(np.float32)
+    rows[::7, 0] = np.nan
+    expected = ensemble.scores(rows)
+    assert expected.std() > 0  # the rows reach different leaves
+    assert np.array_equal(compiled.scores(rows), expected)
 
 
 def test_runtime_choice() -> None:

@@ -20,6 +20,7 @@ from cloud_sync.batch.lineage import JobRecord, record_lineage
 from cloud_sync.batch.local_engine import available_cores, score_local
 from cloud_sync.batch.models import ResolvedBundle, resolve_bundle
 from cloud_sync.batch.output import check_output, staged_output
+from cloud_sync.batch.runtimes import LoadedRuntime
 from cloud_sync.batch.settings import ScoreSettings
 from contracts.errors import InputError
 from contracts.logs import log_event
@@ -112,6 +113,7 @@ def score(
                 on_progress(done, total, "rows")
 
         sessions = settings.threads or available_cores()
+        chosen: list[LoadedRuntime] = []
         rows = score_local(
             resolved.bundle,
             table,
@@ -119,10 +121,18 @@ def score(
             Path(target.removeprefix("file://")),
             settings.batch_rows,
             sessions=sessions,
+            runtime=settings.runtime,
             compression=settings.compression,
             on_batch=advance,
+            on_runtime=chosen.append,
         )
         options: dict[str, object] = {"threads": sessions, "sessions": sessions, "batch_rows": settings.batch_rows}
+        if chosen:  # absent only for an input without rows
+            options |= {
+                "runtime": chosen[0].runtime,
+                "runtime_reason": chosen[0].reason,
+                "verified_rows": chosen[0].verified_rows,
+            }
     else:
         from cloud_sync.batch.spark_engine import score_spark
 

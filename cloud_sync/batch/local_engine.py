@@ -2,23 +2,23 @@
 Parquet incrementally. Memory is bounded by the batch and row-group size, whatever the input's size.
 
 Three stages overlap, each releasing the GIL while it works: a reader thread (Parquet row groups or CSV
-blocks, at most two batches ahead), one onnxruntime session per core with one intra-op thread each, driven by
-its own worker thread (`pipeline.ScoringPool`, results kept in input order), and a writer thread that
-gathers the scored batches into row groups. The output is built beside the final path and renamed into
+blocks, at most two batches ahead), one scoring worker per core (`pipeline.ScoringPool`, results kept in
+input order) on the job's runtime (cloud_sync/batch/runtimes.py: onnxruntime sessions with one intra-op
+thread each, or the compiled tree walk, checked against onnxruntime on the first rows), and a writer thread
+that gathers the scored batches into row groups. The output is built beside the final path and renamed into
 place at the end.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,38 +26,15 @@ from cloud_sync.batch.columns import ScoringPlan, score_batch
 from cloud_sync.batch.inputs import InputTable
 from cloud_sync.batch.output import staged_output
 from cloud_sync.batch.pipeline import ScoringPool
+from cloud_sync.batch.runtimes import LoadedRuntime, load_runtime
 from contracts.bundle import Bundle
-from contracts.errors import IntegrityError
 from contracts.logs import log_event
 from contracts.runtime import OnnxModel
 
-__all__ = ["ParquetBatchWriter", "available_cores", "load_model", "load_models", "score_local"]
+__all__ = ["ParquetBatchWriter", "available_cores", "score_local"]
 
 logger = logging.getLogger("edgeloop.batch")
 _DONE = object()
-
-
-def load_model(bundle: Bundle, threads: int) -> OnnxModel:
-    """An `OnnxModel` whose intra-op threads sleep instead of spinning between parallel sections.
-
-    Spinning (onnxruntime's default) buys microseconds of latency per call; here calls take tens of
-    milliseconds, and spinning threads steal the cores that the reader and writer threads (and any other
-    process) need: on 2 busy cores, 2 spinning threads scored half as many rows per second as 2 sleeping ones.
-    Otherwise the same as `OnnxModel.load`, including the check of the graph's inputs against the manifest.
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        session = ort.InferenceSession(str(bundle.model_path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several untyped errors for bad files
-        raise IntegrityError(f"onnxruntime cannot load {bundle.model_path}: {exc}") from None
-    expected, actual = bundle.manifest.feature_names, [node.name for node in session.get_inputs()]
-    if sorted(actual) != sorted(expected):
-        raise IntegrityError(f"model inputs {actual} do not match the manifest's schema {expected}")
-    return OnnxModel(bundle.manifest, session)
 
 
 def available_cores() -> int:
@@ -145,14 +122,6 @@ def _slices(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordB
             yield batch.slice(start, rows)
 
 
-def load_models(bundle: Bundle, count: int) -> list[OnnxModel]:
-    """`count` sessions with one intra-op thread each, created in parallel (a forest takes ~0.1-0.3 s)."""
-    if count == 1:
-        return [load_model(bundle, 1)]
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="edgeloop-load") as executor:
-        return list(executor.map(lambda _: load_model(bundle, 1), range(count)))
-
-
 def score_local(
     bundle: Bundle,
     table: InputTable,
@@ -161,24 +130,41 @@ def score_local(
     batch_rows: int,
     *,
     sessions: int = 0,
+    runtime: str = "auto",
     compression: str = "snappy",
     on_batch: Callable[[int], None] | None = None,
+    on_runtime: Callable[[LoadedRuntime], None] | None = None,
 ) -> int:
-    """Score `table` into the Parquet file `output` on `sessions` onnxruntime sessions (0 = one per core);
-    return the number of rows scored."""
+    """Score `table` into the Parquet file `output` with `sessions` workers (0 = one per core) on `runtime`
+    (cloud_sync/batch/runtimes.py); return the number of rows scored. `on_runtime` hears the runtime that
+    scored, once its first rows were checked."""
     sessions = sessions or available_cores()
-    models = load_models(bundle, sessions)
-    log_event(logger, "local engine started", sessions=sessions, batch_rows=batch_rows, input=str(table.path))
+    loaded = load_runtime(bundle, sessions, runtime)
+    batches = _slices(table.batches(batch_rows, depth=sessions + 1), SLICE_ROWS)
+    first = next(batches, None)
+    if first is not None:
+        loaded = loaded.checked(plan, first)
+        batches = itertools.chain([first], batches)
+    if on_runtime is not None:
+        on_runtime(loaded)
+    log_event(
+        logger,
+        "local engine started",
+        sessions=sessions,
+        runtime=loaded.runtime,
+        verified_rows=loaded.verified_rows,
+        batch_rows=batch_rows,
+        input=str(table.path),
+    )
 
     def score_one(model: OnnxModel, batch: pa.RecordBatch) -> pa.RecordBatch:
         return score_batch(model, plan, batch)
 
     rows = 0
-    with staged_output(output) as tmp, ScoringPool(models) as pool:
+    with staged_output(output) as tmp, ScoringPool(loaded.models) as pool:
         writer = ParquetBatchWriter(tmp, plan.output_schema, compression)
         writer.start()
         try:
-            batches = _slices(table.batches(batch_rows, depth=sessions + 1), SLICE_ROWS)
             for scored in pool.map(score_one, batches):
                 writer.put(scored)
                 rows += scored.num_rows

@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from cloud_sync.batch.columns import ScoringPlan, check_schema, score_batch
-from cloud_sync.batch.local_engine import load_model
+from cloud_sync.batch.runtimes import onnxruntime_model
 from contracts.bundle import Bundle, load_bundle
 from contracts.errors import EdgeloopError, InputError, IntegrityError, ServiceUnavailableError
 from contracts.logs import log_event
@@ -134,7 +134,7 @@ def executor_model(payload: dict[str, Any]) -> OnnxModel:
                     (folder / "signing.pub").write_bytes(payload["public_key"])
                     public_key = load_public_key(folder / "signing.pub")
                 bundle = load_bundle(folder, public_key)
-                model = load_model(bundle, payload["threads"])
+                model = onnxruntime_model(bundle, payload["threads"])
             _MODELS[key] = model
     return model
 
