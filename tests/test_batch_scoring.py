@@ -130,6 +130,15 @@ def spark_pyarrow_io_path(case: ScoringCase, request: pytest.FixtureRequest) -> 
     return _sorted(pd.read_parquet(out), case.manifest)
 
 
+def spark_onnxruntime_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
+    """The Spark executors on onnxruntime (the paths above take `runtime = auto`: the compiled tree walk)."""
+    request.getfixturevalue("spark")
+    out = request.getfixturevalue("tmp_path") / "spark-onnxruntime.parquet"
+    settings = case.settings(engine="spark", spark_io="pyarrow", tracking_uri=None, runtime="onnxruntime")
+    score(str(case.trained.bundle), case.parquet, out, settings)
+    return _sorted(pd.read_parquet(out), case.manifest)
+
+
 def agent_rest_path(case: ScoringCase, request: pytest.FixtureRequest) -> Scored:
     """The edge agent's REST (a real uvicorn), fed JSON records in batches as a device's clients would."""
     from tests.agent_helpers import AgentServer
@@ -164,6 +173,7 @@ PREDICTION_PATHS: dict[str, Callable[[ScoringCase, pytest.FixtureRequest], Score
     "local engine, onnxruntime": local_engine_onnxruntime_path,
     "spark engine": spark_engine_path,
     "spark engine, pyarrow I/O": spark_pyarrow_io_path,
+    "spark engine, onnxruntime": spark_onnxruntime_path,
 }
 
 

@@ -152,6 +152,7 @@ def score(
                     settings.spark_ui,
                     settings.spark_log_level,
                     on_progress,
+                    settings.runtime,
                 )
             return score_spark(
                 resolved.bundle,
@@ -166,6 +167,7 @@ def score(
                 settings.spark_ui,
                 settings.spark_log_level,
                 on_progress,
+                settings.runtime,
             )
 
         if _is_remote(target):
@@ -173,7 +175,7 @@ def score(
         else:
             with staged_output(Path(target.removeprefix("file://"))) as staged:
                 rows, master = run_spark(str(staged))
-        options = {"master": master, "batch_rows": settings.batch_rows, "io": spark_io}
+        options = {"master": master, "batch_rows": settings.batch_rows, "io": spark_io, "runtime": settings.runtime}
     duration = time.perf_counter() - started
     record = JobRecord(
         resolved=resolved,

@@ -132,23 +132,25 @@ def _numba_session(bundle: Bundle) -> NumpySession:
     return session
 
 
-def load_runtime(bundle: Bundle, sessions: int, choice: str = "auto") -> LoadedRuntime:
-    """The models for `sessions` workers on the runtime `choice` resolves to (see the module docstring)."""
+def load_runtime(bundle: Bundle, sessions: int, choice: str = "auto", threads: int = 1) -> LoadedRuntime:
+    """The models for `sessions` workers on the runtime `choice` resolves to (see the module docstring);
+    onnxruntime sessions get `threads` intra-op threads each."""
     from contracts.compiled_trees import numba_importable, warm_up
 
     if choice not in BATCH_RUNTIMES:
         raise InputError(f"runtime must be one of {', '.join(BATCH_RUNTIMES)}, got {choice!r}")
     if choice == "onnxruntime":
-        return LoadedRuntime(bundle, load_onnxruntime(bundle, sessions), "onnxruntime", "chosen", "onnxruntime")
+        models = load_onnxruntime(bundle, sessions, threads)
+        return LoadedRuntime(bundle, models, "onnxruntime", "chosen", "onnxruntime")
     if not numba_importable():
         why_not = "numba is not installed (pip install 'edgeloop[batch]')"
         if choice == "numba":
             raise InputError(f"--runtime numba cannot score this model: {why_not}")
         log_event(logger, "batch runtime chosen", runtime="onnxruntime", reason=why_not)
-        return LoadedRuntime(bundle, load_onnxruntime(bundle, sessions), "onnxruntime", why_not, "auto")
+        return LoadedRuntime(bundle, load_onnxruntime(bundle, sessions, threads), "onnxruntime", why_not, "auto")
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeloop-load") as executor:
         executor.submit(warm_up)  # numba loads its compiled code while this thread reads the model
-        loading = executor.submit(onnxruntime_model, bundle, 1)
+        loading = executor.submit(onnxruntime_model, bundle, threads)
         try:
             session: NumpySession | None = _numba_session(bundle)
         except EdgeloopError as exc:  # an operator the numpy runtime does not implement
@@ -165,5 +167,5 @@ def load_runtime(bundle: Bundle, sessions: int, choice: str = "auto") -> LoadedR
         if choice == "numba":
             raise InputError(f"--runtime numba cannot score this model: {why_not}")
     log_event(logger, "batch runtime chosen", runtime="onnxruntime", reason=why_not)
-    models = [reference, *load_onnxruntime(bundle, sessions - 1)] if sessions > 1 else [reference]
+    models = [reference, *load_onnxruntime(bundle, sessions - 1, threads)] if sessions > 1 else [reference]
     return LoadedRuntime(bundle, models, "onnxruntime", why_not, "auto")

@@ -37,10 +37,10 @@ class ScoreSettings(EdgeloopSettings):
     """Scoring workers of the local engine (onnxruntime sessions with one intra-op thread each, or threads of
     the compiled tree walk), scoring batches in parallel; 0 = one per core this process may run on."""
     runtime: Literal["auto", "onnxruntime", "numba"] = "auto"
-    """What evaluates model.onnx in the local engine: `onnxruntime`; `numba` = the numpy runtime with its tree
-    ensembles compiled by numba (2-3x less CPU per row on forests; checked against onnxruntime on the first
-    rows of every job); `auto` = numba when it is installed and the model has a tree ensemble, else
-    onnxruntime (docs/batch-scoring.md)."""
+    """What evaluates model.onnx (local engine and Spark executors): `onnxruntime`; `numba` = the numpy runtime
+    with its tree ensembles compiled by numba (2-3x less CPU per row on forests; checked against onnxruntime
+    on the first rows of every job, and of every Spark executor process); `auto` = numba when it is
+    installed and the model has a tree ensemble, else onnxruntime (docs/batch-scoring.md)."""
     tracking_uri: str | None = None
     """MLflow tracking URI used to resolve NAME@ALIAS and to record a lineage run in experiment
     `edgeloop-batch-scoring`. Unset: models resolve from the trainer's store ($EDGELOOP_TRACKING_URI,

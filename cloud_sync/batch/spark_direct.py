@@ -31,10 +31,9 @@ import pyarrow.parquet as pq
 from cloud_sync.batch.columns import check_schema, score_batch
 from cloud_sync.batch.inputs import READ_BUFFER, READ_ERRORS, InputTable, arrow_error, conform_batch, csv_reader
 from cloud_sync.batch.local_engine import ParquetBatchWriter
-from cloud_sync.batch.spark_engine import executor_model, spark_job
+from cloud_sync.batch.spark_engine import executor_model, executor_runtime, spark_job
 from contracts.bundle import Bundle
 from contracts.errors import InputError
-from contracts.runtime import OnnxModel
 
 __all__ = ["Split", "plan_splits", "score_spark_direct"]
 
@@ -91,9 +90,11 @@ def _batches(split: Split, source: _Source, batch_rows: int) -> Iterator[pa.Reco
         raise arrow_error(Path(split.file), exc, source.format) from None
 
 
-def _score_split(model: OnnxModel, source: _Source, split: Split, part: Path, batch_rows: int, compression: str) -> int:
+def _score_split(
+    payload: dict[str, Any], source: _Source, split: Split, part: Path, batch_rows: int, compression: str
+) -> int:
     """Score one split into the part file `part` (written under a hidden name, renamed when complete)."""
-    plan = check_schema(source.schema, model.manifest, split.file)
+    plan = check_schema(source.schema, executor_runtime(payload).bundle.manifest, split.file)
     attempt = part.with_name(f".{part.stem}.{uuid.uuid4().hex[:8]}.tmp")
     writer = ParquetBatchWriter(attempt, plan.output_schema, compression)
     writer.start()
@@ -101,7 +102,7 @@ def _score_split(model: OnnxModel, source: _Source, split: Split, part: Path, ba
     try:
         for batch in _batches(split, source, batch_rows):
             if batch.num_rows:
-                writer.put(score_batch(model, plan, batch))
+                writer.put(score_batch(executor_model(payload, plan, batch), plan, batch))
                 rows += batch.num_rows
         writer.finish()
         os.replace(attempt, part)
@@ -117,10 +118,9 @@ def _task(
     broadcast: Any, source: _Source, output: str, batch_rows: int, compression: str
 ) -> Callable[[int, Iterator[Split]], Iterator[int]]:
     def run(index: int, splits: Iterator[Split]) -> Iterator[int]:
-        model = executor_model(broadcast.value)
         for number, split in enumerate(splits):
             name = f"part-{index:05d}.parquet" if number == 0 else f"part-{index:05d}-{number}.parquet"
-            yield _score_split(model, source, split, Path(output) / name, batch_rows, compression)
+            yield _score_split(broadcast.value, source, split, Path(output) / name, batch_rows, compression)
 
     return run
 
@@ -136,13 +136,14 @@ def score_spark_direct(
     ui: bool = False,
     log_level: str = "WARN",
     on_progress: Callable[[int, int | None, str], None] | None = None,
+    runtime: str = "auto",
 ) -> tuple[int, str]:
     """Score `table` into the Parquet directory `output_location` (created here; the caller stages it);
     return the rows written and the master the job ran on."""
     if "://" in str(output_location) or "://" in str(table.path):
         raise InputError("spark_io=pyarrow reads and writes paths on a shared file system; use spark_io=spark for URIs")
     output = Path(output_location).absolute()
-    with spark_job(bundle, public_key_path, master, batch_rows, ui, log_level, on_progress, io="pyarrow") as (
+    with spark_job(bundle, public_key_path, master, batch_rows, ui, log_level, on_progress, "pyarrow", runtime) as (
         spark,
         broadcast,
     ):

@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from cloud_sync.batch.columns import ScoringPlan, check_schema, score_batch
-from cloud_sync.batch.runtimes import onnxruntime_model
+from cloud_sync.batch.runtimes import LoadedRuntime, load_runtime
 from contracts.bundle import Bundle, load_bundle
 from contracts.errors import EdgeloopError, InputError, IntegrityError, ServiceUnavailableError
 from contracts.logs import log_event
@@ -41,7 +41,7 @@ __all__ = ["executor_model", "score_spark", "spark_job", "spark_session"]
 
 logger = logging.getLogger("edgeloop.batch")
 
-_MODELS: dict[str, OnnxModel] = {}
+_MODELS: dict[str, LoadedRuntime] = {}
 """Executor-side sessions, one per model sha256 per Python worker process."""
 _MODELS_LOCK = threading.Lock()
 
@@ -119,12 +119,18 @@ def spark_session(master: str, batch_rows: int, ui: bool = False, log_level: str
     return active
 
 
-def executor_model(payload: dict[str, Any]) -> OnnxModel:
-    """The executor's session for the broadcast bundle, created (and verified) once per Python process."""
-    key = payload["sha256"]
+def _model_key(payload: dict[str, Any]) -> str:
+    """Python workers outlive jobs: a model is reused by a later job of the same model.onnx, runtime and threads."""
+    return f"{payload['sha256']}/{payload['runtime']}/{payload['threads']}"
+
+
+def executor_runtime(payload: dict[str, Any]) -> LoadedRuntime:
+    """The executor's models for the broadcast bundle, created (and the bundle verified) once per Python process;
+    the compiled tree walk is not yet checked against onnxruntime (`executor_model` does that)."""
+    key = _model_key(payload)
     with _MODELS_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
+        loaded = _MODELS.get(key)
+        if loaded is None:
             with tempfile.TemporaryDirectory(prefix="edgeloop-bundle-") as scratch:
                 folder = Path(scratch)
                 for name, data in payload["files"].items():
@@ -134,12 +140,26 @@ def executor_model(payload: dict[str, Any]) -> OnnxModel:
                     (folder / "signing.pub").write_bytes(payload["public_key"])
                     public_key = load_public_key(folder / "signing.pub")
                 bundle = load_bundle(folder, public_key)
-                model = onnxruntime_model(bundle, payload["threads"])
-            _MODELS[key] = model
-    return model
+                loaded = load_runtime(bundle, 1, payload["runtime"], threads=payload["threads"])
+            _MODELS[key] = loaded
+    return loaded
 
 
-def _payload(bundle: Bundle, public_key_path: Path, threads: int) -> dict[str, Any]:
+def executor_model(payload: dict[str, Any], plan: ScoringPlan, batch: pa.RecordBatch) -> OnnxModel:
+    """The model that scores `batch` in this executor process: the first batch a process scores checks the
+    compiled tree walk against onnxruntime (cloud_sync/batch/runtimes.py), once per process."""
+    loaded = executor_runtime(payload)
+    if loaded.reference is not None:
+        with _MODELS_LOCK:
+            loaded = _MODELS[_model_key(payload)]
+            if loaded.reference is not None:
+                loaded = loaded.checked(plan, batch)
+                _MODELS[_model_key(payload)] = loaded
+                log_event(logger, "executor runtime", runtime=loaded.runtime, verified_rows=loaded.verified_rows)
+    return loaded.models[0]
+
+
+def _payload(bundle: Bundle, public_key_path: Path, threads: int, runtime: str) -> dict[str, Any]:
     files = {}
     for name in (bundle.manifest.onnx.file, MANIFEST_FILE, SIGNATURE_FILE):
         path = bundle.path / name
@@ -152,18 +172,19 @@ def _payload(bundle: Bundle, public_key_path: Path, threads: int) -> dict[str, A
         "files": files,
         "public_key": public_key_path.read_bytes() if bundle.signed else None,
         "threads": threads,
+        "runtime": runtime,
     }
 
 
 def _scorer(broadcast: Any, counter: Any) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = executor_model(broadcast.value)
+        manifest = executor_runtime(broadcast.value).bundle.manifest
         plan: ScoringPlan | None = None
         for batch in batches:
             if plan is None:  # passthrough types exactly as Spark sends them
-                plan = check_schema(batch.schema, model.manifest, "the Spark partition")
+                plan = check_schema(batch.schema, manifest, "the Spark partition")
             if batch.num_rows:
-                yield score_batch(model, plan, batch)
+                yield score_batch(executor_model(broadcast.value, plan, batch), plan, batch)
                 counter.add(batch.num_rows)
 
     return score_partition
@@ -240,6 +261,7 @@ def spark_job(
     log_level: str = "WARN",
     on_progress: Callable[[int, int | None, str], None] | None = None,
     io: str = "spark",
+    runtime: str = "auto",
 ) -> Iterator[tuple[Any, Any]]:
     """The frame of one scoring job, shared by both Spark I/O modes: yield (spark session, broadcast bundle).
 
@@ -250,10 +272,12 @@ def spark_job(
     spark = spark_session(master, batch_rows, ui, log_level)
     try:
         threads = int(spark.conf.get("spark.task.cpus", "1"))
-        broadcast = spark.sparkContext.broadcast(_payload(bundle, public_key_path, threads))
+        broadcast = spark.sparkContext.broadcast(_payload(bundle, public_key_path, threads, runtime))
         group = f"edgeloop-score-{uuid.uuid4().hex[:8]}"
         spark.sparkContext.setJobGroup(group, f"edgeloop score {bundle.manifest.ref}")
-        log_event(logger, "spark engine started", master=spark.sparkContext.master, io=io, threads=threads)
+        log_event(
+            logger, "spark engine started", master=spark.sparkContext.master, io=io, threads=threads, runtime=runtime
+        )
         progress = _TaskProgress(spark, group, on_progress) if on_progress else None
         if progress:
             progress.start()
@@ -287,6 +311,7 @@ def score_spark(
     ui: bool = False,
     log_level: str = "WARN",
     on_progress: Callable[[int, int | None, str], None] | None = None,
+    runtime: str = "auto",
 ) -> tuple[int, str]:
     """Score the input with Spark into the Parquet directory `output_location`; return the rows written and
     the master the job ran on.
@@ -296,7 +321,10 @@ def score_spark(
     from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import StructField, StructType
 
-    with spark_job(bundle, public_key_path, master, batch_rows, ui, log_level, on_progress) as (spark, broadcast):
+    with spark_job(bundle, public_key_path, master, batch_rows, ui, log_level, on_progress, runtime=runtime) as (
+        spark,
+        broadcast,
+    ):
         frame = _read(spark, input_location, input_format, arrow_schema)
         plan = check_schema(to_arrow_schema(frame.schema), bundle.manifest, input_location)
         frame = _features_as_float(frame, bundle)
