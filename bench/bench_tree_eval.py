@@ -7,7 +7,8 @@ The Spark engine's goal of 3x `spark_udf` needs about 20 / 3 = 6.7 CPU-s per 1M 
 measures whether any evaluation of the same `model.onnx` (the forest of bench/bench_batch.py: 100 trees of
 depth 10 on 20 float features) costs less than onnxruntime's default: the batch width per `session.run`,
 onnxruntime's graph optimisation level, one session with 2 intra-op threads, and the numpy runtime of
-`contracts` (issue 16, level-synchronous trees over all (row, tree) pairs) on wide batches. Each variant
+`contracts` (issue 16, level-synchronous trees over all (row, tree) pairs) on wide batches, and the same walk
+compiled by numba (the batch runtime `numba`, contracts/compiled_trees.py). Each variant
 runs the same in-memory float32 rows (after a warm-up call) in interleaved rounds; the table shows the median
 CPU seconds per 1M rows of this process (`time.process_time`), which a shared machine disturbs much less
 than wall time. Not a test: figures depend on the machine.
@@ -37,6 +38,7 @@ from rich.table import Table  # noqa: E402
 from contracts.bundle import Bundle, load_bundle  # noqa: E402
 from contracts.logs import configure_logging  # noqa: E402
 from contracts.runtime import OnnxModel  # noqa: E402
+from contracts.runtime_numpy import NumpySession  # noqa: E402
 
 Feed = dict[str, np.ndarray]
 
@@ -92,6 +94,14 @@ def main() -> None:
             "numpy runtime (contracts), 16,384-row calls": runner(numpy_model, feed, 16_384),
             "numpy runtime (contracts), 65,536-row calls": runner(numpy_model, feed, 65_536),
         }
+        try:
+            compiled = OnnxModel(bundle.manifest, NumpySession.load(bundle.model_path, compile_trees=True))
+        except ImportError:
+            console.print("numba is not installed: the compiled tree walk is left out (pip install 'edgeloop[batch]')")
+        else:
+            variants["numpy runtime, trees compiled by numba (batch runtime numba), 16,384"] = runner(
+                compiled, feed, 16_384
+            )
         cpu: dict[str, list[float]] = {name: [] for name in variants}
         wall: dict[str, list[float]] = {name: [] for name in variants}
         for round_ in range(1, args.rounds + 1):

@@ -353,6 +353,24 @@ def test_the_compiled_walk_is_checked_against_onnxruntime_before_a_row_is_writte
     assert engine["runtime"] == "onnxruntime" and "no tree ensemble" in engine["runtime_reason"]
 
 
+def test_without_numba_auto_is_onnxruntime_and_numba_is_a_one_line_error(
+    case: ScoringCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `batch` install without numba (e.g. a platform PyPI has no numba wheel for) still scores, and says why."""
+    from contracts import compiled_trees
+    from contracts.errors import InputError
+
+    monkeypatch.setattr(compiled_trees, "numba_importable", lambda: False)
+    out = tmp_path / "scored.parquet"
+    score(str(case.trained.bundle), case.parquet, out, case.settings(tracking_uri=None))
+    engine = orjson.loads(Path(f"{out}.lineage.json").read_bytes())["engine"]
+    assert engine["runtime"] == "onnxruntime" and "numba is not installed" in engine["runtime_reason"]
+    refused = tmp_path / "refused.parquet"
+    with pytest.raises(InputError, match=r"--runtime numba cannot score this model: numba is not installed"):
+        score(str(case.trained.bundle), case.parquet, refused, case.settings(tracking_uri=None, runtime="numba"))
+    assert not refused.exists()
+
+
 def test_parquet_directory_and_csv_give_the_same_output(case: ScoringCase, tmp_path: Path) -> None:
     reference = tmp_path / "reference.parquet"
     score(str(case.trained.bundle), case.parquet, reference, case.settings(tracking_uri=None))
