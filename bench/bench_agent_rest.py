@@ -32,7 +32,9 @@ client that times every round trip (uncorrected p50 / p99 / p99.9 / max), and co
 involuntary context switches meanwhile (the kernel took its CPU away: another process on the core).
 `--pin` puts the servers on the first CPU and the load (wrk, that client, Mosquitto) on the second, so the
 two never compete for one core. `--baseline DIR` also runs `python -m edge_agent` from DIR, another checkout
-(e.g. `git worktree add /tmp/before HEAD~1`), side by side with the current one: a before/after comparison.
+(e.g. `git worktree add /tmp/before HEAD~1`), side by side with the current one: a before/after comparison;
+`--baseline-env KEY=VALUE` sets a variable for that agent only (`--baseline . --baseline-env
+EDGELOOP_AGENT_MICRO_BATCH=false`: the same code with one setting changed).
 """
 
 from __future__ import annotations
@@ -349,6 +351,9 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="servers on the first CPU, the load on the second")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also run the agent from DIR, another checkout of edgeloop (before/after)")  # fmt: skip
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a variable of the baseline agent's environment only (repeatable), e.g. "
+                        "--baseline . --baseline-env EDGELOOP_AGENT_MICRO_BATCH=false")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -406,7 +411,8 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
         base = f"http://127.0.0.1:{port}"
         old = [*agent_cmd[:6], str(work / "agent-baseline"), "--port", str(port), *agent_cmd[9:]]
         old += ["--device-id", "bench-baseline"]  # its own MQTT client id: the same one would evict the other
-        cases.append((f"baseline agent ({args.baseline})", old, f"{base}/readyz", f"{base}/v1/predict", body,
+        settings = f", {' '.join(args.baseline_env)}" if args.baseline_env else ""
+        cases.append((f"baseline agent ({args.baseline}{settings})", old, f"{base}/readyz", f"{base}/v1/predict", body,
                       {"Authorization": f"Bearer {TOKEN}"}))  # fmt: skip
     for name, app in (("bare FastAPI + ORT", "bare"), ("lean Starlette + orjson + ORT", "lean")):
         port = free_port()
@@ -428,7 +434,10 @@ def run_all(args: argparse.Namespace, work: Path, bundle: Path, tracking: str | 
             print(f"starting {name} ...", flush=True)
             own_env = env
             if name.startswith("baseline agent"):  # the other checkout's packages come first on the path
-                own_env = {**env, "PYTHONPATH": f"{work}:{args.baseline.resolve()}"}
+                # PYTHONSAFEPATH: `python -m` would put the working directory (this checkout) first on the path,
+                # ahead of PYTHONPATH, and the "baseline" would run this checkout's code (it did, before 2026-12-06)
+                own_env = {**env, "PYTHONPATH": f"{work}:{args.baseline.resolve()}", "PYTHONSAFEPATH": "1"}
+                own_env.update(item.split("=", 1) for item in args.baseline_env)
             server = start(name, [*SERVER_PREFIX, *cmd], own_env, ready, url,
                            lua(work / f"{len(servers)}.lua", payload, headers))  # fmt: skip
             server.body, server.headers = payload, headers

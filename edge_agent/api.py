@@ -203,7 +203,8 @@ def create_app(
             raise Unauthorized("wrong bearer token")
 
     install_error_handlers(app, metrics, service)
-    coalescer = Coalescer(service)  # concurrent small requests share one model call (edge_agent/coalesce.py)
+    # concurrent small requests share one model call (edge_agent/coalesce.py) unless micro_batch is off
+    coalescer = Coalescer(service) if settings.micro_batch else None
     app.state.coalescer = coalescer
 
     async def predict(request: Request) -> Response:
@@ -216,7 +217,10 @@ def create_app(
         key = request.headers.get("x-request-key")  # the A/B split's request key (ignored without a split)
         result: PredictionBatch
         if len(records) <= _INLINE_ROWS:
-            result = await coalescer.predict(records) if key is None else service.predict(records, key)
+            if coalescer is not None and key is None:
+                result = await coalescer.predict(records)
+            else:
+                result = service.predict(records, key)
         else:
             result = await run_in_threadpool(service.predict, records, key)
         if service.hybrid is not None:

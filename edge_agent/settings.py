@@ -126,6 +126,9 @@ class AgentSettings(EdgeloopSettings):
     emits) or `auto` = onnxruntime when it can be imported, else numpy. /v1/model and /metrics say which serves."""
     intra_op_threads: int = Field(default=1, ge=0)
     """onnxruntime threads per prediction; 1 is fastest for single records, 0 = one per core (big batches)."""
+    micro_batch: bool = True
+    """Concurrent small prediction requests that wait in one turn of the event loop share one model call
+    (edge_agent/coalesce.py); each answer is the one it would get alone. Off: one model call per request."""
     hybrid_threshold: float | None = Field(default=None, gt=0, le=1)
     """Hybrid inference: records whose highest class probability is under this are sent to the cloud's
     POST /v1/score (hybrid_url); unset = off, the edge model answers everything."""

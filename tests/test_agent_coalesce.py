@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from contracts.errors import SchemaError
 from edge_agent.app import Agent
@@ -66,15 +67,19 @@ def test_requests_waiting_together_share_one_model_call_and_each_gets_its_own_an
         probe.stop()
 
 
+@pytest.mark.parametrize("micro_batch", [True, False], ids=["micro-batch", "one-call-per-request"])
 def test_concurrent_http_requests_each_get_their_own_answer_and_count_once(
-    tmp_path: Path, broker: Broker, rf_bundle: TrainedBundle
+    tmp_path: Path, broker: Broker, rf_bundle: TrainedBundle, micro_batch: bool
 ) -> None:
+    """The same answers and counts whether concurrent requests share model calls or not (`micro_batch`)."""
     probe = MqttProbe(broker.host, broker.port)
     server = AgentServer(
         state_dir=tmp_path / "state", bundle=rf_bundle.bundle, public_key=rf_bundle.public_key, device_id="gw-co",
-        group="plant-co", mqtt_url=broker.url, telemetry_interval_s=600, token=TOKEN,
+        group="plant-co", mqtt_url=broker.url, telemetry_interval_s=600, token=TOKEN, micro_batch=micro_batch,
     )  # fmt: skip
     try:
+        coalescer = server.server.config.app.state.coalescer
+        assert (coalescer is not None) == micro_batch
         rows = records(48, seed=31)
         alone = [server.predict(row).json() for row in rows]  # one at a time: each its own model call
         assert server.agent.telemetry is not None
