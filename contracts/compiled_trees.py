@@ -133,7 +133,8 @@ def _walk_less_equal(
     out: np.ndarray,
 ) -> None:  # pragma: no cover - runs compiled; tests compare its results with the numpy walk's
     """`_walk` for the trees the converter emits (every split `<=`, no missing-value tracks): the comparison
-    known in advance is 1.5-2x cheaper per step than choosing it at every node."""
+    known in advance costs about 1.5x less per step than choosing it at every node (one profile on the bench
+    forest: 3.3 against 5.1 CPU-s per 1M rows)."""
     rows = features.shape[0]
     classes = leaf_weights.shape[1]
     index = np.empty(BLOCK_ROWS, np.int32)
