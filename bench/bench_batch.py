@@ -42,6 +42,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -149,6 +150,16 @@ def train_and_convert(work: Path) -> tuple[Path, Path, str, str]:
     return bundle, work / "keys" / "edgeloop-signing.pub", tracking, f"models:/bench-batch/{result.version}"
 
 
+def in_memory(session: Any, manifest: Any, data: Path) -> tuple[dict[str, np.ndarray], list[str], int]:
+    """The raw paths' input: the features of `data` as float32 columns, the outputs to ask for and the row count,
+    after one warm-up call of `session` (an onnxruntime or numpy session) on the first chunk."""
+    table = pq.read_table(data, columns=FEATURES)
+    feed = {name: table[name].to_numpy().astype(np.float32).reshape(-1, 1) for name in FEATURES}
+    outputs = [manifest.onnx.label_output, manifest.onnx.probabilities_output]
+    session.run(outputs, {k: v[:CHUNK] for k, v in feed.items()})
+    return feed, outputs, table.num_rows
+
+
 def raw_onnxruntime(bundle: Path, data: Path, spinning: bool) -> Result:
     import onnxruntime as ort
 
@@ -160,11 +171,7 @@ def raw_onnxruntime(bundle: Path, data: Path, spinning: bool) -> Result:
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(bundle / manifest.onnx.file), options, providers=["CPUExecutionProvider"])
-    table = pq.read_table(data, columns=FEATURES)
-    feed = {name: table[name].to_numpy().astype(np.float32).reshape(-1, 1) for name in FEATURES}
-    outputs = [manifest.onnx.label_output, manifest.onnx.probabilities_output]
-    rows = table.num_rows
-    session.run(outputs, {k: v[:CHUNK] for k, v in feed.items()})  # warm-up
+    feed, outputs, rows = in_memory(session, manifest, data)
     started = time.perf_counter()
     for start in range(0, rows, CHUNK):
         session.run(outputs, {k: v[start : start + CHUNK] for k, v in feed.items()})
@@ -180,11 +187,7 @@ def raw_compiled_walk(bundle: Path, data: Path) -> Result:
 
     manifest = load_bundle(bundle).manifest
     session = NumpySession.load(bundle / manifest.onnx.file, compile_trees=True)
-    table = pq.read_table(data, columns=FEATURES)
-    feed = {name: table[name].to_numpy().astype(np.float32).reshape(-1, 1) for name in FEATURES}
-    outputs = [manifest.onnx.label_output, manifest.onnx.probabilities_output]
-    rows = table.num_rows
-    session.run(outputs, {k: v[:CHUNK] for k, v in feed.items()})  # warm-up
+    feed, outputs, rows = in_memory(session, manifest, data)
     workers = len(os.sched_getaffinity(0))
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as executor:

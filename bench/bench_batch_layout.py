@@ -45,7 +45,6 @@ from rich.table import Table  # noqa: E402
 from cloud_sync.batch.columns import ScoringPlan, check_schema, score_batch  # noqa: E402
 from cloud_sync.batch.inputs import open_input  # noqa: E402
 from cloud_sync.batch.local_engine import ParquetBatchWriter, available_cores, score_local  # noqa: E402
-from cloud_sync.batch.runtimes import onnxruntime_model  # noqa: E402
 from contracts.bundle import load_bundle  # noqa: E402
 from contracts.logs import configure_logging  # noqa: E402
 from contracts.runtime import OnnxModel  # noqa: E402
@@ -57,7 +56,10 @@ _worker: tuple[OnnxModel, ScoringPlan] | None = None
 def _start_worker(bundle: str, data: str) -> None:
     global _worker
     loaded = load_bundle(Path(bundle))
-    _worker = (onnxruntime_model(loaded, 1), check_schema(pq.read_schema(data), loaded.manifest, data))
+    _worker = (
+        OnnxModel.load(loaded, 1, runtime="onnxruntime"),
+        check_schema(pq.read_schema(data), loaded.manifest, data),
+    )
 
 
 def _score_row_group(data: str, group: int) -> bytes:

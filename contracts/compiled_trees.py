@@ -163,19 +163,13 @@ def _compiled(general: bool) -> Any:
         return numba.njit(nogil=True)(function)
 
 
-def _call(
-    kernel: Any, features: np.ndarray, ensemble_arrays: tuple[np.ndarray, ...], depth: int, out: np.ndarray
-) -> None:
-    roots, feature, threshold, children, modes, missing_true, weights = ensemble_arrays
-    kernel(features, roots, feature, threshold, children, modes, missing_true, depth, weights, out)
-
-
 def warm_up() -> None:
     """Compile (or load from numba's disk cache, ~0.3 s) the walk of the trees the converter emits, on a one-node
     tree, so that a caller can do it while it reads the model."""
-    one = np.zeros(1, dtype=np.int32)
-    arrays = (one, one, np.zeros(1, np.float32), np.zeros(2, np.int32), np.zeros(1, np.int8), np.zeros(0, np.bool_))
-    _call(_compiled(False), np.zeros((1, 1), np.float32), (*arrays, np.zeros((1, 1))), 0, np.zeros((1, 1)))
+    one, none = np.zeros(1, np.int32), np.zeros(0, np.bool_)
+    rows, weights = np.zeros((1, 1), np.float32), np.zeros((1, 1))
+    _compiled(False)(rows, one, one, np.zeros(1, np.float32), np.zeros(2, np.int32), np.zeros(1, np.int8), none, 0,
+                     weights, np.zeros((1, 1)))  # fmt: skip
 
 
 def compile_walk(ensemble: TreeArrays) -> Callable[[np.ndarray], np.ndarray]:

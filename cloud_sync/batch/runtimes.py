@@ -18,10 +18,9 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
-import onnxruntime as ort
 import pyarrow as pa
 
 from cloud_sync.batch.columns import ScoringPlan, feature_columns
@@ -38,47 +37,25 @@ __all__ = [
     "LoadedRuntime",
     "load_onnxruntime",
     "load_runtime",
-    "onnxruntime_model",
 ]
 
 logger = logging.getLogger("edgeloop.batch")
 
 BatchRuntime = Literal["auto", "onnxruntime", "numba"]
-BATCH_RUNTIMES = ("auto", "onnxruntime", "numba")
+BATCH_RUNTIMES: tuple[str, ...] = get_args(BatchRuntime)
 VERIFY_ROWS = 4096
 """Rows of the job's first batch scored by both runtimes before the compiled one is trusted (~15 ms)."""
 
 
-def onnxruntime_model(bundle: Bundle, threads: int) -> OnnxModel:
-    """An onnxruntime session whose intra-op threads sleep instead of spinning between parallel sections.
-
-    Spinning (onnxruntime's default) buys microseconds of latency per call; here calls take tens of
-    milliseconds, and spinning threads steal the cores that the reader and writer threads (and any other
-    process) need: on 2 busy cores, 2 spinning threads scored half as many rows per second as 2 sleeping ones.
-    Otherwise the same as `OnnxModel.load`, including the check of the graph's inputs against the manifest.
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        session = ort.InferenceSession(str(bundle.model_path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several untyped errors for bad files
-        raise IntegrityError(f"onnxruntime cannot load {bundle.model_path}: {exc}") from None
-    expected, actual = bundle.manifest.feature_names, [node.name for node in session.get_inputs()]
-    if sorted(actual) != sorted(expected):
-        raise IntegrityError(f"model inputs {actual} do not match the manifest's schema {expected}")
-    return OnnxModel(bundle.manifest, session)
-
-
 def load_onnxruntime(bundle: Bundle, count: int, threads: int = 1) -> list[OnnxModel]:
-    """`count` onnxruntime sessions with `threads` intra-op threads each, created in parallel (a forest takes
-    ~0.1-0.3 s)."""
-    if count == 1:
-        return [onnxruntime_model(bundle, threads)]
+    """`count` onnxruntime sessions with `threads` intra-op threads each (`OnnxModel.load`: spinning off, which
+    matters here: spinning threads take the cores the reader and writer threads need, and on 2 busy cores 2
+    spinning threads scored half as many rows per second as 2 sleeping ones), created in parallel (a forest
+    takes ~0.1-0.3 s)."""
+    if count <= 1:
+        return [OnnxModel.load(bundle, threads, runtime="onnxruntime") for _ in range(count)]
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="edgeloop-load") as executor:
-        return list(executor.map(lambda _: onnxruntime_model(bundle, threads), range(count)))
+        return list(executor.map(lambda _: OnnxModel.load(bundle, threads, runtime="onnxruntime"), range(count)))
 
 
 @dataclass(frozen=True)
@@ -119,17 +96,8 @@ class LoadedRuntime:
             )
         reason = f"numba and onnxruntime disagree on this model ({difference}): onnxruntime scores it"
         log_event(logger, "batch runtime changed", level=logging.WARNING, runtime="onnxruntime", reason=reason)
-        count = len(self.models)
-        models = [self.reference, *load_onnxruntime(self.bundle, count - 1)] if count > 1 else [self.reference]
+        models = [self.reference, *load_onnxruntime(self.bundle, len(self.models) - 1)]
         return replace(self, models=models, runtime="onnxruntime", reason=reason, reference=None)
-
-
-def _numba_session(bundle: Bundle) -> NumpySession:
-    session = NumpySession.load(bundle.model_path, compile_trees=True)
-    expected = bundle.manifest.feature_names
-    if sorted(session.input_names) != sorted(expected):
-        raise IntegrityError(f"model inputs {session.input_names} do not match the manifest's schema {expected}")
-    return session
 
 
 def load_runtime(bundle: Bundle, sessions: int, choice: str = "auto", threads: int = 1) -> LoadedRuntime:
@@ -150,22 +118,22 @@ def load_runtime(bundle: Bundle, sessions: int, choice: str = "auto", threads: i
         return LoadedRuntime(bundle, load_onnxruntime(bundle, sessions, threads), "onnxruntime", why_not, "auto")
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeloop-load") as executor:
         executor.submit(warm_up)  # numba loads its compiled code while this thread reads the model
-        loading = executor.submit(onnxruntime_model, bundle, threads)
+        loading = executor.submit(OnnxModel.load, bundle, threads, runtime="onnxruntime")
         try:
-            session: NumpySession | None = _numba_session(bundle)
+            compiled: OnnxModel | None = OnnxModel.load(bundle, runtime="numpy", compile_trees=True)
         except EdgeloopError as exc:  # an operator the numpy runtime does not implement
             if choice == "numba":
                 raise
-            session, why_not = None, str(exc)
+            compiled, why_not = None, str(exc)
         reference = loading.result()
-    if session is not None and session.compiled_trees:
-        models = [OnnxModel(bundle.manifest, session) for _ in range(sessions)]
+    if compiled is not None and isinstance(compiled.session, NumpySession) and compiled.session.compiled_trees:
         reason = "tree ensembles walked by compiled code, checked against onnxruntime on the first rows"
-        return LoadedRuntime(bundle, models, "numba", reason, "numba" if choice == "numba" else "auto", reference)
-    if session is not None:
+        choice_made: BatchRuntime = "numba" if choice == "numba" else "auto"
+        return LoadedRuntime(bundle, [compiled] * sessions, "numba", reason, choice_made, reference)
+    if compiled is not None:
         why_not = "the model has no tree ensemble, where the compiled walk gains"
         if choice == "numba":
             raise InputError(f"--runtime numba cannot score this model: {why_not}")
     log_event(logger, "batch runtime chosen", runtime="onnxruntime", reason=why_not)
-    models = [reference, *load_onnxruntime(bundle, sessions - 1, threads)] if sessions > 1 else [reference]
+    models = [reference, *load_onnxruntime(bundle, sessions - 1, threads)]
     return LoadedRuntime(bundle, models, "onnxruntime", why_not, "auto")
